@@ -1,0 +1,246 @@
+"""Safe image decoding and PNG encoding.
+
+Every image a source reads goes through `decode_image`, which turns any way a file can
+be bad into an `InputRejected` with a reason (so one broken file is skipped, never fatal)
+and turns every accepted file into one array layout: uint8 HxWx3 (`color="rgb"`) or
+uint8 HxWx1 (`color="gray"`).
+
+Checks, in order: an empty file; bytes Pillow cannot identify; a pixel count
+(width * height from the header) above `max_pixels`, checked *before* any pixel is
+decoded (a decompression bomb); pixel data that is truncated or corrupt (pixels are
+fully loaded, so truncation is always seen; Pillow's global `LOAD_TRUNCATED_IMAGES` and
+`MAX_IMAGE_PIXELS` are never changed, its bomb warning is caught locally).
+
+Mode rule (how a file's pixel mode becomes the target colour):
+
+- ``1``, ``L``, ``P``, ``RGB``, ``CMYK``, ``YCbCr``, ``LAB``, ``HSV``: converted to the target
+  colour with Pillow's conversions (gray is ITU-R 601 luma).
+- With alpha (``RGBA``, ``LA``, ``PA``, and ``P``/``L``/``RGB`` with a transparency key):
+  composited onto black (each channel becomes round(c * a / 255)), then alpha dropped.
+- 16-bit grayscale (``I;16``, ``I;16B``, ``I;16L``, and ``I`` with every value in
+  0..65535): scaled to 8 bits with round(v / 257).
+- Anything else (float ``F``, ``I`` with values outside 0..65535, ...): refused with a
+  reason naming the mode.
+- Multi-frame files (GIF, TIFF, APNG): the first frame only.
+- EXIF orientation is not applied: pixels are used as stored, the layout annotation
+  files (COCO) refer to.
+"""
+
+from __future__ import annotations
+
+import io
+import struct
+import warnings
+import zlib
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from augment.errors import InputRejected
+
+Color = Literal["rgb", "gray"]
+COLORS: tuple[str, ...] = ("rgb", "gray")
+DEFAULT_MAX_PIXELS = 40_000_000
+
+# Modes Pillow converts directly to RGB / L.
+_PLAIN_MODES = {"1", "L", "P", "RGB", "CMYK", "YCbCr", "LAB", "HSV"}
+_ALPHA_MODES = {"RGBA", "LA", "PA"}
+_UINT16_MODES = {"I;16", "I;16B", "I;16L", "I;16N"}
+# What Pillow raises on corrupt or truncated data (zlib/struct leak through some plugins).
+_DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, struct.error, zlib.error, IndexError)
+
+
+def _open_checked(data: bytes, path: str, max_pixels: int) -> Image.Image:
+    """Open `data`, check the header's pixel count, then fully load the first frame."""
+    if len(data) == 0:
+        raise InputRejected(path, "empty file")
+    with warnings.catch_warnings():
+        # Our own `max_pixels` check below is the limit; Pillow's bomb warning (its global
+        # MAX_IMAGE_PIXELS) is swallowed here without touching Pillow's state.
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        try:
+            image = Image.open(io.BytesIO(data))
+        except Image.DecompressionBombError as exc:
+            raise InputRejected(path, f"decompression bomb: {exc}") from None
+        except UnidentifiedImageError:
+            raise InputRejected(path, "not an image (format not recognised)") from None
+        except _DECODE_ERRORS as exc:
+            raise InputRejected(path, f"corrupt image header: {exc}") from None
+        width, height = image.size
+        if width <= 0 or height <= 0:
+            raise InputRejected(path, f"image has no pixels ({width}x{height})")
+        if width * height > max_pixels:
+            raise InputRejected(
+                path,
+                f"decompression bomb: {width}x{height} = {width * height} pixels "
+                f"exceeds max_pixels={max_pixels}",
+            )
+        try:
+            image.seek(0)
+            image.load()
+        except Image.DecompressionBombError as exc:
+            raise InputRejected(path, f"decompression bomb: {exc}") from None
+        except _DECODE_ERRORS as exc:
+            raise InputRejected(path, f"truncated or corrupt image data: {exc}") from None
+    return image
+
+
+def _uint16_gray(image: Image.Image, path: str) -> np.ndarray | None:
+    """16-bit (or 'I' within 0..65535) gray pixels as uint16 HxW; None for other modes."""
+    if image.mode in _UINT16_MODES:
+        return np.asarray(image).astype(np.uint16)
+    if image.mode == "I":
+        values = np.asarray(image)
+        if values.size and (values.min() < 0 or values.max() > 65535):
+            raise InputRejected(
+                path,
+                f"unsupported image mode I with values {int(values.min())}..{int(values.max())} "
+                "(only 0..65535 is accepted)",
+            )
+        return values.astype(np.uint16)
+    return None
+
+
+def _to_array(image: Image.Image, color: Color, path: str) -> np.ndarray:
+    """Apply the module's mode rule; return uint8 HxWx3 or HxWx1."""
+    target = "RGB" if color == "rgb" else "L"
+    wide = _uint16_gray(image, path)
+    if wide is not None:
+        gray = ((wide.astype(np.uint32) + 128) // 257).astype(np.uint8)
+        out = np.repeat(gray[..., None], 3, axis=2) if color == "rgb" else gray[..., None]
+        return np.ascontiguousarray(out)
+    has_key = "transparency" in image.info and image.mode in {"P", "L", "RGB"}
+    if image.mode in _ALPHA_MODES or has_key:
+        rgba = np.asarray(image.convert("RGBA")).astype(np.uint32)
+        alpha = rgba[..., 3:4]
+        rgb = ((rgba[..., :3] * alpha + 127) // 255).astype(np.uint8)
+        if color == "rgb":
+            return np.ascontiguousarray(rgb)
+        return np.asarray(Image.fromarray(rgb).convert("L"))[..., None].copy()
+    if image.mode in _PLAIN_MODES:
+        # Pillow has no LAB -> L conversion; go through RGB.
+        source = image.convert("RGB") if image.mode == "LAB" and target == "L" else image
+        out = np.asarray(source.convert(target))
+        return np.array(out if out.ndim == 3 else out[..., None], dtype=np.uint8)
+    raise InputRejected(path, f"unsupported image mode {image.mode}")
+
+
+def check_color(color: str) -> Color:
+    """Return `color` if it is 'rgb' or 'gray', else raise ValueError naming it."""
+    if color not in COLORS:
+        raise ValueError(f"color must be one of {COLORS}, got {color!r}")
+    return color  # type: ignore[return-value]
+
+
+def decode_image(
+    data: bytes, *, path: str, color: Color = "rgb", max_pixels: int = DEFAULT_MAX_PIXELS
+) -> np.ndarray:
+    """Decode image file bytes to uint8 HxWx3 (rgb) or HxWx1 (gray).
+
+    Raises `InputRejected(path, reason)` for anything unusable (see the module docstring).
+    """
+    check_color(color)
+    with _open_checked(data, path, max_pixels) as image:
+        return _to_array(image, color, path)
+
+
+def load_image_file(
+    path: Path,
+    *,
+    root: Path,
+    color: Color = "rgb",
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    name: str | None = None,
+) -> np.ndarray:
+    """Read and decode the image at `path` (absolute, or relative to `root`).
+
+    Refuses a path that resolves (symlinks followed) outside `root`, a missing file and a
+    directory. `name` is the path reported in `InputRejected` (default: `path` relative to
+    `root` when it is under it, else `path` as given).
+    """
+    path = Path(path)
+    root = Path(root)
+    if not path.is_absolute():
+        path = root / path
+    if name is None:
+        try:
+            name = path.relative_to(root).as_posix()
+        except ValueError:
+            name = str(path)
+    real_root = root.resolve()
+    real = path.resolve()
+    if not real.is_relative_to(real_root):
+        raise InputRejected(name, f"path escapes the dataset root {root} (resolves to {real})")
+    if not real.exists():
+        raise InputRejected(name, "file not found")
+    if real.is_dir():
+        raise InputRejected(name, "is a directory, not an image file")
+    try:
+        data = real.read_bytes()
+    except OSError as exc:
+        raise InputRejected(name, f"cannot read file: {exc.strerror or exc}") from None
+    return decode_image(data, path=name, color=color, max_pixels=max_pixels)
+
+
+def encode_png(array: np.ndarray, compress_level: int = 1) -> bytes:
+    """Encode uint8 HxW / HxWx1 / HxWx3 or uint16 HxW (16-bit gray) as PNG bytes.
+
+    The bytes depend only on the pixels and `compress_level` (no timestamps or metadata),
+    so the same input always gives the same bytes.
+    """
+    array = np.asarray(array)
+    if array.dtype == np.uint16 and array.ndim == 2:
+        image = Image.fromarray(np.ascontiguousarray(array, dtype="<u2"))
+    elif array.dtype == np.uint8 and array.ndim == 2:
+        image = Image.fromarray(np.ascontiguousarray(array))
+    elif array.dtype == np.uint8 and array.ndim == 3 and array.shape[2] in (1, 3):
+        if array.shape[2] == 1:
+            image = Image.fromarray(np.ascontiguousarray(array[..., 0]))
+        else:
+            image = Image.fromarray(np.ascontiguousarray(array))
+    else:
+        raise ValueError(
+            "encode_png takes uint8 HxW, HxWx1 or HxWx3, or uint16 HxW; "
+            f"got {array.dtype} with shape {array.shape}"
+        )
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", compress_level=compress_level, optimize=False)
+    return buffer.getvalue()
+
+
+def decode_png(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Decode PNG bytes written by `encode_png` (or any gray/RGB PNG).
+
+    Returns uint8 HxWx1 (gray), uint8 HxWx3 (RGB) or uint16 HxW (16-bit gray).
+    Raises ValueError for anything else (not a PNG, corrupt, another mode).
+    """
+    try:
+        with _open_checked(data, "<png>", max_pixels) as image:
+            if image.format != "PNG":
+                raise ValueError(f"not a PNG (format {image.format})")
+            wide = _uint16_gray(image, "<png>")
+            if wide is not None:
+                return wide
+            if image.mode in {"1", "L"}:
+                return np.asarray(image.convert("L"))[..., None].copy()
+            if image.mode == "RGB":
+                return np.array(image, dtype=np.uint8)
+            raise ValueError(f"unsupported PNG mode {image.mode} (expected L, RGB or I;16)")
+    except InputRejected as exc:
+        raise ValueError(exc.reason) from None
+
+
+def resize_image(array: np.ndarray, size: int) -> np.ndarray:
+    """Resize uint8 HxWxC (C is 1 or 3) to size x size with Pillow's bicubic filter."""
+    if size < 1:
+        raise ValueError(f"size must be >= 1, got {size}")
+    if array.dtype != np.uint8 or array.ndim != 3 or array.shape[2] not in (1, 3):
+        raise ValueError(f"resize_image takes uint8 HxWx1 or HxWx3, got {array.dtype} {array.shape}")
+    if array.shape[:2] == (size, size):
+        return array
+    mode = "L" if array.shape[2] == 1 else "RGB"
+    image = Image.fromarray(np.ascontiguousarray(array[..., 0] if mode == "L" else array))
+    out = np.asarray(image.resize((size, size), resample=Image.Resampling.BICUBIC))
+    return np.array(out[..., None] if mode == "L" else out, dtype=np.uint8)

@@ -1,0 +1,68 @@
+"""The record every stage passes around (see ../shared/DESIGN.md, "Contracts")."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+
+SourceKind = Literal[
+    "real", "classical", "diffusion", "cgan", "cyclegan", "cycada", "spade", "controlnet", "simulator"
+]
+
+
+@dataclass(frozen=True)
+class Box:
+    """An axis-aligned box in pixels, COCO layout: top-left corner, width, height."""
+
+    x: float
+    y: float
+    w: float
+    h: float
+    label: int
+
+
+@dataclass(frozen=True)
+class GeneratorInfo:
+    """Which generator made a sample; `params_json` holds its sampling parameters."""
+
+    name: str
+    checkpoint_sha256: str | None = None
+    params_json: str = "{}"
+
+
+@dataclass(frozen=True)
+class Scores:
+    realism: float | None = None
+    confidence: float | None = None
+
+
+@dataclass
+class Sample:
+    """One image with its annotations.
+
+    `image` is uint8 HxWxC (C is 3 for RGB or 1 for grayscale), `mask` uint16 HxW class
+    ids, `instances` uint16 HxW instance ids, `depth` uint16 HxW.
+    """
+
+    id: str
+    image: np.ndarray
+    label: int | None = None
+    mask: np.ndarray | None = None
+    boxes: list[Box] = field(default_factory=list)
+    instances: np.ndarray | None = None
+    depth: np.ndarray | None = None
+    source: SourceKind = "real"
+    generator: GeneratorInfo | None = None
+    seed: int | None = None
+    parent_id: str | None = None
+    scores: Scores | None = None
+
+    @property
+    def height(self) -> int:
+        return int(self.image.shape[0])
+
+    @property
+    def width(self) -> int:
+        return int(self.image.shape[1])

@@ -1,0 +1,567 @@
+"""Parquet shards, schema version 1 (../shared/DESIGN.md, "Shard"), and their manifest.
+
+A shard is a plain Parquet file: any reader (pyarrow, pandas, DuckDB, Ray Data, Hugging
+Face `datasets`) reads it without this package. Images and label maps are PNG bytes in the
+`datasets` Image layout (struct of `bytes` and a string `path`, always null here); the
+file's key-value metadata holds the class names and schema version (`synthaug`) and the
+`datasets` features (`huggingface`), so `datasets` decodes images and class names.
+
+Shards are published atomically (temporary name, fsync, rename) and byte-deterministic for
+the same rows. The manifest `_manifest.json`, written last, is the only truth of what
+exists; `verify_shards` checks files against it.
+
+Numeric note: box coordinates and scores are stored as float32.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import uuid
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence, get_args
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+import torch.utils.data
+from PIL import Image
+
+from augment.sample import Box, GeneratorInfo, Sample, Scores, SourceKind
+
+SCHEMA_VERSION = 1
+MANIFEST_NAME = "_manifest.json"
+ROW_GROUP_ROWS = 64
+"""Fixed so identical tables give identical bytes; small so readers can fetch rows lazily."""
+PARQUET_COMPRESSION = "zstd"
+SOURCES: tuple[str, ...] = get_args(SourceKind)
+_PNG_COLUMNS = ("image", "mask", "instances", "depth")
+# Statistics (for readers' row-group filters) only on small columns, not on PNG bytes.
+_STATISTICS_COLUMNS = ["id", "height", "width", "label", "label_name", "source", "seed", "parent_id"]
+_DICTIONARY_COLUMNS = ["label_name", "source"]
+
+
+# ---------------------------------------------------------------- PNG (moves to images.py)
+
+def _encode_png(array: np.ndarray, *, compress_level: int = 1) -> bytes:
+    """PNG bytes of uint8 HxW / HxWx1 / HxWx3 or uint16 HxW; no metadata, so deterministic."""
+    if array.dtype == np.uint16 and array.ndim == 2:
+        h, w = array.shape
+        img = Image.frombytes("I;16", (w, h), np.ascontiguousarray(array, dtype="<u2").tobytes())
+    elif array.dtype == np.uint8 and (array.ndim == 2 or (array.ndim == 3 and array.shape[2] in (1, 3))):
+        mode = "RGB" if array.ndim == 3 and array.shape[2] == 3 else "L"
+        h, w = array.shape[:2]
+        img = Image.frombytes(mode, (w, h), np.ascontiguousarray(array).tobytes())
+    else:
+        raise ValueError(f"cannot PNG-encode an array of dtype {array.dtype} and shape {array.shape}; "
+                         "expected uint8 HxW[x1|x3] or uint16 HxW")
+    buf = io.BytesIO()
+    img.save(buf, format="PNG", compress_level=compress_level)
+    return buf.getvalue()
+
+
+def _decode_png(data: bytes) -> np.ndarray:
+    """Decode PNG bytes: uint8 HxW (gray) or HxWx3 (colour), uint16 HxW (16-bit gray)."""
+    with Image.open(io.BytesIO(data)) as img:
+        if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+            return np.asarray(img).astype(np.uint16)
+        if img.mode not in ("L", "RGB"):
+            img = img.convert("RGB")
+        return np.asarray(img).copy()
+
+
+# ---------------------------------------------------------------- schema
+
+_PNG = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
+_BOX = pa.struct([("x", pa.float32()), ("y", pa.float32()), ("w", pa.float32()), ("h", pa.float32()),
+                  ("label", pa.int64())])
+_GENERATOR = pa.struct([("name", pa.string()), ("checkpoint_sha256", pa.string()), ("params_json", pa.string())])
+_SCORES = pa.struct([("realism", pa.float32()), ("confidence", pa.float32())])
+
+
+def _value(dtype: str) -> dict[str, str]:
+    return {"dtype": dtype, "_type": "Value"}
+
+
+def _hf_features(class_names: list[str]) -> dict[str, Any]:
+    """`datasets` features; a JSON list means 'list of' in every `datasets` version."""
+    return {
+        "id": _value("string"),
+        "image": {"_type": "Image"},
+        "height": _value("int32"),
+        "width": _value("int32"),
+        "label": {"names": list(class_names), "_type": "ClassLabel"},
+        "label_name": _value("string"),
+        "mask": {"_type": "Image"},
+        "instances": {"_type": "Image"},
+        "depth": {"_type": "Image"},
+        "boxes": [{k: _value(t) for k, t in (("x", "float32"), ("y", "float32"), ("w", "float32"),
+                                              ("h", "float32"), ("label", "int64"))}],
+        "source": _value("string"),
+        "generator": {k: _value("string") for k in ("name", "checkpoint_sha256", "params_json")},
+        "seed": _value("int64"),
+        "parent_id": _value("string"),
+        "scores": {"realism": _value("float32"), "confidence": _value("float32")},
+    }
+
+
+def _check_class_names(class_names: list[str]) -> list[str]:
+    if not isinstance(class_names, (list, tuple)) or not all(isinstance(n, str) for n in class_names):
+        raise ValueError(f"class_names must be a list of strings, got {class_names!r}")
+    if len(set(class_names)) != len(class_names):
+        raise ValueError(f"class_names has duplicates: {class_names!r}")
+    return list(class_names)
+
+
+def shard_schema(class_names: list[str]) -> pa.Schema:
+    """The Arrow schema of a version-1 shard, with class names in its metadata.
+
+    Every field is nullable at the Arrow level: `datasets` does not take a non-null
+    `image` struct as an Image. Required values (id, image, ...) are enforced on write.
+    """
+    class_names = _check_class_names(class_names)
+    schema = pa.schema([
+        pa.field("id", pa.string()),
+        pa.field("image", _PNG),
+        pa.field("height", pa.int32()),
+        pa.field("width", pa.int32()),
+        pa.field("label", pa.int64()),
+        pa.field("label_name", pa.string()),
+        pa.field("mask", _PNG),
+        pa.field("instances", _PNG),
+        pa.field("depth", _PNG),
+        pa.field("boxes", pa.list_(_BOX)),
+        pa.field("source", pa.string()),
+        pa.field("generator", _GENERATOR),
+        pa.field("seed", pa.int64()),
+        pa.field("parent_id", pa.string()),
+        pa.field("scores", _SCORES),
+    ])
+    meta = {
+        b"synthaug": json.dumps({"schema_version": SCHEMA_VERSION, "class_names": class_names}),
+        b"huggingface": json.dumps({"info": {"features": _hf_features(class_names)}}),
+    }
+    return schema.with_metadata(meta)
+
+
+def shard_metadata(schema: pa.Schema) -> dict[str, Any]:
+    """The `synthaug` metadata of a shard schema: schema_version and class_names."""
+    raw = (schema.metadata or {}).get(b"synthaug")
+    if raw is None:
+        raise ValueError("not a synthaug shard: no 'synthaug' key in the Parquet metadata")
+    meta = json.loads(raw)
+    if meta.get("schema_version") != SCHEMA_VERSION:
+        raise ValueError(f"shard schema_version {meta.get('schema_version')!r} is not supported "
+                         f"(this package reads {SCHEMA_VERSION})")
+    return meta
+
+
+# ---------------------------------------------------------------- samples <-> table
+
+def _png_cell(array: np.ndarray | None, level: int) -> dict[str, Any] | None:
+    return None if array is None else {"bytes": _encode_png(array, compress_level=level), "path": None}
+
+
+def samples_to_table(samples: Sequence[Sample], class_names: list[str], *,
+                     png_compress_level: int = 1) -> pa.Table:
+    """Rows of a shard: PNG-encode pixels, name labels, flatten meta. Order is kept."""
+    schema = shard_schema(class_names)
+    if not 0 <= png_compress_level <= 9:
+        raise ValueError(f"png_compress_level must be in 0..9, got {png_compress_level!r}")
+    rows = []
+    for s in samples:
+        if s.label is not None and not 0 <= s.label < len(class_names):
+            raise ValueError(f"sample {s.id!r}: label {s.label!r} is not an index into "
+                             f"{len(class_names)} class names")
+        if s.source not in SOURCES:
+            raise ValueError(f"sample {s.id!r}: source {s.source!r} is not one of {SOURCES}")
+        if s.image.ndim != 3 or s.image.dtype != np.uint8 or s.image.shape[2] not in (1, 3):
+            raise ValueError(f"sample {s.id!r}: image must be uint8 HxWx1 or HxWx3, "
+                             f"got {s.image.dtype} {s.image.shape}")
+        for key in _PNG_COLUMNS[1:]:
+            plane = getattr(s, key)
+            if plane is not None and (plane.dtype != np.uint16 or plane.shape != s.image.shape[:2]):
+                raise ValueError(f"sample {s.id!r}: {key} must be uint16 of shape {s.image.shape[:2]}, "
+                                 f"got {plane.dtype} {plane.shape}")
+        g, sc = s.generator, s.scores
+        rows.append({
+            "id": s.id,
+            "image": _png_cell(s.image, png_compress_level),
+            "height": s.height,
+            "width": s.width,
+            "label": s.label,
+            "label_name": None if s.label is None else class_names[s.label],
+            "mask": _png_cell(s.mask, png_compress_level),
+            "instances": _png_cell(s.instances, png_compress_level),
+            "depth": _png_cell(s.depth, png_compress_level),
+            "boxes": [asdict(b) for b in s.boxes],
+            "source": s.source,
+            "generator": None if g is None else asdict(g),
+            "seed": s.seed,
+            "parent_id": s.parent_id,
+            "scores": None if sc is None else asdict(sc),
+        })
+    return pa.Table.from_pylist(rows, schema=schema)
+
+
+def table_to_samples(table: pa.Table) -> list[Sample]:
+    """Decode shard rows back into Samples (floats come back as their float32 values)."""
+    samples = []
+    for row in table.to_pylist():
+        image = _decode_png(row["image"]["bytes"])
+        if image.ndim == 2:
+            image = image[:, :, None]
+        png = {k: None if row[k] is None else _decode_png(row[k]["bytes"]) for k in _PNG_COLUMNS[1:]}
+        samples.append(Sample(
+            id=row["id"],
+            image=image,
+            label=row["label"],
+            mask=png["mask"],
+            boxes=[Box(**b) for b in row["boxes"] or []],
+            instances=png["instances"],
+            depth=png["depth"],
+            source=row["source"],
+            generator=None if row["generator"] is None else GeneratorInfo(**row["generator"]),
+            seed=row["seed"],
+            parent_id=row["parent_id"],
+            scores=None if row["scores"] is None else Scores(**row["scores"]),
+        ))
+    return samples
+
+
+# ---------------------------------------------------------------- writing
+
+@dataclass(frozen=True)
+class ShardEntry:
+    """One published shard as the manifest lists it. Unlabelled rows are in `rows` only."""
+
+    file: str
+    rows: int
+    sha256: str
+    class_counts: dict[str, int] = field(default_factory=dict)
+    source_counts: dict[str, int] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"file": self.file, "rows": self.rows, "sha256": self.sha256,
+                "class_counts": dict(sorted(self.class_counts.items())),
+                "source_counts": dict(sorted(self.source_counts.items()))}
+
+
+def _sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make a rename durable (POSIX); a no-op where directories cannot be opened."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _atomic_write(path: Path, write: Callable[[Any], None]) -> None:
+    """Write via `write(file)` to a hidden temporary sibling, fsync, then rename into place."""
+    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex}")
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+
+
+def write_shard(table: pa.Table, path: Path) -> ShardEntry:
+    """Publish `table` at `path` atomically; same table → same bytes. Returns its entry."""
+    path = Path(path)
+    if path.suffix != ".parquet":
+        raise ValueError(f"shard path must end in .parquet, got {str(path)!r}")
+    shard_metadata(table.schema)  # refuse tables that are not version-1 shards
+
+    def write(f: Any) -> None:
+        pq.write_table(table, f, row_group_size=ROW_GROUP_ROWS, compression=PARQUET_COMPRESSION,
+                       use_dictionary=_DICTIONARY_COLUMNS, write_statistics=_STATISTICS_COLUMNS)
+
+    _atomic_write(path, write)
+    return _entry(path, table)
+
+
+def _entry(path: Path, table: pa.Table) -> ShardEntry:
+    label_names = [n for n in table.column("label_name").to_pylist() if n is not None]
+    return ShardEntry(
+        file=path.name,
+        rows=table.num_rows,
+        sha256=_sha256_file(path),
+        class_counts=dict(sorted(Counter(label_names).items())),
+        source_counts=dict(sorted(Counter(table.column("source").to_pylist()).items())),
+    )
+
+
+def shard_entry_from_file(path: Path) -> ShardEntry:
+    """The manifest entry of an already published shard (e.g. when a job resumes)."""
+    path = Path(path)
+    try:
+        schema = pq.read_schema(path)
+        shard_metadata(schema)
+        table = pq.read_table(path, columns=["label_name", "source"])
+    except (OSError, pa.ArrowException) as exc:
+        raise ValueError(f"{path}: unreadable as a shard ({exc})") from None
+    except ValueError as exc:
+        raise ValueError(f"{path}: {exc}") from None
+    return _entry(path, table)
+
+
+# ---------------------------------------------------------------- manifest
+
+@dataclass(frozen=True)
+class Manifest:
+    """What a shard folder holds; the manifest file is the only truth of that."""
+
+    schema_version: int
+    class_names: list[str]
+    total_rows: int
+    class_counts: dict[str, int]
+    source_counts: dict[str, int]
+    shards: list[ShardEntry]
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def write_manifest(shard_dir: Path, entries: list[ShardEntry], class_names: list[str],
+                   extra: dict | None = None) -> Path:
+    """Write `_manifest.json` atomically (last step of a job): totals plus the shard list."""
+    shard_dir = Path(shard_dir)
+    class_names = _check_class_names(class_names)
+    files = [e.file for e in entries]
+    if len(set(files)) != len(files):
+        raise ValueError(f"manifest entries name a file twice: {sorted(files)}")
+    classes: Counter[str] = Counter()
+    sources: Counter[str] = Counter()
+    for e in entries:
+        classes.update(e.class_counts)
+        sources.update(e.source_counts)
+    doc = {
+        "schema_version": SCHEMA_VERSION,
+        "class_names": class_names,
+        "total_rows": sum(e.rows for e in entries),
+        "class_counts": dict(sorted(classes.items())),
+        "source_counts": dict(sorted(sources.items())),
+        "shards": [e.to_dict() for e in sorted(entries, key=lambda e: e.file)],
+        "extra": extra or {},
+    }
+    data = (json.dumps(doc, indent=2, sort_keys=False) + "\n").encode()
+    path = shard_dir / MANIFEST_NAME
+    _atomic_write(path, lambda f: f.write(data))
+    return path
+
+
+def _entry_from_dict(raw: Any, where: str) -> ShardEntry:
+    if not isinstance(raw, dict):
+        raise ValueError(f"{where}: expected an object, got {raw!r}")
+    try:
+        entry = ShardEntry(file=raw["file"], rows=int(raw["rows"]), sha256=str(raw["sha256"]),
+                           class_counts=dict(raw.get("class_counts", {})),
+                           source_counts=dict(raw.get("source_counts", {})))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ValueError(f"{where}: malformed entry ({exc!r})") from None
+    if not isinstance(entry.file, str) or Path(entry.file).name != entry.file or entry.file.startswith("."):
+        raise ValueError(f"{where}: file {entry.file!r} must be a plain file name in the shard folder")
+    return entry
+
+
+def read_manifest(shard_dir: Path) -> Manifest:
+    """Read and check `_manifest.json`; FileNotFoundError or ValueError naming the file."""
+    path = Path(shard_dir) / MANIFEST_NAME
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no shard manifest (was the job finished?)")
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(doc, dict):
+        raise ValueError(f"{path}: expected a JSON object")
+    if doc.get("schema_version") != SCHEMA_VERSION:
+        raise ValueError(f"{path}: schema_version {doc.get('schema_version')!r} is not supported "
+                         f"(expected {SCHEMA_VERSION})")
+    try:
+        shards = [_entry_from_dict(e, f"{path}: shards[{i}]") for i, e in enumerate(doc["shards"])]
+        return Manifest(
+            schema_version=SCHEMA_VERSION,
+            class_names=_check_class_names(doc["class_names"]),
+            total_rows=int(doc["total_rows"]),
+            class_counts=dict(doc.get("class_counts", {})),
+            source_counts=dict(doc.get("source_counts", {})),
+            shards=shards,
+            extra=dict(doc.get("extra") or {}),
+        )
+    except (KeyError, TypeError) as exc:
+        raise ValueError(f"{path}: malformed manifest ({exc!r})") from None
+
+
+def verify_shards(shard_dir: Path) -> list[str]:
+    """Check every listed shard (exists, sha256, rows); an empty list means all good."""
+    shard_dir = Path(shard_dir)
+    manifest = read_manifest(shard_dir)
+    problems = []
+    for entry in manifest.shards:
+        path = shard_dir / entry.file
+        if not path.is_file():
+            problems.append(f"{entry.file}: missing")
+            continue
+        digest = _sha256_file(path)
+        if digest != entry.sha256:
+            problems.append(f"{entry.file}: sha256 {digest} does not match the manifest's {entry.sha256}")
+        try:
+            rows = pq.ParquetFile(path).metadata.num_rows
+        except (OSError, pa.ArrowException) as exc:
+            problems.append(f"{entry.file}: unreadable as Parquet ({exc})")
+            continue
+        if rows != entry.rows:
+            problems.append(f"{entry.file}: {rows} rows, the manifest says {entry.rows}")
+    listed = {e.file for e in manifest.shards}
+    for path in sorted(shard_dir.glob("*.parquet")):
+        if path.name not in listed:
+            problems.append(f"{path.name}: not in manifest (ignored by readers)")
+    return problems
+
+
+# ---------------------------------------------------------------- training readers
+
+def _row_to_item(row: dict[str, Any]) -> dict[str, Any]:
+    """One shard row as training tensors (instances and depth are not read).
+
+    Missing values become collate-friendly stand-ins: label -1, label_name "", seed -1,
+    parent_id "", mask an empty int64 tensor of shape (0, 0).
+    """
+    image = _decode_png(row["image"]["bytes"])
+    image = image[:, :, None] if image.ndim == 2 else image
+    mask = row["mask"]
+    boxes = row["boxes"] or []
+    return {
+        "id": row["id"],
+        "image": torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))),
+        "label": -1 if row["label"] is None else int(row["label"]),
+        "label_name": row["label_name"] or "",
+        "mask": (torch.empty((0, 0), dtype=torch.int64) if mask is None
+                 else torch.from_numpy(_decode_png(mask["bytes"]).astype(np.int64))),
+        "boxes": torch.tensor([[b["x"], b["y"], b["w"], b["h"]] for b in boxes], dtype=torch.float32).reshape(-1, 4),
+        "box_labels": torch.tensor([b["label"] for b in boxes], dtype=torch.int64),
+        "source": row["source"],
+        "seed": -1 if row["seed"] is None else int(row["seed"]),
+        "parent_id": row["parent_id"] or "",
+    }
+
+
+_ITEM_COLUMNS = ["id", "image", "label", "label_name", "mask", "boxes", "source", "seed", "parent_id"]
+
+
+def collate_items(items: list[dict[str, Any]]) -> dict[str, Any]:
+    """DataLoader collate: stack images and labels; boxes and masks stay per-item lists."""
+    out: dict[str, Any] = {k: [it[k] for it in items] for k in items[0]}
+    out["label"] = torch.tensor(out["label"], dtype=torch.int64)
+    out["seed"] = torch.tensor(out["seed"], dtype=torch.int64)
+    if len({tuple(im.shape) for im in out["image"]}) == 1:
+        out["image"] = torch.stack(out["image"])
+    return out
+
+
+class _ShardFiles:
+    """Listed shard files of a folder, from its manifest (unlisted files are never read)."""
+
+    def __init__(self, shard_dir: Path) -> None:
+        self.shard_dir = Path(shard_dir)
+        self.manifest = read_manifest(self.shard_dir)
+        self.paths = [self.shard_dir / e.file for e in self.manifest.shards]
+        self.rows = [e.rows for e in self.manifest.shards]
+
+
+class ShardDataset(_ShardFiles, torch.utils.data.Dataset):
+    """Map-style dataset over a shard folder (torch `Dataset` protocol).
+
+    Rows are addressed through the manifest; a row's row group is read on demand and the
+    current file and row group are cached, so sequential access reads each group once
+    (random access costs one row-group read per item: prefer `ShardIterableDataset`).
+    """
+
+    def __init__(self, shard_dir: Path, transform: Callable[[dict], dict] | None = None) -> None:
+        super().__init__(shard_dir)
+        self.transform = transform
+        self._starts = np.cumsum([0] + self.rows)
+        self._file: tuple[tuple[int, int], pq.ParquetFile, np.ndarray] | None = None
+        self._group: tuple[int, int, list[dict]] | None = None
+
+    def __len__(self) -> int:
+        return int(self._starts[-1])
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        n = len(self)
+        if not -n <= index < n:
+            raise IndexError(f"index {index} out of range for {n} rows")
+        index %= n
+        # 1. Which file, then which row group inside it (opened lazily: safe across workers).
+        f = int(np.searchsorted(self._starts, index, side="right") - 1)
+        local = index - int(self._starts[f])
+        key = (f, os.getpid())  # a DataLoader worker never reuses its parent's handle
+        if self._file is None or self._file[0] != key:
+            pf = pq.ParquetFile(self.paths[f])
+            group_rows = [pf.metadata.row_group(g).num_rows for g in range(pf.num_row_groups)]
+            self._file = (key, pf, np.cumsum([0] + group_rows))
+            self._group = None
+        _, pf, group_starts = self._file
+        g = int(np.searchsorted(group_starts, local, side="right") - 1)
+        # 2. Read the row group once and keep it until another is needed.
+        if self._group is None or self._group[:2] != (f, g):
+            self._group = (f, g, pf.read_row_group(g, columns=_ITEM_COLUMNS).to_pylist())
+        item = _row_to_item(self._group[2][local - int(group_starts[g])])
+        return self.transform(item) if self.transform else item
+
+
+class ShardIterableDataset(_ShardFiles, torch.utils.data.IterableDataset):
+    """Streaming dataset over a shard folder (torch `IterableDataset` protocol).
+
+    DataLoader workers each take every n-th file; with `shuffle_files` the file order is a
+    permutation drawn from `seed` plus the epoch (`set_epoch`), the same in every worker.
+    """
+
+    def __init__(self, shard_dir: Path, transform: Callable[[dict], dict] | None = None,
+                 shuffle_files: bool = False, seed: int = 0) -> None:
+        super().__init__(shard_dir)
+        self.transform = transform
+        self.shuffle_files = shuffle_files
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return sum(self.rows)
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        order = list(range(len(self.paths)))
+        if self.shuffle_files:
+            order = list(np.random.default_rng([self.seed, self.epoch]).permutation(order))
+        info = torch.utils.data.get_worker_info()
+        if info is not None:
+            order = order[info.id::info.num_workers]
+        for f in order:
+            pf = pq.ParquetFile(self.paths[f])
+            for batch in pf.iter_batches(batch_size=ROW_GROUP_ROWS, columns=_ITEM_COLUMNS):
+                for row in batch.to_pylist():
+                    item = _row_to_item(row)
+                    yield self.transform(item) if self.transform else item

@@ -1,0 +1,93 @@
+"""An image folder with one sub-folder per class (the torchvision `ImageFolder` layout).
+
+    root/cat/001.png
+    root/cat/more/002.jpg     (found recursively)
+    root/dog/001.png
+
+Class names are the sorted sub-folder names; entries starting with '.' are ignored
+everywhere. Symlinked files are listed, but `load` refuses any that resolve outside
+`root`; symlinked sub-folders inside a class folder are not followed.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from augment.errors import ConfigError
+from augment.images import DEFAULT_MAX_PIXELS, Color, check_color, load_image_file, resize_image
+from augment.sample import Sample
+from augment.sources.base import SourceRecord, check_class_name
+
+IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"})
+
+
+def _image_files(class_dir: Path) -> list[Path]:
+    """Image files under `class_dir` (recursive, hidden entries skipped, no symlinked dirs)."""
+    found: list[Path] = []
+    for dirpath, dirnames, filenames in os.walk(class_dir, followlinks=False):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for filename in sorted(filenames):
+            if not filename.startswith(".") and Path(filename).suffix.lower() in IMAGE_EXTENSIONS:
+                found.append(Path(dirpath) / filename)
+    return found
+
+
+class ImageFolderSource:
+    """Images in `root/<class name>/...`; record id and ref are the POSIX path under `root`."""
+
+    def __init__(
+        self,
+        root: Path,
+        *,
+        color: Color = "rgb",
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+        image_size: int | None = None,
+    ) -> None:
+        self.root = Path(root)
+        try:
+            self.color = check_color(color)
+        except ValueError as exc:
+            raise ConfigError(f"{self.root}: {exc}") from None
+        if image_size is not None and (isinstance(image_size, bool) or image_size < 1):
+            raise ConfigError(f"{self.root}: image_size must be a positive integer, got {image_size!r}")
+        self.max_pixels = max_pixels
+        self.image_size = image_size
+        if not self.root.is_dir():
+            raise ConfigError(f"{self.root}: image folder not found (or not a directory)")
+        class_dirs = sorted(
+            (p for p in self.root.iterdir() if p.is_dir() and not p.name.startswith(".")),
+            key=lambda p: p.name,
+        )
+        if not class_dirs:
+            raise ConfigError(f"{self.root}: no class folders (expected one sub-folder per class)")
+        self._class_names = [check_class_name(p.name, str(p)) for p in class_dirs]
+        records: list[SourceRecord] = []
+        for label, class_dir in enumerate(class_dirs):
+            files = _image_files(class_dir)
+            if not files:
+                extensions = ", ".join(sorted(IMAGE_EXTENSIONS))
+                raise ConfigError(f"{class_dir}: class folder has no image files ({extensions})")
+            for file in files:
+                rel = file.relative_to(self.root).as_posix()
+                records.append(SourceRecord(id=rel, label=label, ref=rel))
+        self._records = sorted(records, key=lambda r: r.id)
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(self._class_names)
+
+    def records(self) -> list[SourceRecord]:
+        return list(self._records)
+
+    def load(self, record: SourceRecord) -> Sample:
+        image = load_image_file(
+            self.root / record.ref,
+            root=self.root,
+            color=self.color,
+            max_pixels=self.max_pixels,
+            name=record.ref,
+        )
+        if self.image_size is not None:
+            image = resize_image(image, self.image_size)
+        return Sample(id=record.id, image=image, label=record.label, source="real")

@@ -1,0 +1,220 @@
+"""Parquet shards of this project's format (schema version 1) read back as a source.
+
+Reads the columns directly with pyarrow (no dependency on the shard writer): `id`,
+`image` and `mask`/`instances`/`depth` (PNG bytes in the `datasets` Image layout, a struct
+of `bytes` and `path`), `label`, `label_name`, `boxes`. Class names and schema version come
+from the file's key-value metadata key `synthaug`. Listing reads only `id` and `label`;
+`load` reads one row group at a time and keeps the last one for the next record.
+"""
+
+from __future__ import annotations
+
+import bisect
+import itertools
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from augment.errors import ConfigError, InputRejected
+from augment.images import decode_png
+from augment.sample import Box, Sample
+from augment.sources.base import SourceRecord, check_class_name
+
+SCHEMA_VERSION = 1
+METADATA_KEY = b"synthaug"
+_REQUIRED_COLUMNS = ("id", "image")
+
+
+def _shard_files(path: Path) -> list[Path]:
+    if path.is_file():
+        return [path]
+    if not path.is_dir():
+        raise ConfigError(f"{path}: Parquet source not found")
+    files = sorted(
+        p for p in path.iterdir()
+        if p.is_file() and p.suffix == ".parquet" and not p.name.startswith(("_", "."))
+    )
+    if not files:
+        raise ConfigError(f"{path}: no *.parquet files")
+    return files
+
+
+def _class_names_of(schema: pa.Schema, file: Path) -> list[str]:
+    raw = (schema.metadata or {}).get(METADATA_KEY)
+    if raw is None:
+        raise ConfigError(f"{file}: not a synthaug shard (no 'synthaug' key in the Parquet metadata)")
+    try:
+        meta = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{file}: 'synthaug' metadata is not valid JSON: {exc}") from None
+    if not isinstance(meta, dict) or meta.get("schema_version") != SCHEMA_VERSION:
+        version = meta.get("schema_version") if isinstance(meta, dict) else None
+        raise ConfigError(
+            f"{file}: shard schema_version {version!r} is not supported (expected {SCHEMA_VERSION})"
+        )
+    names = meta.get("class_names")
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise ConfigError(f"{file}: 'synthaug' metadata needs 'class_names', a list of strings")
+    if len(set(names)) != len(names):
+        raise ConfigError(f"{file}: duplicate class names in {names!r}")
+    return [check_class_name(n, str(file)) for n in names]
+
+
+class ParquetSource:
+    """A shard folder (`*.parquet`, skipping names starting with '_' or '.') or one shard file."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self._files: dict[str, Path] = {}
+        self._class_names: list[str] | None = None
+        self._group_starts: dict[str, list[int]] = {}  # first row of each row group, per file
+        self._num_rows: dict[str, int] = {}
+        records: list[SourceRecord] = []
+        where_of: dict[str, str] = {}
+        for file in _shard_files(self.path):
+            try:
+                schema = pq.read_schema(file)
+            except (OSError, pa.ArrowException) as exc:
+                raise ConfigError(f"{file}: not a readable Parquet file: {exc}") from None
+            names = _class_names_of(schema, file)
+            if self._class_names is None:
+                self._class_names = names
+            elif names != self._class_names:
+                raise ConfigError(
+                    f"{file}: class names {names!r} differ from those of the other shards "
+                    f"{self._class_names!r}"
+                )
+            for column in _REQUIRED_COLUMNS:
+                if column not in schema.names:
+                    raise ConfigError(f"{file}: missing column {column!r}")
+            columns = ["id"] + (["label"] if "label" in schema.names else [])
+            try:
+                table = pq.read_table(file, columns=columns)
+            except (OSError, pa.ArrowException) as exc:
+                raise ConfigError(f"{file}: cannot read columns {columns}: {exc}") from None
+            try:
+                metadata = pq.read_metadata(file)
+            except (OSError, pa.ArrowException) as exc:
+                raise ConfigError(f"{file}: cannot read the Parquet footer: {exc}") from None
+            sizes = [metadata.row_group(g).num_rows for g in range(metadata.num_row_groups)]
+            self._group_starts[file.name] = [0, *itertools.accumulate(sizes)][:-1]
+            self._num_rows[file.name] = sum(sizes)
+            ids = table.column("id").to_pylist()
+            labels = table.column("label").to_pylist() if "label" in columns else [None] * len(ids)
+            self._files[file.name] = file
+            for row, (record_id, label) in enumerate(zip(ids, labels)):
+                where = f"{file.name}#{row}"
+                if not isinstance(record_id, str) or not record_id:
+                    raise ConfigError(f"{file}: row {row} has no id")
+                if record_id in where_of:
+                    raise ConfigError(
+                        f"{file}: duplicate id {record_id!r} (rows {where_of[record_id]} and {where})"
+                    )
+                if label is not None and not 0 <= label < len(names):
+                    raise ConfigError(
+                        f"{file}: row {row} has label {label}, outside the {len(names)} class names"
+                    )
+                where_of[record_id] = where
+                records.append(SourceRecord(id=record_id, label=label, ref=where))
+        self._records = sorted(records, key=lambda r: r.id)
+        self._cache: tuple[str, int, pa.Table] | None = None  # (file name, row group, rows)
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["_cache"] = None  # do not ship cached rows to workers
+        return state
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(self._class_names or [])
+
+    def records(self) -> list[SourceRecord]:
+        return list(self._records)
+
+    def _row(self, ref: str) -> dict[str, Any]:
+        name, _, row_text = ref.rpartition("#")
+        file = self._files.get(name)
+        if file is None or not (row_text.isascii() and row_text.isdigit()):
+            raise InputRejected(ref, "no such shard row")
+        row = int(row_text)
+        starts = self._group_starts[name]
+        group = bisect.bisect_right(starts, row) - 1
+        if group < 0 or row >= self._num_rows[name]:
+            raise InputRejected(ref, "no such shard row")
+        if self._cache is None or self._cache[:2] != (name, group):
+            try:
+                with pq.ParquetFile(file) as parquet:
+                    self._cache = (name, group, parquet.read_row_group(group))
+            except (OSError, pa.ArrowException) as exc:
+                raise InputRejected(ref, f"cannot read shard row: {exc}") from None
+        return self._cache[2].slice(row - starts[group], 1).to_pylist()[0]
+
+    def load(self, record: SourceRecord) -> Sample:
+        ref = record.ref
+        row = self._row(ref)
+        image = _png_cell(row.get("image"), ref, "image")
+        if image is None:
+            raise InputRejected(ref, "image has no PNG bytes")
+        if image.dtype != np.uint8:
+            raise InputRejected(ref, "image is a 16-bit PNG; expected 8-bit gray or RGB")
+        height, width = image.shape[:2]
+        label = row.get("label")
+        names = self.class_names
+        if label is not None and not 0 <= label < len(names):
+            raise InputRejected(ref, f"label {label} outside the {len(names)} class names")
+        label_name = row.get("label_name")
+        if label is not None and label_name is not None and label_name != names[label]:
+            raise InputRejected(
+                ref, f"label_name {label_name!r} disagrees with class {label} {names[label]!r}"
+            )
+        maps = {}
+        for column in ("mask", "instances", "depth"):
+            array = _png_cell(row.get(column), ref, column)
+            if array is not None:
+                if array.ndim == 3:  # an 8-bit gray PNG holding small ids
+                    if array.shape[2] != 1:
+                        raise InputRejected(
+                            ref, f"{column} must be a gray PNG, got {array.shape[2]} channels"
+                        )
+                    array = array[..., 0].astype(np.uint16)
+                if array.shape != (height, width):
+                    raise InputRejected(
+                        ref,
+                        f"{column} size {array.shape[1]}x{array.shape[0]} does not match "
+                        f"image {width}x{height} (WxH)",
+                    )
+            maps[column] = array
+        boxes = []
+        for box in row.get("boxes") or []:
+            values = [box.get(k) if isinstance(box, dict) else None for k in ("x", "y", "w", "h", "label")]
+            if any(v is None for v in values):
+                raise InputRejected(ref, f"malformed box {box!r}")
+            x, y, w, h, box_label = values
+            boxes.append(Box(x=float(x), y=float(y), w=float(w), h=float(h), label=int(box_label)))
+        return Sample(
+            id=record.id,
+            image=image,
+            label=label,
+            mask=maps["mask"],
+            boxes=boxes,
+            instances=maps["instances"],
+            depth=maps["depth"],
+            source="real",
+        )
+
+
+def _png_cell(cell: Any, ref: str, column: str) -> np.ndarray | None:
+    """Decode a `datasets` Image cell ({bytes, path}); None for a null cell or null bytes."""
+    if cell is None:
+        return None
+    data = cell.get("bytes") if isinstance(cell, dict) else None
+    if data is None:
+        return None
+    try:
+        return decode_png(data)
+    except ValueError as exc:
+        raise InputRejected(ref, f"{column}: {exc}") from None

@@ -1,0 +1,1 @@
+"""Domain transfer (CycleGAN, CyCADA): simulator frames to the look of real images."""

@@ -1,0 +1,109 @@
+"""`synthaug` command line: run, validate, schema, inspect.
+
+Exit codes: 0 ok, 1 the job failed, 2 bad usage or config.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import traceback
+from pathlib import Path
+
+from augment.errors import ConfigError
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="synthaug", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    run = commands.add_parser("run", help="run a job config (resumes an interrupted run of the same config)")
+    run.add_argument("config", type=Path)
+    run.add_argument("--out", type=Path, help="job folder (default: runs/<config name>)")
+    run.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS, else an embedded local Ray)")
+    run.add_argument("--overwrite", action="store_true", help="replace a job folder that holds another config")
+
+    validate = commands.add_parser("validate", help="check a config without running it")
+    validate.add_argument("config", type=Path)
+
+    commands.add_parser("schema", help="print the config's JSON Schema (for editors)")
+
+    inspect = commands.add_parser("inspect", help="counts per class and source; verify every shard's checksum")
+    inspect.add_argument("out", type=Path)
+    return parser
+
+
+def _run(args: argparse.Namespace) -> int:
+    from jobs.config import load_config
+    from jobs.runner import JobFailed, run_job, summarize_rejections
+
+    config = load_config(args.config)
+    out = args.out or Path("runs") / config.name
+    try:
+        result = run_job(config, out, address=args.address, overwrite=args.overwrite)
+    except (ConfigError, KeyboardInterrupt):
+        raise
+    except JobFailed as error:
+        print(f"synthaug: job failed: {error}", file=sys.stderr)
+        return EXIT_FAILED
+    except Exception as error:  # noqa: BLE001 - the CLI turns any failure into one line + a log file
+        log_path = out / "error.log"
+        if out.is_dir():
+            log_path.write_text(traceback.format_exc())
+        print(f"synthaug: job failed: {type(error).__name__}: {error} (traceback in {log_path})", file=sys.stderr)
+        return EXIT_FAILED
+    counts = ", ".join(f"{name}={n}" for name, n in sorted(result.class_counts.items()))
+    resumed = f", {result.resumed_shards} kept from an earlier run" if result.resumed_shards else ""
+    print(f"wrote {result.rows} training rows in {result.shards} shards (+{result.holdout_rows} holdout) "
+          f"to {result.out} in {result.seconds:.1f}s{resumed}")
+    print(f"per class: {counts}")
+    print(summarize_rejections(result.rejected))
+    return EXIT_OK
+
+
+def _validate(args: argparse.Namespace) -> int:
+    from jobs.config import load_config
+
+    config = load_config(args.config)
+    print(f"{args.config}: ok (job {config.name!r}, config hash {config.content_hash()[:12]})")
+    return EXIT_OK
+
+
+def _inspect(args: argparse.Namespace) -> int:
+    from jobs.inspect import inspect_job
+
+    report, problems = inspect_job(args.out)
+    print(report)
+    for problem in problems:
+        print(f"problem: {problem}", file=sys.stderr)
+    return EXIT_FAILED if problems else EXIT_OK
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "run":
+            return _run(args)
+        if args.command == "validate":
+            return _validate(args)
+        if args.command == "schema":
+            from jobs.config import json_schema
+
+            print(json.dumps(json_schema(), indent=2))
+            return EXIT_OK
+        return _inspect(args)
+    except ConfigError as error:
+        print(f"synthaug: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("synthaug: interrupted; run the same command again to resume", file=sys.stderr)
+        return EXIT_FAILED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

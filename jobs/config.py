@@ -1,0 +1,223 @@
+"""The job config: one YAML file, validated by pydantic, hashed for resume.
+
+Unknown keys are errors, and every error names the field path and the offending value,
+e.g. `augment.transforms[2].p: 1.5 — Input should be less than or equal to 1`.
+Relative paths in `source` are resolved against the config file's folder.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from augment.errors import ConfigError
+
+Color = Literal["rgb", "gray"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# --- source ---------------------------------------------------------------------------
+
+
+class DigitsSourceConfig(_Strict):
+    """scikit-learn's 1,797 handwritten digits (8×8, bundled offline), resized."""
+
+    kind: Literal["digits"]
+    image_size: int = Field(32, ge=8, le=512)
+    color: Color = "rgb"
+
+
+class FolderSourceConfig(_Strict):
+    """An image folder with one sub-folder per class."""
+
+    kind: Literal["folder"]
+    root: Path
+    color: Color = "rgb"
+    image_size: int | None = Field(None, ge=8, le=4096)
+    max_pixels: int = Field(40_000_000, gt=0)
+
+
+class CocoSourceConfig(_Strict):
+    """A COCO JSON file with boxes and (polygon or RLE) masks."""
+
+    kind: Literal["coco"]
+    annotations: Path
+    images_root: Path
+    color: Color = "rgb"
+    masks: bool = True
+    max_pixels: int = Field(40_000_000, gt=0)
+
+
+class ParquetSourceConfig(_Strict):
+    """Parquet shards written by synthaug (a folder or one file)."""
+
+    kind: Literal["parquet"]
+    path: Path
+
+
+SourceConfig = Annotated[
+    DigitsSourceConfig | FolderSourceConfig | CocoSourceConfig | ParquetSourceConfig,
+    Field(discriminator="kind"),
+]
+
+
+class SplitConfig(_Strict):
+    """A seeded, per-class split; the holdout is what reports compare against."""
+
+    holdout: float = Field(0.2, ge=0.0, lt=1.0)
+
+
+# --- quota ----------------------------------------------------------------------------
+
+
+class QuotaConfig(_Strict):
+    """How big each class of the enlarged training set (real + synthetic) should be.
+
+    Exactly one of: `per_class` (class name → target count), `multiplier` (target =
+    round(real × multiplier)), `balance: true` (every class up to the largest one).
+    """
+
+    per_class: dict[str, Annotated[int, Field(ge=0)]] | None = None
+    multiplier: float | None = Field(None, ge=1.0, le=1000.0)
+    balance: bool | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> QuotaConfig:
+        given = [k for k in ("per_class", "multiplier", "balance") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError(f"set exactly one of per_class, multiplier, balance (got {given or 'none'})")
+        if self.balance is False:
+            raise ValueError("balance: false asks for nothing; use multiplier: 1.0 to copy the real data only")
+        return self
+
+
+# --- augment --------------------------------------------------------------------------
+
+
+class TransformConfig(_Strict):
+    """One albumentations transform: its class name, probability and parameters."""
+
+    name: str
+    p: float | None = Field(None, ge=0.0, le=1.0)
+    params: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _valid_for_albumentations(self) -> TransformConfig:
+        from augment.classical import validate_transform
+
+        validate_transform(self.name, dict(self.params), self.p)
+        return self
+
+    def as_spec(self) -> dict[str, Any]:
+        spec: dict[str, Any] = {"name": self.name, "params": dict(self.params)}
+        if self.p is not None:
+            spec["p"] = self.p
+        return spec
+
+
+class AugmentConfig(_Strict):
+    transforms: list[TransformConfig] = Field(min_length=1)
+
+
+# --- output and execution ---------------------------------------------------------------
+
+
+class OutputConfig(_Strict):
+    rows_per_shard: int = Field(512, ge=1, le=100_000)
+    include_real: bool = True
+    png_compress_level: int = Field(1, ge=0, le=9)
+
+
+class ExecutionConfig(_Strict):
+    """How to run; none of it changes the output bytes, so it is left out of the hash."""
+
+    num_workers: int = Field(2, ge=1, le=4096)
+    num_cpus_per_worker: float = Field(1.0, gt=0)
+    num_gpus_per_worker: float = Field(0.0, ge=0)
+    num_cpus: int | None = Field(None, ge=1, description="CPUs of the embedded local Ray (default: all)")
+
+
+class JobConfig(_Strict):
+    name: str = Field("job", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+    seed: int = Field(0, ge=0, lt=2**63)
+    source: SourceConfig
+    split: SplitConfig = SplitConfig()
+    quota: QuotaConfig
+    augment: AugmentConfig
+    output: OutputConfig = OutputConfig()
+    execution: ExecutionConfig = ExecutionConfig()
+
+    def content_hash(self) -> str:
+        """sha256 of everything that determines the output bytes (execution excluded)."""
+        content = self.model_dump(mode="json", exclude={"execution"})
+        canonical = json.dumps(content, sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+# --- loading --------------------------------------------------------------------------
+
+
+def format_validation_error(error: ValidationError, where: str) -> str:
+    """One line per problem: `field.path[i].name: value — message`."""
+    lines = []
+    for item in error.errors():
+        path = ""
+        for part in item["loc"]:
+            path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
+        value = item.get("input")
+        shown = "" if isinstance(value, dict) else f"{value!r} — "
+        message = item["msg"].removeprefix("Value error, ")
+        lines.append(f"{path or '(top level)'}: {shown}{message}")
+    return f"{where}: invalid config\n  " + "\n  ".join(lines)
+
+
+def _resolve_paths(raw: dict[str, Any], base: Path) -> dict[str, Any]:
+    source = raw.get("source")
+    if isinstance(source, dict):
+        for key in ("root", "annotations", "images_root", "path"):
+            value = source.get(key)
+            if isinstance(value, str) and value and not Path(value).is_absolute():
+                source[key] = str((base / value).resolve())
+    return raw
+
+
+def parse_config(raw: Any, *, where: str = "config", base: Path | None = None) -> JobConfig:
+    """Validate a mapping (already parsed YAML) into a `JobConfig`, or raise `ConfigError`."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: the top level must be a mapping, got {type(raw).__name__}")
+    if base is not None:
+        raw = _resolve_paths(json.loads(json.dumps(raw, default=str)), base)
+    try:
+        return JobConfig.model_validate(raw)
+    except ValidationError as error:
+        raise ConfigError(format_validation_error(error, where)) from None
+
+
+def load_config(path: Path) -> JobConfig:
+    """Read a YAML config with `safe_load` (python tags are refused) and validate it."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise ConfigError(f"{path}: cannot read config: {error}") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path}: not valid YAML (python tags are not allowed): {error}") from None
+    return parse_config(raw, where=str(path), base=path.resolve().parent)
+
+
+def json_schema() -> dict[str, Any]:
+    """JSON Schema of the config file, for editors."""
+    schema = JobConfig.model_json_schema()
+    schema["title"] = "synthaug job config"
+    return schema

@@ -1,0 +1,74 @@
+"""A Ray Data `Datasink` that publishes each planned shard atomically.
+
+Each incoming block holds whole shards (the shard stage emits one shard per batch), tagged
+by a `_shard` column. `write()` writes a shard to a temporary name and renames it into
+place. That is safe even though Ray retries tasks (at-least-once): a shard's bytes are a
+pure function of the plan, so a retried write publishes the same file under the same
+name, and a crash leaves at most a temporary file, which the next run removes. Publishing
+per shard (instead of at the end) is what lets a killed job resume where it stopped; the
+manifest, written by the driver once every shard exists, stays the only truth.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+from ray.data import Datasink
+from ray.data.block import Block, BlockAccessor
+
+from augment.shards import ShardEntry, shard_schema, write_shard
+
+
+class ShardDatasink(Datasink):
+    def __init__(
+        self,
+        out_dirs: dict[str, str],
+        expected_rows: dict[str, int],
+        class_names: list[str],
+        progress: Any = None,
+    ) -> None:
+        self.out_dirs = out_dirs  # shard file name -> folder it is published in
+        self.expected_rows = expected_rows
+        self.class_names = class_names
+        self.progress = progress
+        self.published: list[ShardEntry] = []
+
+    def write(self, blocks: Iterable[Block], ctx: Any) -> list[ShardEntry]:
+        tables = [BlockAccessor.for_block(b).to_arrow() for b in blocks]
+        tables = [t for t in tables if t.num_rows]
+        if not tables:
+            return []
+        table = pa.concat_tables(tables)
+        schema = shard_schema(self.class_names)
+        entries = []
+        for name in sorted(set(table.column("_shard").to_pylist())):
+            rows = table.filter(pc.equal(table.column("_shard"), name)).drop_columns(["_shard"])
+            if rows.num_rows != self.expected_rows[name]:
+                raise RuntimeError(
+                    f"shard {name}: got {rows.num_rows} rows in one write, planned {self.expected_rows[name]}; "
+                    "a block was split (lower output.rows_per_shard)"
+                )
+            entry = write_shard(rows.cast(schema), Path(self.out_dirs[name]) / name)
+            entries.append(entry)
+            if self.progress is not None:
+                self.progress.add.remote("written", entry.rows)
+        return entries
+
+    def on_write_complete(self, write_result: Any) -> None:
+        returns = getattr(write_result, "write_returns", write_result)
+        self.published = [entry for batch in returns for entry in batch]
+
+
+def remove_stale_temporaries(folder: Path) -> int:
+    """Delete temporary files a killed run left behind (only ever called under the job lock)."""
+    removed = 0
+    if folder.is_dir():
+        for path in folder.iterdir():
+            if path.name.startswith(".") and ".tmp" in path.name:
+                path.unlink(missing_ok=True)
+                removed += 1
+    return removed

@@ -1,0 +1,73 @@
+"""`synthaug inspect OUT`: what a job folder holds, and whether every shard is intact."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+import pyarrow.parquet as pq
+
+from augment.errors import ConfigError
+from augment.shards import read_manifest, verify_shards
+
+
+def _cross_counts(folder: Path, files: list[str]) -> Counter[tuple[str, str]]:
+    counts: Counter[tuple[str, str]] = Counter()
+    for name in files:
+        path = folder / name
+        if not path.exists():
+            continue
+        table = pq.read_table(path, columns=["label_name", "source"])
+        for label, source in zip(table.column("label_name").to_pylist(), table.column("source").to_pylist()):
+            counts[(label or "unlabelled", source)] += 1
+    return counts
+
+
+def _table(title: str, counts: Counter[tuple[str, str]], class_order: list[str]) -> str:
+    sources = sorted({s for _, s in counts})
+    classes = [c for c in class_order if any(k[0] == c for k in counts)]
+    classes += sorted({c for c, _ in counts} - set(classes))
+    width = max([len("class"), *(len(c) for c in classes)]) + 2
+    lines = [title, "class".ljust(width) + "".join(s.rjust(11) for s in sources) + "total".rjust(9)]
+    for name in classes:
+        row = [counts[(name, s)] for s in sources]
+        lines.append(name.ljust(width) + "".join(str(n).rjust(11) for n in row) + str(sum(row)).rjust(9))
+    totals = [sum(n for (c, s), n in counts.items() if s == src) for src in sources]
+    lines.append("total".ljust(width) + "".join(str(n).rjust(11) for n in totals) + str(sum(totals)).rjust(9))
+    return "\n".join(lines)
+
+
+def inspect_job(out: Path) -> tuple[str, list[str]]:
+    """A printable summary and the list of problems found (empty when all is well)."""
+    if not out.is_dir():
+        raise ConfigError(f"{out}: no such job folder")
+    sections, problems = [], []
+    job_file = out / "job.json"
+    if job_file.exists():
+        job = json.loads(job_file.read_text())
+        sections.append(f"job {job['config'].get('name')!r}  status={job.get('status')}  "
+                        f"config_hash={job.get('config_hash', '')[:12]}")
+    found_any = False
+    for split in ("shards", "holdout"):
+        folder = out / split
+        if not folder.is_dir():
+            continue
+        found_any = True
+        try:
+            manifest = read_manifest(folder)
+        except (FileNotFoundError, ValueError) as error:
+            problems.append(f"{split}: {error}")
+            continue
+        files = [entry.file for entry in manifest.shards]
+        counts = _cross_counts(folder, files)
+        sections.append(_table(f"\n{split}/ ({len(files)} shards)", counts, manifest.class_names))
+        problems += [f"{split}/{p}" for p in verify_shards(folder)]
+    if not found_any:
+        raise ConfigError(f"{out}: holds no shards/ folder; is it a synthaug job folder?")
+    rejected = out / "rejected.jsonl"
+    if rejected.exists():
+        n = sum(1 for line in rejected.read_text().splitlines() if line.strip())
+        sections.append(f"\nrejected records: {n} (see {rejected})")
+    sections.append("checksums: " + ("all ok" if not problems else f"{len(problems)} problems"))
+    return "\n".join(sections), problems

@@ -1,0 +1,218 @@
+"""Turn (config, source records) into a deterministic list of shards to write.
+
+Everything here is a pure function of the config and the records, so a resumed or
+retried job plans exactly the same shards, ids and seeds, and published shards can be
+recognised by name. No Ray, no pixels.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from dataclasses import asdict, dataclass
+from typing import Literal
+
+import numpy as np
+
+from augment.errors import ConfigError
+from augment.sources.base import SourceRecord
+from jobs.config import QuotaConfig
+
+Split = Literal["train", "holdout"]
+
+
+def derive_seed(job_seed: int, *key: int) -> int:
+    """A 63-bit seed from (job seed, integers): independent streams, no global state."""
+    state = np.random.SeedSequence([job_seed, *key]).generate_state(2, dtype=np.uint32)
+    return int((int(state[0]) << 31) ^ int(state[1])) & (2**63 - 1)
+
+
+# Stream tags keep the seeds of different random decisions apart.
+_SPLIT, _PARENTS, _CHILD = 1, 2, 3
+
+
+@dataclass(frozen=True)
+class ChildSpec:
+    id: str
+    seed: int
+
+
+@dataclass(frozen=True)
+class ParentSpec:
+    record: SourceRecord
+    children: tuple[ChildSpec, ...]
+
+
+@dataclass(frozen=True)
+class ShardSpec:
+    split: Split
+    file: str
+    parents: tuple[ParentSpec, ...]
+    include_real: bool
+
+    @property
+    def rows(self) -> int:
+        return sum(int(self.include_real) + len(p.children) for p in self.parents)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), separators=(",", ":"))
+
+    @staticmethod
+    def from_json(text: str) -> ShardSpec:
+        raw = json.loads(text)
+        parents = tuple(
+            ParentSpec(SourceRecord(**p["record"]), tuple(ChildSpec(**c) for c in p["children"]))
+            for p in raw["parents"]
+        )
+        return ShardSpec(raw["split"], raw["file"], parents, raw["include_real"])
+
+
+def split_records(
+    records: list[SourceRecord], holdout: float, seed: int
+) -> tuple[list[SourceRecord], list[SourceRecord]]:
+    """Seeded per-class split; each class keeps at least one training record.
+
+    The split is drawn over all records (before bad ones are rejected), so fixing one
+    broken file does not reshuffle the rest.
+    """
+    by_label: dict[int | None, list[SourceRecord]] = {}
+    for record in records:
+        by_label.setdefault(record.label, []).append(record)
+    holdout_ids: set[str] = set()
+    for key in sorted(by_label, key=lambda k: -1 if k is None else k):
+        group = sorted(by_label[key], key=lambda r: r.id)
+        rng = np.random.default_rng(derive_seed(seed, _SPLIT, -1 if key is None else key))
+        n_holdout = min(int(round(len(group) * holdout)), len(group) - 1)
+        for index in rng.permutation(len(group))[: max(n_holdout, 0)]:
+            holdout_ids.add(group[int(index)].id)
+    train = [r for r in records if r.id not in holdout_ids]
+    held = [r for r in records if r.id in holdout_ids]
+    return train, held
+
+
+def synthetic_counts(quota: QuotaConfig, real: dict[int, int], class_names: list[str]) -> dict[int, int]:
+    """Synthetic samples to make per class so that real + synthetic meets the quota."""
+    present = {c: n for c, n in real.items() if n > 0}
+    if quota.per_class is not None:
+        index = {name: i for i, name in enumerate(class_names)}
+        counts: dict[int, int] = {}
+        for name, target in quota.per_class.items():
+            if name not in index:
+                raise ConfigError(f"quota.per_class: unknown class {name!r} (classes: {', '.join(class_names)})")
+            have = present.get(index[name], 0)
+            if target > 0 and have == 0:
+                raise ConfigError(f"quota.per_class[{name!r}]: {target} asked, but the class has no usable training samples")
+            if target < have:
+                raise ConfigError(
+                    f"quota.per_class[{name!r}]: {target} is below the {have} real training samples of the class "
+                    "(the quota counts real + synthetic)"
+                )
+            counts[index[name]] = target - have
+        return counts
+    if quota.multiplier is not None:
+        return {c: int(round(n * quota.multiplier)) - n for c, n in present.items()}
+    if not present:
+        raise ConfigError("quota.balance: the source has no labelled training samples")
+    largest = max(present.values())
+    return {c: largest - n for c, n in present.items()}
+
+
+def assign_children(
+    train: list[SourceRecord], counts: dict[int, int], seed: int, source_name: str
+) -> dict[str, tuple[ChildSpec, ...]]:
+    """Spread each class's synthetic count over its parents (seeded permutation, round robin).
+
+    A child's seed derives from (job seed, its index in the plan); its id from the parent.
+    """
+    by_label: dict[int, list[SourceRecord]] = {}
+    for record in sorted(train, key=lambda r: r.id):
+        if record.label is not None:
+            by_label.setdefault(record.label, []).append(record)
+    children: dict[str, list[ChildSpec]] = {}
+    sample_index = 0
+    for label in sorted(counts):
+        parents = by_label.get(label, [])
+        if counts[label] and not parents:
+            raise ConfigError(f"quota: class {label} needs {counts[label]} synthetic samples but has no parents")
+        order = np.random.default_rng(derive_seed(seed, _PARENTS, label)).permutation(len(parents))
+        for j in range(counts[label]):
+            parent = parents[int(order[j % len(parents)])]
+            siblings = children.setdefault(parent.id, [])
+            child_id = f"{parent.id}~{source_name}{len(siblings)}"
+            siblings.append(ChildSpec(child_id, derive_seed(seed, _CHILD, sample_index)))
+            sample_index += 1
+    return {pid: tuple(kids) for pid, kids in children.items()}
+
+
+def pack_shards(
+    split: Split,
+    parents: list[SourceRecord],
+    children: dict[str, tuple[ChildSpec, ...]],
+    *,
+    rows_per_shard: int,
+    include_real: bool,
+) -> list[ShardSpec]:
+    """Group parents (in id order) with their children into shards of ~rows_per_shard rows."""
+    shards: list[ShardSpec] = []
+    current: list[ParentSpec] = []
+    rows = 0
+
+    def close() -> None:
+        nonlocal current, rows
+        if rows:
+            shards.append(ShardSpec(split, f"{split}-{len(shards):05d}.parquet", tuple(current), include_real))
+        current, rows = [], 0
+
+    for record in sorted(parents, key=lambda r: r.id):
+        kids = children.get(record.id, ())
+        n = int(include_real) + len(kids)
+        if n == 0:
+            continue
+        current.append(ParentSpec(record, kids))
+        rows += n
+        if rows >= rows_per_shard:
+            close()
+    close()
+    return shards
+
+
+@dataclass(frozen=True)
+class Plan:
+    class_names: list[str]
+    train: list[ShardSpec]
+    holdout: list[ShardSpec]
+    real_counts: dict[int, int]
+    synthetic: dict[int, int]
+
+    def expected_counts(self) -> dict[str, int]:
+        """Rows per class name of the training shards (real + synthetic)."""
+        totals: Counter[str] = Counter()
+        for shard in self.train:
+            for parent in shard.parents:
+                name = "unlabelled" if parent.record.label is None else self.class_names[parent.record.label]
+                totals[name] += int(shard.include_real) + len(parent.children)
+        return dict(totals)
+
+
+def make_plan(
+    *,
+    class_names: list[str],
+    train: list[SourceRecord],
+    holdout: list[SourceRecord],
+    quota: QuotaConfig,
+    seed: int,
+    rows_per_shard: int,
+    include_real: bool,
+    source_name: str = "classical",
+) -> Plan:
+    """Plan the shards for usable records (already split and scanned)."""
+    real = Counter(r.label for r in train if r.label is not None)
+    counts = synthetic_counts(quota, dict(real), class_names)
+    children = assign_children(train, counts, seed, source_name)
+    return Plan(
+        class_names=class_names,
+        train=pack_shards("train", train, children, rows_per_shard=rows_per_shard, include_real=include_real),
+        holdout=pack_shards("holdout", holdout, {}, rows_per_shard=rows_per_shard, include_real=True),
+        real_counts=dict(real),
+        synthetic=counts,
+    )

@@ -1,0 +1,322 @@
+"""Run a job: scan the source, plan, generate and publish shards on Ray, write the manifest.
+
+Resumable by construction: the plan is deterministic, shards are published one by one
+under their planned names, and a rerun only makes the shards that are not there yet.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from augment.errors import ConfigError
+from augment.shards import MANIFEST_NAME, ShardEntry, shard_entry_from_file, write_manifest
+from augment.sources.base import SourceRecord
+from jobs.config import JobConfig
+from jobs.lock import LOCK_NAME, JobLock
+from jobs.plan import Plan, ShardSpec, make_plan, split_records
+from jobs.sources import build_source
+
+log = logging.getLogger("synthaug")
+
+JOB_FILE = "job.json"
+REJECTED_FILE = "rejected.jsonl"
+# Entries of a job folder that --overwrite may delete; anything else makes the folder foreign.
+OWNED = {JOB_FILE, REJECTED_FILE, LOCK_NAME, "shards", "holdout", "report", "checkpoints", "error.log"}
+
+
+class JobFailed(RuntimeError):
+    """The job started but could not finish (exit code 1)."""
+
+
+@dataclass
+class JobResult:
+    out: Path
+    rows: int
+    shards: int
+    holdout_rows: int
+    rejected: list[dict[str, str]] = field(default_factory=list)
+    resumed_shards: int = 0
+    seconds: float = 0.0
+    class_counts: dict[str, int] = field(default_factory=dict)
+
+
+def _versions() -> dict[str, str]:
+    names = ["synthaug", "ray", "albumentations", "pyarrow", "numpy", "pillow", "torch", "pydantic"]
+    found = {"python": sys.version.split()[0]}
+    for name in names:
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    return found
+
+
+def _write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
+    tmp.replace(path)
+
+
+def prepare_out(out: Path, config: JobConfig, overwrite: bool) -> dict[str, Any] | None:
+    """Check that `out` is empty, foreign, or this same job; returns the previous job.json."""
+    if not out.exists():
+        return None
+    if not out.is_dir():
+        raise ConfigError(f"{out}: exists and is not a folder")
+    entries = {p.name for p in out.iterdir()} - {LOCK_NAME}
+    foreign = entries - OWNED
+    if foreign and entries:
+        raise ConfigError(
+            f"{out}: not empty and not a synthaug job folder (found {', '.join(sorted(foreign)[:5])}); "
+            "choose another --out"
+        )
+    job_file = out / JOB_FILE
+    previous = json.loads(job_file.read_text()) if job_file.exists() else None
+    if overwrite:
+        for name in entries:
+            target = out / name
+            shutil.rmtree(target) if target.is_dir() else target.unlink()
+        return None
+    if previous is not None and previous.get("config_hash") != config.content_hash():
+        raise ConfigError(
+            f"{out}: holds a job with a different config (hash {previous.get('config_hash', '?')[:12]}, "
+            f"this config {config.content_hash()[:12]}); pass --overwrite to replace it or choose another --out"
+        )
+    return previous
+
+
+@contextmanager
+def _progress(counter: Any, key: str, total: int, desc: str) -> Iterator[None]:
+    """A bar (rate, ETA) fed by polling the workers' progress actor from a thread."""
+    import ray
+
+    bar = tqdm(total=total, desc=desc, unit="img", file=sys.stderr, dynamic_ncols=True,
+               mininterval=0.5 if sys.stderr.isatty() else 10.0, disable=total == 0)
+    stop = threading.Event()
+
+    def poll() -> None:
+        while not stop.wait(0.5):
+            bar.update(ray.get(counter.get.remote(key)) - bar.n)
+
+    thread = threading.Thread(target=poll, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+        bar.update(ray.get(counter.get.remote(key)) - bar.n)
+        bar.close()
+
+
+class JobRunner:
+    def __init__(self, config: JobConfig, out: Path) -> None:
+        self.config = config
+        self.out = out
+        self.job: dict[str, Any] = {}
+
+    # -- bookkeeping ---------------------------------------------------------------------
+
+    def _save_job(self, **updates: Any) -> None:
+        self.job.update(updates)
+        self.job["updated"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        _write_json_atomic(self.out / JOB_FILE, self.job)
+
+    def _stage(self, name: str, **status: Any) -> None:
+        self.job.setdefault("stages", {})[name] = status
+        self._save_job()
+
+    # -- stages --------------------------------------------------------------------------
+
+    def scan(self, records: list[SourceRecord], counter: Any) -> dict[str, str]:
+        """Decode every record once on Ray; returns rejection reasons by record id."""
+        import ray.data
+
+        from jobs.ray_compat import actor_pool
+        from jobs.workers import ScanWorker, record_columns
+
+        execution = self.config.execution
+        dataset = ray.data.from_items(record_columns(records)).map_batches(
+            ScanWorker,
+            fn_constructor_kwargs={"source_config": self.config.source.model_dump(mode="json"),
+                                   "progress": counter},
+            batch_size=64,
+            num_cpus=execution.num_cpus_per_worker,
+            **actor_pool(max(1, min(execution.num_workers, len(records) // 64))),
+        )
+        with _progress(counter, "scanned", len(records), "scan"):
+            rows = dataset.take_all()
+        return {str(row["id"]): str(row["reason"]) for row in rows if row["reason"]}
+
+    def generate(self, pending: list[ShardSpec], plan: Plan, counter: Any) -> list[ShardEntry]:
+        import ray.data
+
+        from jobs.datasink import ShardDatasink
+        from jobs.ray_compat import actor_pool
+        from jobs.workers import ShardWorker
+
+        execution = self.config.execution
+        sink = ShardDatasink(
+            out_dirs={s.file: str(self.out / ("shards" if s.split == "train" else "holdout")) for s in pending},
+            expected_rows={s.file: s.rows for s in pending},
+            class_names=plan.class_names,
+            progress=counter,
+        )
+        # Biggest shards first keeps the actors busy to the end.
+        specs = [{"spec": s.to_json()} for s in sorted(pending, key=lambda s: -s.rows)]
+        dataset = ray.data.from_items(specs, override_num_blocks=len(specs)).map_batches(
+            ShardWorker,
+            fn_constructor_kwargs={
+                "source_config": self.config.source.model_dump(mode="json"),
+                "transforms": [t.as_spec() for t in self.config.augment.transforms],
+                "class_names": plan.class_names,
+                "png_compress_level": self.config.output.png_compress_level,
+            },
+            batch_size=1,
+            num_cpus=execution.num_cpus_per_worker,
+            num_gpus=execution.num_gpus_per_worker or None,
+            **actor_pool(min(execution.num_workers, len(specs))),
+        )
+        total = sum(s.rows for s in pending)
+        with _progress(counter, "written", total, "shards"):
+            # Writing is light next to augmentation; a fractional CPU keeps it off the actors' cores.
+            dataset.write_datasink(sink, ray_remote_args={"num_cpus": 0.1})
+        return sink.published
+
+    # -- the whole job -------------------------------------------------------------------
+
+    def run(self, previous: dict[str, Any] | None) -> JobResult:
+        import ray
+
+        from jobs.workers import ProgressCounter
+
+        started = time.monotonic()
+        config = self.config
+        self.job = {
+            "config": config.model_dump(mode="json"),
+            "config_hash": config.content_hash(),
+            "versions": _versions(),
+            "status": "running",
+            "created": (previous or {}).get("created", time.strftime("%Y-%m-%dT%H:%M:%S%z")),
+            "runs": int((previous or {}).get("runs", 0)) + 1,
+        }
+        self._save_job()
+
+        # 1. List the source (cheap) and split it, seeded.
+        source = build_source(config.source)
+        records = source.records()
+        if not records:
+            raise ConfigError(f"source: {config.source.kind} source has no records")
+        train, holdout = split_records(records, config.split.holdout, config.seed)
+        log.info("source: %d records, %d classes; split %d train / %d holdout",
+                 len(records), len(source.class_names), len(train), len(holdout))
+
+        counter = ray.remote(num_cpus=0)(ProgressCounter).remote()
+
+        # 2. Decode everything once; bad records are skipped and recorded.
+        rejected = self.scan(records, counter)
+        paths = {r.id: r.ref for r in records}
+        rejected_rows = [{"id": rid, "path": paths[rid], "reason": reason} for rid, reason in sorted(rejected.items())]
+        with open(self.out / REJECTED_FILE, "w") as handle:
+            for row in rejected_rows:
+                handle.write(json.dumps(row) + "\n")
+        self._stage("scan", records=len(records), rejected=len(rejected))
+
+        # 3. Plan shards over the usable records.
+        plan = make_plan(
+            class_names=source.class_names,
+            train=[r for r in train if r.id not in rejected],
+            holdout=[r for r in holdout if r.id not in rejected],
+            quota=config.quota,
+            seed=config.seed,
+            rows_per_shard=config.output.rows_per_shard,
+            include_real=config.output.include_real,
+        )
+
+        # 4. Keep published shards, make the rest.
+        folders = {"train": self.out / "shards", "holdout": self.out / "holdout"}
+        from jobs.datasink import remove_stale_temporaries
+
+        for folder in folders.values():
+            folder.mkdir(parents=True, exist_ok=True)
+            remove_stale_temporaries(folder)
+            (folder / MANIFEST_NAME).unlink(missing_ok=True)
+        every = plan.train + plan.holdout
+        done = [s for s in every if (folders[s.split] / s.file).exists()]
+        pending = [s for s in every if not (folders[s.split] / s.file).exists()]
+        if done:
+            log.info("resuming: %d of %d shards already published", len(done), len(every))
+        self._stage("shards", planned=len(every), published=len(done))
+        if pending:
+            self.generate(pending, plan, counter)
+        missing = [s.file for s in every if not (folders[s.split] / s.file).exists()]
+        if missing:
+            raise JobFailed(f"{len(missing)} shards were not published: {', '.join(missing[:5])}")
+
+        # 5. The manifest comes last: it is the only truth of what exists.
+        for split, folder in folders.items():
+            planned = [s.file for s in every if s.split == split]
+            entries = [shard_entry_from_file(folder / name) for name in planned]
+            write_manifest(folder, entries, plan.class_names,
+                           extra={"job": config.name, "config_hash": config.content_hash(), "split": split})
+        self._stage("shards", planned=len(every), published=len(every))
+        train_rows = sum(s.rows for s in plan.train)
+        holdout_rows = sum(s.rows for s in plan.holdout)
+        self._save_job(status="complete")
+        return JobResult(
+            out=self.out,
+            rows=train_rows,
+            shards=len(plan.train),
+            holdout_rows=holdout_rows,
+            rejected=rejected_rows,
+            resumed_shards=len(done),
+            seconds=time.monotonic() - started,
+            class_counts=plan.expected_counts(),
+        )
+
+
+def run_job(config: JobConfig, out: Path, *, address: str | None = None, overwrite: bool = False) -> JobResult:
+    """Run `config` into `out` (resuming if it holds the same job)."""
+    from jobs.ray_compat import init_ray, quiet_data_context
+
+    out = out.resolve()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.mkdir(exist_ok=True)
+    with JobLock(out):
+        previous = prepare_out(out, config, overwrite)
+        runner = JobRunner(config, out)
+        started_ray = init_ray(address, config.execution.num_cpus)
+        quiet_data_context()
+        try:
+            return runner.run(previous)
+        except BaseException:
+            if runner.job:
+                runner._save_job(status="failed")
+            raise
+        finally:
+            if started_ray:
+                import ray
+
+                ray.shutdown()
+
+
+def summarize_rejections(rejected: list[dict[str, str]]) -> str:
+    if not rejected:
+        return "rejected: none"
+    reasons = Counter(row["reason"].split(":")[0] for row in rejected)
+    parts = ", ".join(f"{n} {reason}" for reason, n in reasons.most_common(4))
+    return f"rejected {len(rejected)} records ({parts}); see {REJECTED_FILE}"

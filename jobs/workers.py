@@ -1,0 +1,104 @@
+"""Ray Data callable classes: load what they need once, then map batches purely.
+
+Both can be called directly on a small batch (tests do) before Ray is involved.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+from pydantic import TypeAdapter
+
+from augment.errors import InputRejected
+from augment.sample import Sample
+from augment.shards import samples_to_table
+from augment.sources.base import SourceRecord
+from jobs.config import SourceConfig
+from jobs.plan import ShardSpec
+from jobs.sources import build_source
+
+_SOURCE_ADAPTER: TypeAdapter[Any] = TypeAdapter(SourceConfig)
+
+
+class ScanWorker:
+    """Decodes every record once so bad ones are known (and recorded) before planning."""
+
+    def __init__(self, source_config: dict[str, Any], progress: Any = None) -> None:
+        self.source = build_source(_SOURCE_ADAPTER.validate_python(source_config))
+        self.progress = progress
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        reasons = []
+        for record_id, label, ref in zip(batch["id"], batch["label"], batch["ref"]):
+            record = SourceRecord(str(record_id), None if label < 0 else int(label), str(ref))
+            try:
+                self.source.load(record)
+                reasons.append("")
+            except InputRejected as rejected:
+                reasons.append(rejected.reason if rejected.path == record.ref else str(rejected))
+        if self.progress is not None:
+            self.progress.add.remote("scanned", len(reasons))
+        return {"id": batch["id"], "reason": np.array(reasons, dtype=object)}
+
+
+class ShardWorker:
+    """Produces all rows of one planned shard: real parents and their augmented children."""
+
+    def __init__(
+        self,
+        source_config: dict[str, Any],
+        transforms: list[dict[str, Any]],
+        class_names: list[str],
+        png_compress_level: int,
+        progress: Any = None,
+    ) -> None:
+        from augment.classical import ClassicalAugmenter
+
+        self.source = build_source(_SOURCE_ADAPTER.validate_python(source_config))
+        self.augmenter = ClassicalAugmenter(transforms)
+        self.class_names = class_names
+        self.png_compress_level = png_compress_level
+        self.progress = progress
+
+    def make_samples(self, shard: ShardSpec) -> list[Sample]:
+        samples: list[Sample] = []
+        for parent in shard.parents:
+            real = self.source.load(parent.record)
+            if shard.include_real:
+                samples.append(real)
+            for child in parent.children:
+                samples.append(self.augmenter(real, child_id=child.id, seed=child.seed))
+        return samples
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
+        tables = []
+        for text in batch["spec"]:
+            shard = ShardSpec.from_json(str(text))
+            table = samples_to_table(self.make_samples(shard), self.class_names,
+                                     png_compress_level=self.png_compress_level)
+            tables.append(table.append_column("_shard", pa.array([shard.file] * table.num_rows, pa.string())))
+            if self.progress is not None:
+                self.progress.add.remote("generated", table.num_rows)
+        return pa.concat_tables(tables)
+
+
+def record_columns(records: list[SourceRecord]) -> list[dict[str, Any]]:
+    """Records as Ray Data rows (label -1 stands for none)."""
+    return [{"id": r.id, "label": -1 if r.label is None else r.label, "ref": r.ref} for r in records]
+
+
+class ProgressCounter:
+    """A tiny actor that workers bump, so the driver can show a bar with rate and ETA."""
+
+    def __init__(self) -> None:
+        self.counts: dict[str, int] = {}
+        self.started = time.monotonic()
+
+    def add(self, key: str, n: int) -> None:
+        self.counts[key] = self.counts.get(key, 0) + n
+
+    def get(self, key: str) -> int:
+        return self.counts.get(key, 0)

@@ -1,0 +1,36 @@
+"""Shared fixtures: one embedded Ray for the whole session (starting Ray costs seconds)."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def ray_session() -> Iterator[None]:
+    import ray
+
+    from jobs.ray_compat import quiet_data_context
+
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING", _node_ip_address="127.0.0.1")
+    quiet_data_context()
+    yield
+    ray.shutdown()
+
+
+def cli_command(*args: str) -> list[str]:
+    """`synthaug ...` through the current interpreter (works without the console script on PATH)."""
+    return [sys.executable, "-m", "jobs", *args]
+
+
+def cli_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    env.pop("RAY_ADDRESS", None)
+    return env
