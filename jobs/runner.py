@@ -192,9 +192,10 @@ class JobRunner:
             **actor_pool(min(execution.num_workers, len(specs))),
         )
         total = sum(s.rows for s in pending)
-        with _progress(counter, "written", total, "shards"):
-            # Writing is light next to augmentation; a fractional CPU keeps it off the actors' cores.
-            dataset.write_datasink(sink, ray_remote_args={"num_cpus": 0.1})
+        with _progress(counter, "generated", total, "generate"):
+            # Writing is light next to augmentation: one writer on a fraction of a CPU keeps
+            # it off the actors' cores without starting a worker process per task.
+            dataset.write_datasink(sink, ray_remote_args={"num_cpus": 0.1}, concurrency=1)
         return sink.published
 
     # -- the whole job -------------------------------------------------------------------

@@ -13,16 +13,13 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
+from augment.images import decode_png, encode_png
+from augment.shard_dataset import ShardDataset, ShardIterableDataset, collate_items
 from augment.sample import Box, GeneratorInfo, Sample, Scores
 from augment.shards import (
     MANIFEST_NAME,
     SCHEMA_VERSION,
-    ShardDataset,
     ShardEntry,
-    ShardIterableDataset,
-    _decode_png,
-    _encode_png,
-    collate_items,
     read_manifest,
     samples_to_table,
     shard_entry_from_file,
@@ -75,13 +72,13 @@ def test_png_helpers_round_trip_and_are_deterministic():
     rgb = np.arange(2 * 3 * 3, dtype=np.uint8).reshape(2, 3, 3)
     ids = np.array([[0, 300], [65535, 7]], np.uint16)
     for array in (rgb, ids, rgb[:, :, :1]):
-        data = _encode_png(array, compress_level=6)
-        assert data == _encode_png(array, compress_level=6)
-        back = _decode_png(data)
+        data = encode_png(array, 6)
+        assert data == encode_png(array, 6)
+        back = decode_png(data)
         np.testing.assert_array_equal(back.reshape(array.shape), array)
         assert back.dtype == array.dtype
     with pytest.raises(ValueError, match="float32"):
-        _encode_png(np.zeros((2, 2), np.float32))
+        encode_png(np.zeros((2, 2), np.float32))
 
 
 def test_schema_columns_and_metadata():
