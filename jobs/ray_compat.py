@@ -32,8 +32,10 @@ def quiet_data_context() -> None:
 def init_ray(address: str | None, num_cpus: int | None) -> bool:
     """Join `address` (or $RAY_ADDRESS), else start an embedded local Ray.
 
-    The embedded Ray has no dashboard and binds to 127.0.0.1. Returns True when this call
-    started Ray (so the caller shuts it down).
+    The embedded Ray starts no dashboard. Its core processes (GCS, raylet) listen where
+    Ray puts them (the node address; `_node_ip_address="127.0.0.1"` is rewritten to it
+    by Ray itself), guarded by Ray's token authentication, on by default since 2.5x.
+    Returns True when this call started Ray (so the caller shuts it down).
     """
     if ray.is_initialized():
         return False
@@ -45,7 +47,6 @@ def init_ray(address: str | None, num_cpus: int | None) -> bool:
         ray.init(
             num_cpus=num_cpus,
             include_dashboard=False,
-            _node_ip_address="127.0.0.1",
             **common,
         )
     return True
