@@ -410,3 +410,13 @@ def verify_shards(shard_dir: Path) -> list[str]:
         if path.name not in listed:
             problems.append(f"{path.name}: not in manifest (ignored by readers)")
     return problems
+
+
+def __getattr__(name: str) -> Any:
+    # The PyTorch readers live in augment.shard_dataset so that writing shards never
+    # imports torch; `from augment.shards import ShardDataset` still works.
+    if name in {"ShardDataset", "ShardIterableDataset", "collate_items"}:
+        from augment import shard_dataset
+
+        return getattr(shard_dataset, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -74,7 +74,14 @@ class JobLock:
     def _remove_if_stale(self) -> bool:
         holder = self._read()
         if not holder:
-            # Half-written by a driver killed between create and write: stale.
+            # Empty: a driver is between creating and writing it, or was killed right
+            # there. Only the second is stale, and it is then older than a moment.
+            try:
+                age = time.time() - self.path.stat().st_mtime
+            except FileNotFoundError:
+                return True
+            if age < 5:
+                return False
             self.path.unlink(missing_ok=True)
             return True
         if holder.get("host") != socket.gethostname():

@@ -6,6 +6,7 @@ In Ray 2.60 `map_batches(concurrency=)` is deprecated in favour of
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import Any
 
@@ -27,6 +28,9 @@ def quiet_data_context() -> None:
     context.enable_progress_bars = False
     if hasattr(context, "print_on_execution_start"):
         context.print_on_execution_start = False
+    # Per-execution INFO lines and the "progress bars disabled" notice are noise here.
+    logging.getLogger("ray.data").setLevel(logging.WARNING)
+    logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)
 
 
 def init_ray(address: str | None, num_cpus: int | None) -> bool:

@@ -86,7 +86,11 @@ def prepare_out(out: Path, config: JobConfig, overwrite: bool) -> dict[str, Any]
         )
     job_file = out / JOB_FILE
     previous = json.loads(job_file.read_text()) if job_file.exists() else None
-    if overwrite:
+    # A job that never published a shard (e.g. it stopped on a config error) has nothing to
+    # protect: a corrected config may take its folder without --overwrite.
+    nothing_published = not any(any((out / d).glob("*.parquet")) for d in ("shards", "holdout"))
+    if overwrite or (previous is not None and nothing_published
+                     and previous.get("config_hash") != config.content_hash()):
         for name in entries:
             target = out / name
             shutil.rmtree(target) if target.is_dir() else target.unlink()

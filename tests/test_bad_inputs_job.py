@@ -378,3 +378,19 @@ def test_quota_below_the_real_count_is_a_config_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"quota.per_class\['dog'\]: 2 is below the 4 real training samples"):
         run_job(config, tmp_path / "out")
     _assert_no_shards(tmp_path / "out")
+
+
+def test_a_config_error_does_not_lock_the_folder_to_the_broken_config(tmp_path: Path) -> None:
+    """Fixing a typo in the config and rerunning on the same folder must not need --overwrite."""
+    root = _small_folder(tmp_path / "images", {"cat": 5, "dog": 5})
+    out = tmp_path / "out"
+    with pytest.raises(ConfigError, match="image folder not found"):
+        run_job(_folder_config(tmp_path / "imgs"), out)  # a typo in source.root
+    with pytest.raises(ConfigError, match="is below the 4 real training samples"):
+        run_job(_folder_config(root, {"per_class": {"cat": 6, "dog": 2}}), out)  # root fixed, quota wrong
+    result = run_job(_folder_config(root, {"per_class": {"cat": 6, "dog": 6}}), out)
+    assert result.class_counts == {"cat": 6, "dog": 6}
+    _assert_nothing_half_written(out)
+    # Once shards are published, a different config is refused again.
+    with pytest.raises(ConfigError, match="different config"):
+        run_job(_folder_config(root, {"per_class": {"cat": 7, "dog": 7}}), out)
