@@ -48,7 +48,10 @@ def init_ray(address: str | None, num_cpus: int | None) -> bool:
     if address:
         ray.init(address=address, **common)
     else:
+        # address="local" always starts a fresh Ray, never a `ray start` cluster that
+        # happens to run on this machine.
         ray.init(
+            address="local",
             num_cpus=num_cpus,
             include_dashboard=False,
             **common,

@@ -103,6 +103,28 @@ def prepare_out(out: Path, config: JobConfig, overwrite: bool) -> dict[str, Any]
     return previous
 
 
+@dataclass
+class ListedSource:
+    """The source's records, split; listing needs no Ray, so layout errors come first."""
+
+    class_names: list[str]
+    records: list[SourceRecord]
+    train: list[SourceRecord]
+    holdout: list[SourceRecord]
+
+
+def list_source(config: JobConfig) -> ListedSource:
+    """1. List the source (cheap: no pixels) and split it, seeded."""
+    source = build_source(config.source)
+    records = source.records()
+    if not records:
+        raise ConfigError(f"source: the {config.source.kind} source has no records")
+    train, holdout = split_records(records, config.split.holdout, config.seed)
+    log.info("source: %d records, %d classes; split %d train / %d holdout",
+             len(records), len(source.class_names), len(train), len(holdout))
+    return ListedSource(source.class_names, records, train, holdout)
+
+
 @contextmanager
 def _progress(counter: Any, key: str, total: int, desc: str) -> Iterator[None]:
     """A bar (rate, ETA) fed by polling the workers' progress actor from a thread."""
@@ -146,8 +168,8 @@ class JobRunner:
 
     # -- stages --------------------------------------------------------------------------
 
-    def scan(self, records: list[SourceRecord], counter: Any) -> dict[str, str]:
-        """Decode every record once on Ray; returns rejection reasons by record id."""
+    def scan(self, records: list[SourceRecord], counter: Any) -> dict[str, dict[str, str]]:
+        """Decode every record once on Ray; returns {record id: {path, reason}} of the bad ones."""
         import ray.data
 
         from jobs.ray_compat import actor_pool
@@ -164,7 +186,8 @@ class JobRunner:
         )
         with _progress(counter, "scanned", len(records), "scan"):
             rows = dataset.take_all()
-        return {str(row["id"]): str(row["reason"]) for row in rows if row["reason"]}
+        return {str(row["id"]): {"path": str(row["path"]), "reason": str(row["reason"])}
+                for row in rows if row["reason"]}
 
     def generate(self, pending: list[ShardSpec], plan: Plan, counter: Any) -> list[ShardEntry]:
         import ray.data
@@ -204,7 +227,7 @@ class JobRunner:
 
     # -- the whole job -------------------------------------------------------------------
 
-    def run(self, previous: dict[str, Any] | None) -> JobResult:
+    def run(self, previous: dict[str, Any] | None, listed: ListedSource) -> JobResult:
         import ray
 
         from jobs.workers import ProgressCounter
@@ -220,22 +243,13 @@ class JobRunner:
             "runs": int((previous or {}).get("runs", 0)) + 1,
         }
         self._save_job()
-
-        # 1. List the source (cheap) and split it, seeded.
-        source = build_source(config.source)
-        records = source.records()
-        if not records:
-            raise ConfigError(f"source: {config.source.kind} source has no records")
-        train, holdout = split_records(records, config.split.holdout, config.seed)
-        log.info("source: %d records, %d classes; split %d train / %d holdout",
-                 len(records), len(source.class_names), len(train), len(holdout))
+        records, train, holdout = listed.records, listed.train, listed.holdout
 
         counter = ray.remote(num_cpus=0)(ProgressCounter).remote()
 
         # 2. Decode everything once; bad records are skipped and recorded.
         rejected = self.scan(records, counter)
-        paths = {r.id: r.ref for r in records}
-        rejected_rows = [{"id": rid, "path": paths[rid], "reason": reason} for rid, reason in sorted(rejected.items())]
+        rejected_rows = [{"id": rid, **why} for rid, why in sorted(rejected.items())]
         with open(self.out / REJECTED_FILE, "w") as handle:
             for row in rejected_rows:
                 handle.write(json.dumps(row) + "\n")
@@ -243,7 +257,7 @@ class JobRunner:
 
         # 3. Plan shards over the usable records.
         plan = make_plan(
-            class_names=source.class_names,
+            class_names=listed.class_names,
             train=[r for r in train if r.id not in rejected],
             holdout=[r for r in holdout if r.id not in rejected],
             quota=config.quota,
@@ -303,11 +317,12 @@ def run_job(config: JobConfig, out: Path, *, address: str | None = None, overwri
     out.mkdir(exist_ok=True)
     with JobLock(out):
         previous = prepare_out(out, config, overwrite)
+        listed = list_source(config)
         runner = JobRunner(config, out)
         started_ray = init_ray(address, config.execution.num_cpus)
         quiet_data_context()
         try:
-            return runner.run(previous)
+            return runner.run(previous, listed)
         except BaseException:
             if runner.job:
                 runner._save_job(status="failed")

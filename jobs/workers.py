@@ -31,17 +31,19 @@ class ScanWorker:
         self.progress = progress
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        reasons = []
+        paths, reasons = [], []
         for record_id, label, ref in zip(batch["id"], batch["label"], batch["ref"]):
             record = SourceRecord(str(record_id), None if label < 0 else int(label), str(ref))
             try:
                 self.source.load(record)
+                paths.append(record.ref)
                 reasons.append("")
             except InputRejected as rejected:
-                reasons.append(rejected.reason if rejected.path == record.ref else str(rejected))
+                paths.append(rejected.path)
+                reasons.append(rejected.reason)
         if self.progress is not None:
             self.progress.add.remote("scanned", len(reasons))
-        return {"id": batch["id"], "reason": np.array(reasons, dtype=object)}
+        return {"id": batch["id"], "path": np.array(paths, dtype=object), "reason": np.array(reasons, dtype=object)}
 
 
 class ShardWorker:

@@ -18,7 +18,7 @@ def ray_session() -> Iterator[None]:
 
     from jobs.ray_compat import quiet_data_context
 
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
+    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="WARNING")
     quiet_data_context()
     yield
     ray.shutdown()
