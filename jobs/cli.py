@@ -1,4 +1,4 @@
-"""`synthaug` command line: run, validate, schema, inspect.
+"""`synthaug` command line: run, simulate, validate, schema, inspect.
 
 Exit codes: 0 ok, 1 the job failed, 2 bad usage or config.
 """
@@ -27,6 +27,15 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS, else an embedded local Ray)")
     run.add_argument("--overwrite", action="store_true", help="replace a job folder that holds another config")
 
+    simulate = commands.add_parser("simulate", help="render simulator frames to shards (+ a contact sheet)")
+    simulate.add_argument("config", type=Path, help="a config whose source is a simulator")
+    simulate.add_argument("--out", type=Path, help="job folder (default: runs/<config name>)")
+    simulate.add_argument("--frames", type=int, help="number of frames (overrides source.frames)")
+    simulate.add_argument("--size", type=int, help="image size in pixels (overrides source.image_size)")
+    simulate.add_argument("--seed", type=int, help="simulator seed (overrides source.seed)")
+    simulate.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS, else an embedded local Ray)")
+    simulate.add_argument("--overwrite", action="store_true", help="replace a job folder that holds another config")
+
     validate = commands.add_parser("validate", help="check a config without running it")
     validate.add_argument("config", type=Path)
 
@@ -37,11 +46,22 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _simulate_config(args: argparse.Namespace):
+    """The config with the command line's --frames/--size/--seed written into its source."""
+    from jobs.config import load_config
+
+    overrides = {"frames": args.frames, "image_size": args.size, "seed": args.seed}
+    config = load_config(args.config, source_overrides={k: v for k, v in overrides.items() if v is not None})
+    if config.source.kind != "simulator":
+        raise ConfigError(f"{args.config}: source.kind is {config.source.kind!r}; simulate needs a simulator source")
+    return config
+
+
 def _run(args: argparse.Namespace) -> int:
     from jobs.config import load_config
-    from jobs.runner import JobFailed, run_job, summarize_rejections
+    from jobs.runner import CONTACT_SHEET_FILE, JobFailed, run_job, summarize_rejections
 
-    config = load_config(args.config)
+    config = _simulate_config(args) if args.command == "simulate" else load_config(args.config)
     out = args.out or Path("runs") / config.name
     try:
         result = run_job(config, out, address=args.address, overwrite=args.overwrite)
@@ -62,6 +82,8 @@ def _run(args: argparse.Namespace) -> int:
           f"to {result.out} in {result.seconds:.1f}s{resumed}")
     print(f"per class: {counts}")
     print(summarize_rejections(result.rejected))
+    if (result.out / CONTACT_SHEET_FILE).exists():
+        print(f"contact sheet: {result.out / CONTACT_SHEET_FILE}")
     return EXIT_OK
 
 
@@ -87,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     args = _parser().parse_args(argv)
     try:
-        if args.command == "run":
+        if args.command in ("run", "simulate"):
             return _run(args)
         if args.command == "validate":
             return _validate(args)

@@ -16,6 +16,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from augment.errors import ConfigError
+from simulators.digits import DigitsControls
+from simulators.street import StreetControls
 
 Color = Literal["rgb", "gray"]
 
@@ -63,10 +65,60 @@ class ParquetSourceConfig(_Strict):
     path: Path
 
 
+class _SimulatorConfig(_Strict):
+    """Frames rendered by a procedural simulator; frame i uses seed derive(seed, i)."""
+
+    kind: Literal["simulator"]
+    frames: int = Field(1000, ge=1, le=10_000_000)
+    seed: int | None = Field(None, ge=0, lt=2**63, description="default: the job's seed")
+
+
+class StreetSimulatorConfig(_SimulatorConfig):
+    """Driving-camera street scenes with the CamVid label set."""
+
+    family: Literal["street"]
+    image_size: int = Field(256, ge=32, le=2048)
+    controls: StreetControls = StreetControls()
+
+
+class DigitsSimulatorConfig(_SimulatorConfig):
+    """House-number-like digit crops (SVHN-like); label = centre digit."""
+
+    family: Literal["digits"]
+    image_size: int = Field(32, ge=8, le=512)
+    controls: DigitsControls = DigitsControls()
+
+
+SimulatorSourceConfig = Annotated[StreetSimulatorConfig | DigitsSimulatorConfig, Field(discriminator="family")]
+
+
+class ExternalSourceConfig(_Strict):
+    """Frames exported by a real simulator or game, with label images mapped to classes."""
+
+    kind: Literal["external"]
+    root: Path
+    class_names: list[str] = Field(min_length=1)
+    frames: str = "rgb"
+    labels: str = "labels"
+    palette: dict[str, str] | None = None
+    ids: dict[int, str] | None = None
+    unknown: Literal["reject", "void"] = "reject"
+    void_class: str | None = None
+    image_size: int | None = Field(None, ge=8, le=4096)
+    max_pixels: int = Field(40_000_000, gt=0)
+
+
 SourceConfig = Annotated[
-    DigitsSourceConfig | FolderSourceConfig | CocoSourceConfig | ParquetSourceConfig,
+    DigitsSourceConfig
+    | FolderSourceConfig
+    | CocoSourceConfig
+    | ParquetSourceConfig
+    | SimulatorSourceConfig
+    | ExternalSourceConfig,
     Field(discriminator="kind"),
 ]
+# Discriminator values pydantic puts into error paths; dropped so paths read source.controls.fov.
+_UNION_TAGS = {"digits", "folder", "coco", "parquet", "simulator", "street", "external"}
 
 
 class SplitConfig(_Strict):
@@ -150,10 +202,16 @@ class JobConfig(_Strict):
     seed: int = Field(0, ge=0, lt=2**63)
     source: SourceConfig
     split: SplitConfig = SplitConfig()
-    quota: QuotaConfig
-    augment: AugmentConfig
+    quota: QuotaConfig | None = Field(None, description="absent: copy the source, make nothing")
+    augment: AugmentConfig | None = None
     output: OutputConfig = OutputConfig()
     execution: ExecutionConfig = ExecutionConfig()
+
+    @model_validator(mode="after")
+    def _quota_needs_a_generator(self) -> JobConfig:
+        if self.quota is not None and self.augment is None:
+            raise ValueError("quota asks for synthetic samples, but there is no augment section to make them")
+        return self
 
     def content_hash(self) -> str:
         """sha256 of everything that determines the output bytes (execution excluded)."""
@@ -170,7 +228,8 @@ def format_validation_error(error: ValidationError, where: str) -> str:
     lines = []
     for item in error.errors():
         path = ""
-        for part in item["loc"]:
+        loc = [p for i, p in enumerate(item["loc"]) if not (i and item["loc"][0] == "source" and p in _UNION_TAGS)]
+        for part in loc:
             path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
         value = item.get("input")
         shown = "" if isinstance(value, dict) else f"{value!r} — "
@@ -182,7 +241,7 @@ def format_validation_error(error: ValidationError, where: str) -> str:
 def _resolve_paths(raw: dict[str, Any], base: Path) -> dict[str, Any]:
     source = raw.get("source")
     if isinstance(source, dict):
-        for key in ("root", "annotations", "images_root", "path"):
+        for key in ("root", "annotations", "images_root", "path"):  # every source's paths
             value = source.get(key)
             if isinstance(value, str) and value and not Path(value).is_absolute():
                 source[key] = str((base / value).resolve())
@@ -201,8 +260,12 @@ def parse_config(raw: Any, *, where: str = "config", base: Path | None = None) -
         raise ConfigError(format_validation_error(error, where)) from None
 
 
-def load_config(path: Path) -> JobConfig:
-    """Read a YAML config with `safe_load` (python tags are refused) and validate it."""
+def load_config(path: Path, *, source_overrides: dict[str, Any] | None = None) -> JobConfig:
+    """Read a YAML config with `safe_load` (python tags are refused) and validate it.
+
+    `source_overrides` (command-line flags) replace keys of `source` before validation,
+    so they are checked, hashed and recorded like the rest of the config.
+    """
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -213,6 +276,8 @@ def load_config(path: Path) -> JobConfig:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as error:
         raise ConfigError(f"{path}: not valid YAML (python tags are not allowed): {error}") from None
+    if source_overrides and isinstance(raw, dict) and isinstance(raw.get("source"), dict):
+        raw["source"].update(source_overrides)
     return parse_config(raw, where=str(path), base=path.resolve().parent)
 
 

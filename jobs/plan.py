@@ -15,16 +15,11 @@ from typing import Literal
 import numpy as np
 
 from augment.errors import ConfigError
+from augment.seeding import derive_seed
 from augment.sources.base import SourceRecord
 from jobs.config import QuotaConfig
 
 Split = Literal["train", "holdout"]
-
-
-def derive_seed(job_seed: int, *key: int) -> int:
-    """A 63-bit seed from (job seed, integers): independent streams, no global state."""
-    state = np.random.SeedSequence([job_seed, *key]).generate_state(2, dtype=np.uint32)
-    return int((int(state[0]) << 31) ^ int(state[1])) & (2**63 - 1)
 
 
 # Stream tags keep the seeds of different random decisions apart.
@@ -81,7 +76,7 @@ def split_records(
     holdout_ids: set[str] = set()
     for key in sorted(by_label, key=lambda k: -1 if k is None else k):
         group = sorted(by_label[key], key=lambda r: r.id)
-        rng = np.random.default_rng(derive_seed(seed, _SPLIT, -1 if key is None else key))
+        rng = np.random.default_rng(derive_seed(seed, _SPLIT, 0 if key is None else key + 1))
         n_holdout = min(int(round(len(group) * holdout)), len(group) - 1)
         for index in rng.permutation(len(group))[: max(n_holdout, 0)]:
             holdout_ids.add(group[int(index)].id)
@@ -199,15 +194,15 @@ def make_plan(
     class_names: list[str],
     train: list[SourceRecord],
     holdout: list[SourceRecord],
-    quota: QuotaConfig,
+    quota: QuotaConfig | None,
     seed: int,
     rows_per_shard: int,
     include_real: bool,
     source_name: str = "classical",
 ) -> Plan:
-    """Plan the shards for usable records (already split and scanned)."""
+    """Plan the shards for usable records (already split and scanned); no quota: copy only."""
     real = Counter(r.label for r in train if r.label is not None)
-    counts = synthetic_counts(quota, dict(real), class_names)
+    counts = {} if quota is None else synthetic_counts(quota, dict(real), class_names)
     children = assign_children(train, counts, seed, source_name)
     return Plan(
         class_names=class_names,

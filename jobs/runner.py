@@ -34,8 +34,11 @@ log = logging.getLogger("synthaug")
 
 JOB_FILE = "job.json"
 REJECTED_FILE = "rejected.jsonl"
+CONTACT_SHEET_FILE = "contact_sheet.png"
+CONTACT_SHEET_FRAMES = 16
 # Entries of a job folder that --overwrite may delete; anything else makes the folder foreign.
-OWNED = {JOB_FILE, REJECTED_FILE, LOCK_NAME, "shards", "holdout", "report", "checkpoints", "error.log"}
+OWNED = {JOB_FILE, REJECTED_FILE, LOCK_NAME, CONTACT_SHEET_FILE, "shards", "holdout", "report", "checkpoints",
+         "error.log"}
 
 
 class JobFailed(RuntimeError):
@@ -111,18 +114,19 @@ class ListedSource:
     records: list[SourceRecord]
     train: list[SourceRecord]
     holdout: list[SourceRecord]
+    trusted: bool  # the source cannot yield bad records (rendered frames): no scan needed
 
 
 def list_source(config: JobConfig) -> ListedSource:
     """1. List the source (cheap: no pixels) and split it, seeded."""
-    source = build_source(config.source)
+    source = build_source(config.source, config.seed)
     records = source.records()
     if not records:
         raise ConfigError(f"source: the {config.source.kind} source has no records")
     train, holdout = split_records(records, config.split.holdout, config.seed)
     log.info("source: %d records, %d classes; split %d train / %d holdout",
              len(records), len(source.class_names), len(train), len(holdout))
-    return ListedSource(source.class_names, records, train, holdout)
+    return ListedSource(source.class_names, records, train, holdout, bool(getattr(source, "trusted", False)))
 
 
 @contextmanager
@@ -179,7 +183,7 @@ class JobRunner:
         dataset = ray.data.from_items(record_columns(records)).map_batches(
             ScanWorker,
             fn_constructor_kwargs={"source_config": self.config.source.model_dump(mode="json"),
-                                   "progress": counter},
+                                   "job_seed": self.config.seed, "progress": counter},
             batch_size=64,
             num_cpus=execution.num_cpus_per_worker,
             **actor_pool(max(1, min(execution.num_workers, len(records) // 64))),
@@ -209,9 +213,10 @@ class JobRunner:
             ShardWorker,
             fn_constructor_kwargs={
                 "source_config": self.config.source.model_dump(mode="json"),
-                "transforms": [t.as_spec() for t in self.config.augment.transforms],
+                "transforms": [t.as_spec() for t in self.config.augment.transforms] if self.config.augment else [],
                 "class_names": plan.class_names,
                 "png_compress_level": self.config.output.png_compress_level,
+                "job_seed": self.config.seed,
             },
             batch_size=1,
             num_cpus=execution.num_cpus_per_worker,
@@ -224,6 +229,17 @@ class JobRunner:
             # it off the actors' cores without starting a worker process per task.
             dataset.write_datasink(sink, ray_remote_args={"num_cpus": 0.1}, concurrency=1)
         return sink.published
+
+    def _contact_sheet(self, shard: Path, class_names: list[str]) -> None:
+        """Frames with their masks and boxes, next to the shards, for a person to look at."""
+        import pyarrow.parquet as pq
+
+        from augment.shards import table_to_samples
+        from simulators.contact_sheet import write_contact_sheet
+
+        samples = table_to_samples(pq.read_table(shard).slice(0, CONTACT_SHEET_FRAMES))
+        path = write_contact_sheet(samples, class_names, self.out / CONTACT_SHEET_FILE)
+        log.info("contact sheet: %s", path)
 
     # -- the whole job -------------------------------------------------------------------
 
@@ -248,7 +264,7 @@ class JobRunner:
         counter = ray.remote(num_cpus=0)(ProgressCounter).remote()
 
         # 2. Decode everything once; bad records are skipped and recorded.
-        rejected = self.scan(records, counter)
+        rejected = {} if listed.trusted else self.scan(records, counter)
         rejected_rows = [{"id": rid, **why} for rid, why in sorted(rejected.items())]
         with open(self.out / REJECTED_FILE, "w") as handle:
             for row in rejected_rows:
@@ -293,6 +309,8 @@ class JobRunner:
             write_manifest(folder, entries, plan.class_names,
                            extra={"job": config.name, "config_hash": config.content_hash(), "split": split})
         self._stage("shards", planned=len(every), published=len(every))
+        if config.source.kind in ("simulator", "external") and every:
+            self._contact_sheet(folders[every[0].split] / every[0].file, plan.class_names)
         train_rows = sum(s.rows for s in plan.train)
         holdout_rows = sum(s.rows for s in plan.holdout)
         self._save_job(status="complete")

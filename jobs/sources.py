@@ -5,14 +5,17 @@ from __future__ import annotations
 from augment.sources.base import Source
 from jobs.config import (
     CocoSourceConfig,
+    DigitsSimulatorConfig,
     DigitsSourceConfig,
+    ExternalSourceConfig,
     FolderSourceConfig,
     ParquetSourceConfig,
     SourceConfig,
+    StreetSimulatorConfig,
 )
 
 
-def build_source(config: SourceConfig) -> Source:
+def build_source(config: SourceConfig, job_seed: int = 0) -> Source:
     """Construct the source; raises `ConfigError` for a bad layout."""
     match config:
         case DigitsSourceConfig():
@@ -39,4 +42,18 @@ def build_source(config: SourceConfig) -> Source:
             from augment.sources.parquet import ParquetSource
 
             return ParquetSource(config.path)
+        case StreetSimulatorConfig() | DigitsSimulatorConfig():
+            from simulators.source import SimulatorSource
+
+            seed = job_seed if config.seed is None else config.seed
+            return SimulatorSource(config.family, frames=config.frames, size=config.image_size, seed=seed,
+                                   controls=config.controls)
+        case ExternalSourceConfig():
+            from simulators.external import ExternalFramesSource
+
+            return ExternalFramesSource(
+                config.root, class_names=config.class_names, frames=config.frames, labels=config.labels,
+                palette=config.palette, ids=config.ids, unknown=config.unknown, void_class=config.void_class,
+                image_size=config.image_size, max_pixels=config.max_pixels,
+            )
     raise TypeError(f"unknown source config {type(config).__name__}")

@@ -26,8 +26,8 @@ _SOURCE_ADAPTER: TypeAdapter[Any] = TypeAdapter(SourceConfig)
 class ScanWorker:
     """Decodes every record once so bad ones are known (and recorded) before planning."""
 
-    def __init__(self, source_config: dict[str, Any], progress: Any = None) -> None:
-        self.source = build_source(_SOURCE_ADAPTER.validate_python(source_config))
+    def __init__(self, source_config: dict[str, Any], job_seed: int = 0, progress: Any = None) -> None:
+        self.source = build_source(_SOURCE_ADAPTER.validate_python(source_config), job_seed)
         self.progress = progress
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -55,12 +55,13 @@ class ShardWorker:
         transforms: list[dict[str, Any]],
         class_names: list[str],
         png_compress_level: int,
+        job_seed: int = 0,
         progress: Any = None,
     ) -> None:
         from augment.classical import ClassicalAugmenter
 
-        self.source = build_source(_SOURCE_ADAPTER.validate_python(source_config))
-        self.augmenter = ClassicalAugmenter(transforms)
+        self.source = build_source(_SOURCE_ADAPTER.validate_python(source_config), job_seed)
+        self.augmenter = ClassicalAugmenter(transforms) if transforms else None
         self.class_names = class_names
         self.png_compress_level = png_compress_level
         self.progress = progress
@@ -72,6 +73,8 @@ class ShardWorker:
             if shard.include_real:
                 samples.append(real)
             for child in parent.children:
+                if self.augmenter is None:
+                    raise ValueError(f"shard {shard.file} plans children but the job has no transforms")
                 samples.append(self.augmenter(real, child_id=child.id, seed=child.seed))
         return samples
 

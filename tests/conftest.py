@@ -34,3 +34,12 @@ def cli_env() -> dict[str, str]:
     env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
     env.pop("RAY_ADDRESS", None)
     return env
+
+
+def shard_rows(folder: Path) -> list[tuple[str, bytes]]:
+    """(id, image PNG bytes) of every row in a shard folder, sorted by id: a job's content."""
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(folder, columns=["id", "image"])
+    images = (cell["bytes"] for cell in table.column("image").to_pylist())
+    return sorted(zip(table.column("id").to_pylist(), images))

@@ -5,10 +5,9 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
-import pyarrow.parquet as pq
 import pytest
 
-from tests.conftest import cli_command, cli_env
+from tests.conftest import cli_command, cli_env, shard_rows
 
 CONFIG = """
 name: cluster
@@ -21,11 +20,6 @@ augment:
 output: {rows_per_shard: 100}
 execution: {num_workers: 2}
 """
-
-
-def rows(folder: Path) -> list[tuple[str, bytes]]:
-    table = pq.read_table(folder, columns=["id", "image"])
-    return sorted(zip(table.column("id").to_pylist(), (c["bytes"] for c in table.column("image").to_pylist())))
 
 
 @pytest.mark.slow
@@ -48,5 +42,5 @@ def test_two_node_cluster_matches_the_embedded_run(tmp_path: Path) -> None:
     embedded = subprocess.run(cli_command("run", str(config), "--out", str(tmp_path / "embedded")),
                               env=cli_env(), capture_output=True, text=True, timeout=600)
     assert embedded.returncode == 0, embedded.stderr[-3000:]
-    assert rows(tmp_path / "on_cluster" / "shards") == rows(tmp_path / "embedded" / "shards")
-    assert len(rows(tmp_path / "on_cluster" / "shards")) == 1500
+    assert shard_rows(tmp_path / "on_cluster" / "shards") == shard_rows(tmp_path / "embedded" / "shards")
+    assert len(shard_rows(tmp_path / "on_cluster" / "shards")) == 1500

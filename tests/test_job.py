@@ -16,6 +16,7 @@ from jobs.config import parse_config
 from jobs.inspect import inspect_job
 from jobs.lock import LOCK_NAME
 from jobs.runner import run_job
+from tests.conftest import shard_rows
 
 pytestmark = pytest.mark.usefixtures("ray_session")
 
@@ -36,13 +37,6 @@ def small_config(**overrides: object):
     }
     raw.update(overrides)
     return parse_config(raw)
-
-
-def rows_of(folder: Path) -> dict[str, bytes]:
-    table = pq.read_table(folder, columns=["id", "image"])
-    ids = table.column("id").to_pylist()
-    images = [cell["bytes"] for cell in table.column("image").to_pylist()]
-    return dict(zip(ids, images))
 
 
 @pytest.fixture(scope="module")
@@ -103,7 +97,7 @@ def test_resume_remakes_only_missing_shards_byte_identically(finished, tmp_path:
     result = run_job(small_config(), copy)
     assert result.resumed_shards == len(shards) - 1 + len(list((copy / "holdout").glob("*.parquet")))
     assert removed.read_bytes() == original
-    assert rows_of(copy / "shards") == rows_of(out / "shards")
+    assert shard_rows(copy / "shards") == shard_rows(out / "shards")
     assert not [p for p in (copy / "shards").iterdir() if ".tmp" in p.name]
 
 
@@ -114,7 +108,7 @@ def test_execution_settings_may_change_on_resume(finished, tmp_path: Path) -> No
     for shard in (copy / "shards").glob("*.parquet"):
         shard.unlink()
     run_job(small_config(execution={"num_workers": 1}), copy)
-    assert rows_of(copy / "shards") == rows_of(out / "shards")
+    assert shard_rows(copy / "shards") == shard_rows(out / "shards")
 
 
 def test_a_different_config_is_refused_unless_overwrite(finished, tmp_path: Path) -> None:

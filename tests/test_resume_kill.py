@@ -8,11 +8,10 @@ import subprocess
 import time
 from pathlib import Path
 
-import pyarrow.parquet as pq
 import pytest
 
 from augment.shards import read_manifest, verify_shards
-from tests.conftest import cli_command, cli_env
+from tests.conftest import cli_command, cli_env, shard_rows
 
 CONFIG = """
 name: killtest
@@ -34,11 +33,6 @@ def run_cli(config: Path, out: Path) -> subprocess.CompletedProcess:
 
 def published(folder: Path) -> list[Path]:
     return sorted(folder.glob("train-*.parquet")) if folder.is_dir() else []
-
-
-def rows(folder: Path) -> list[tuple[str, bytes]]:
-    table = pq.read_table(folder, columns=["id", "image"])
-    return sorted(zip(table.column("id").to_pylist(), (c["bytes"] for c in table.column("image").to_pylist())))
 
 
 @pytest.mark.slow
@@ -76,8 +70,8 @@ def test_kill_9_then_rerun_equals_an_uninterrupted_run(tmp_path: Path) -> None:
     manifest = read_manifest(killed / "shards")
     assert manifest.total_rows == 9000 and set(manifest.class_counts.values()) == {900}
     assert verify_shards(killed / "shards") == [] and verify_shards(killed / "holdout") == []
-    resumed = rows(killed / "shards")
+    resumed = shard_rows(killed / "shards")
     assert len({i for i, _ in resumed}) == len(resumed) == 9000
-    assert resumed == rows(clean / "shards")
-    assert rows(killed / "holdout") == rows(clean / "holdout")
+    assert resumed == shard_rows(clean / "shards")
+    assert shard_rows(killed / "holdout") == shard_rows(clean / "holdout")
     assert not [p for p in killed.rglob("*") if ".tmp" in p.name]

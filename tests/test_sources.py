@@ -483,3 +483,12 @@ def test_parquet_shards_must_agree(tmp_path: Path) -> None:
     (tmp_path / "none").mkdir()
     with pytest.raises(ConfigError, match="no \\*.parquet"):
         ParquetSource(tmp_path / "none")
+
+
+def test_folder_source_works_from_a_relative_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("a", "b"):
+        (tmp_path / "data" / name).mkdir(parents=True)
+        Image.new("RGB", (6, 5), (1, 2, 3)).save(tmp_path / "data" / name / "x.png")
+    monkeypatch.chdir(tmp_path)
+    source = ImageFolderSource(Path("data"))
+    assert [source.load(r).image.shape for r in source.records()] == [(5, 6, 3), (5, 6, 3)]

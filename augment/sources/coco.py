@@ -226,7 +226,7 @@ class CocoSource:
         if pure.is_absolute() or windows.is_absolute() or windows.drive or ".." in pure.parts:
             raise InputRejected(file_name, "file_name is absolute or escapes images_root")
         image = load_image_file(
-            self.images_root / pure,
+            Path(pure),
             root=self.images_root,
             color=self.color,
             max_pixels=self.max_pixels,

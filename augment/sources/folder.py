@@ -82,7 +82,7 @@ class ImageFolderSource:
 
     def load(self, record: SourceRecord) -> Sample:
         image = load_image_file(
-            self.root / record.ref,
+            Path(record.ref),
             root=self.root,
             color=self.color,
             max_pixels=self.max_pixels,
