@@ -227,7 +227,7 @@ class JobRunner:
         with _progress(counter, "generated", total, "generate"):
             # Writing is light next to augmentation: one writer on a fraction of a CPU keeps
             # it off the actors' cores without starting a worker process per task.
-            dataset.write_datasink(sink, ray_remote_args={"num_cpus": 0.1}, concurrency=1)
+            dataset.write_datasink(sink, ray_remote_args={"num_cpus": 0}, concurrency=1)
         return sink.published
 
     def _contact_sheet(self, shard: Path, class_names: list[str]) -> None:

@@ -58,10 +58,12 @@ class ShardWorker:
         job_seed: int = 0,
         progress: Any = None,
     ) -> None:
-        from augment.classical import ClassicalAugmenter
-
         self.source = build_source(_SOURCE_ADAPTER.validate_python(source_config), job_seed)
-        self.augmenter = ClassicalAugmenter(transforms) if transforms else None
+        self.augmenter = None
+        if transforms:  # albumentations pulls in torch: only import it when there is work for it
+            from augment.classical import ClassicalAugmenter
+
+            self.augmenter = ClassicalAugmenter(transforms)
         self.class_names = class_names
         self.png_compress_level = png_compress_level
         self.progress = progress

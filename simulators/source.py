@@ -21,6 +21,7 @@ from augment.sources.base import SourceRecord
 from simulators.base import SceneFamily
 
 FAMILY_NAMES = ("street", "digits")
+LABELLED_FAMILIES = {"digits"}  # frames with one class each (the centre digit)
 _FRAME_STREAM = 11  # keeps frame seeds apart from the job's other random streams
 
 
@@ -68,8 +69,11 @@ class SimulatorSource:
 
     def records(self) -> list[SourceRecord]:
         width = max(6, len(str(self.frames - 1)))
+        # Only families whose frames have a class need their descriptions drawn to list them.
+        labelled = self.family.name in LABELLED_FAMILIES
         return [
-            SourceRecord(f"sim/{self.family.name}/{i:0{width}d}", description_label(self.describe(i)), str(i))
+            SourceRecord(f"sim/{self.family.name}/{i:0{width}d}",
+                         description_label(self.describe(i)) if labelled else None, str(i))
             for i in range(self.frames)
         ]
 
