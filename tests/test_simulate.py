@@ -86,3 +86,35 @@ def test_controls_errors_name_the_field() -> None:
 
     with pytest.raises(ConfigError, match=r"source\.controls\.fov"):
         parse_config({"source": {"kind": "simulator", "family": "street", "controls": {"fov": 500}}})
+
+
+@pytest.mark.usefixtures("ray_session")
+def test_external_simulator_frames_through_run(tmp_path: Path) -> None:
+    """Frames and palette label images of a 'game capture' become masked shards; a bad one is skipped."""
+    root = tmp_path / "capture"
+    (root / "rgb").mkdir(parents=True)
+    (root / "labels").mkdir()
+    road, car = (128, 64, 128), (0, 0, 142)
+    for i in range(4):
+        Image.new("RGB", (20, 12), (i * 40, 90, 30)).save(root / "rgb" / f"{i:03d}.png")
+        label = np.zeros((12, 20, 3), np.uint8)
+        label[:] = road
+        label[2:6, 3 + i:9 + i] = car
+        if i == 3:
+            label[0, 0] = (1, 2, 3)  # a colour the mapping does not know
+        Image.fromarray(label).save(root / "labels" / f"{i:03d}.png")
+    config = parse_config({
+        "name": "capture",
+        "source": {"kind": "external", "root": str(root), "class_names": ["road", "car"],
+                   "palette": {"#804080": "road", "0,0,142": "car"}},
+        "split": {"holdout": 0.0},
+    })
+    out = tmp_path / "out"
+    result = run_job(config, out)
+    assert result.rows == 3
+    rejected = [json.loads(line) for line in (out / "rejected.jsonl").read_text().splitlines()]
+    assert [r["path"] for r in rejected] == ["rgb/003.png"] and "#010203" in rejected[0]["reason"]
+    samples = table_to_samples(pq.read_table(out / "shards"))
+    first = next(s for s in samples if s.id.endswith("000"))
+    assert first.mask[3, 5] == 1 and first.mask[10, 10] == 0 and first.source == "simulator"
+    assert (out / "contact_sheet.png").exists()

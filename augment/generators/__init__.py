@@ -1,0 +1,1 @@
+"""Class-conditional and label-map generators, all behind one `Generator` protocol."""
