@@ -51,7 +51,7 @@ from augment.images import (
     resize_image,
 )
 from augment.sample import Sample
-from augment.sources.base import SourceRecord, check_class_name
+from augment.sources.base import ListedRecordsSource, SourceRecord, check_class_name
 
 FRAME_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"})
 _OTHER_LABEL_EXTENSIONS = FRAME_EXTENSIONS | {".gif"}
@@ -137,7 +137,7 @@ def _resize_nearest(mask: np.ndarray, size: int) -> np.ndarray:
     return np.ascontiguousarray(mask[rows[:, None], cols[None, :]])
 
 
-class ExternalFramesSource:
+class ExternalFramesSource(ListedRecordsSource):
     """RGB frames plus label images exported by a simulator; masks in the dataset's classes."""
 
     def __init__(
@@ -263,13 +263,6 @@ class ExternalFramesSource:
         keys = np.array(sorted(codes), dtype=np.uint32)
         values = np.array([codes[int(k)][1] for k in keys], dtype=np.uint16)
         return keys, values
-
-    @property
-    def class_names(self) -> list[str]:
-        return list(self._class_names)
-
-    def records(self) -> list[SourceRecord]:
-        return list(self._records)
 
     def load(self, record: SourceRecord) -> Sample:
         name = record.ref

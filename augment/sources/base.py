@@ -56,3 +56,17 @@ class Source(Protocol):
     def load(self, record: SourceRecord) -> Sample:
         """Decode one record; raise `InputRejected` if it is unusable."""
         ...
+
+
+class ListedRecordsSource:
+    """Base for sources that list their class names and records once, at construction."""
+
+    _class_names: list[str]
+    _records: list[SourceRecord]
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(self._class_names)
+
+    def records(self) -> list[SourceRecord]:
+        return list(self._records)

@@ -28,7 +28,7 @@ import pycocotools.mask as mask_utils
 from augment.errors import ConfigError, InputRejected
 from augment.images import DEFAULT_MAX_PIXELS, Color, check_color, load_image_file
 from augment.sample import Box, Sample
-from augment.sources.base import SourceRecord, check_class_name
+from augment.sources.base import ListedRecordsSource, SourceRecord, check_class_name
 
 
 @dataclass(frozen=True)
@@ -95,7 +95,7 @@ def _text_size(height: int, width: int) -> str:
     return f"{height}x{width}"
 
 
-class CocoSource:
+class CocoSource(ListedRecordsSource):
     """COCO JSON `annotations` with image files under `images_root`."""
 
     def __init__(
@@ -205,13 +205,6 @@ class CocoSource:
         return None if best is None else best[1]
 
     # ---- Source protocol -------------------------------------------------------------------
-
-    @property
-    def class_names(self) -> list[str]:
-        return list(self._class_names)
-
-    def records(self) -> list[SourceRecord]:
-        return list(self._records)
 
     def load(self, record: SourceRecord) -> Sample:
         image_info = self._images.get(record.ref)

@@ -15,9 +15,15 @@ import os
 from pathlib import Path
 
 from augment.errors import ConfigError
-from augment.images import DEFAULT_MAX_PIXELS, Color, check_color, load_image_file, resize_image
+from augment.images import (
+    DEFAULT_MAX_PIXELS,
+    Color,
+    check_color,
+    load_image_file,
+    resize_image,
+)
 from augment.sample import Sample
-from augment.sources.base import SourceRecord, check_class_name
+from augment.sources.base import ListedRecordsSource, SourceRecord, check_class_name
 
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"})
 
@@ -33,7 +39,7 @@ def _image_files(class_dir: Path) -> list[Path]:
     return found
 
 
-class ImageFolderSource:
+class ImageFolderSource(ListedRecordsSource):
     """Images in `root/<class name>/...`; record id and ref are the POSIX path under `root`."""
 
     def __init__(
@@ -72,13 +78,6 @@ class ImageFolderSource:
                 rel = file.relative_to(self.root).as_posix()
                 records.append(SourceRecord(id=rel, label=label, ref=rel))
         self._records = sorted(records, key=lambda r: r.id)
-
-    @property
-    def class_names(self) -> list[str]:
-        return list(self._class_names)
-
-    def records(self) -> list[SourceRecord]:
-        return list(self._records)
 
     def load(self, record: SourceRecord) -> Sample:
         image = load_image_file(
