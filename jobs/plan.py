@@ -39,15 +39,25 @@ class ParentSpec:
 
 
 @dataclass(frozen=True)
+class GeneratedSpec:
+    """One sample a class-conditional generator makes from nothing but (label, seed)."""
+
+    id: str
+    label: int
+    seed: int
+
+
+@dataclass(frozen=True)
 class ShardSpec:
     split: Split
     file: str
     parents: tuple[ParentSpec, ...]
     include_real: bool
+    generated: tuple[GeneratedSpec, ...] = ()
 
     @property
     def rows(self) -> int:
-        return sum(int(self.include_real) + len(p.children) for p in self.parents)
+        return sum(int(self.include_real) + len(p.children) for p in self.parents) + len(self.generated)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), separators=(",", ":"))
@@ -59,7 +69,8 @@ class ShardSpec:
             ParentSpec(SourceRecord(**p["record"]), tuple(ChildSpec(**c) for c in p["children"]))
             for p in raw["parents"]
         )
-        return ShardSpec(raw["split"], raw["file"], parents, raw["include_real"])
+        generated = tuple(GeneratedSpec(**g) for g in raw.get("generated", ()))
+        return ShardSpec(raw["split"], raw["file"], parents, raw["include_real"], generated)
 
 
 def split_records(
@@ -171,6 +182,24 @@ def pack_shards(
     return shards
 
 
+def plan_generated(
+    counts: dict[int, int], seed: int, generator_name: str, class_names: list[str], *, rows_per_shard: int
+) -> list[ShardSpec]:
+    """Shards of class-conditional samples: no parents; ids and seeds from (class, index)."""
+    specs: list[GeneratedSpec] = []
+    sample_index = 0
+    for label in sorted(counts):
+        for j in range(counts[label]):
+            specs.append(GeneratedSpec(f"{generator_name}/{class_names[label]}/{j:06d}", label,
+                                       derive_seed(seed, _CHILD, sample_index)))
+            sample_index += 1
+    return [
+        ShardSpec("train", f"{generator_name}-{k:05d}.parquet", (), False,
+                  tuple(specs[start:start + rows_per_shard]))
+        for k, start in enumerate(range(0, len(specs), rows_per_shard))
+    ]
+
+
 @dataclass(frozen=True)
 class Plan:
     class_names: list[str]
@@ -186,6 +215,8 @@ class Plan:
             for parent in shard.parents:
                 name = "unlabelled" if parent.record.label is None else self.class_names[parent.record.label]
                 totals[name] += int(shard.include_real) + len(parent.children)
+            for generated in shard.generated:
+                totals[self.class_names[generated.label]] += 1
         return dict(totals)
 
 
@@ -199,14 +230,25 @@ def make_plan(
     rows_per_shard: int,
     include_real: bool,
     source_name: str = "classical",
+    class_conditional: bool = False,
 ) -> Plan:
-    """Plan the shards for usable records (already split and scanned); no quota: copy only."""
+    """Plan the shards for usable records (already split and scanned); no quota: copy only.
+
+    Classical samples are children of a real parent; a class-conditional generator's
+    samples (`class_conditional`) have no parent and go to shards of their own.
+    """
     real = Counter(r.label for r in train if r.label is not None)
     counts = {} if quota is None else synthetic_counts(quota, dict(real), class_names)
-    children = assign_children(train, counts, seed, source_name)
+    if class_conditional:
+        children: dict[str, tuple[ChildSpec, ...]] = {}
+        generated = plan_generated(counts, seed, source_name, class_names, rows_per_shard=rows_per_shard)
+    else:
+        children = assign_children(train, counts, seed, source_name)
+        generated = []
     return Plan(
         class_names=class_names,
-        train=pack_shards("train", train, children, rows_per_shard=rows_per_shard, include_real=include_real),
+        train=pack_shards("train", train, children, rows_per_shard=rows_per_shard, include_real=include_real)
+        + generated,
         holdout=pack_shards("holdout", holdout, {}, rows_per_shard=rows_per_shard, include_real=True),
         real_counts=dict(real),
         synthetic=counts,

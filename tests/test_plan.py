@@ -92,3 +92,16 @@ def test_derive_seed_is_stable_and_in_range() -> None:
     assert derive_seed(0, 3, 5) == derive_seed(0, 3, 5)
     assert derive_seed(0, 3, 5) != derive_seed(0, 3, 6)
     assert 0 <= derive_seed(2**40, 1) < 2**63
+
+
+def test_class_conditional_samples_get_their_own_shards_without_parents() -> None:
+    recs = records({0: 4, 1: 2})
+    plan = make_plan(class_names=NAMES, train=recs, holdout=[], quota=QuotaConfig(per_class={"a": 10, "b": 7}),
+                     seed=1, rows_per_shard=4, include_real=True, source_name="diffusion", class_conditional=True)
+    assert plan.expected_counts() == {"a": 10, "b": 7}
+    generated = [g for s in plan.train for g in s.generated]
+    assert len(generated) == 11 and all(not p.children for s in plan.train for p in s.parents)
+    assert {s.file for s in plan.train if s.generated} == {"diffusion-00000.parquet", "diffusion-00001.parquet",
+                                                          "diffusion-00002.parquet"}
+    assert [ShardSpec.from_json(s.to_json()) for s in plan.train] == plan.train
+    assert len({g.seed for g in generated}) == 11 and generated[0].id == "diffusion/a/000000"

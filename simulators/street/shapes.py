@@ -10,7 +10,9 @@ instance, depth) come from `fill`; `paint` only colours pixels the object alread
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
+from operator import itemgetter
 from typing import TYPE_CHECKING, Any
 
 import cv2
@@ -23,22 +25,62 @@ POLE, TREE, SIGN, FENCE, CAR, PEDESTRIAN, BICYCLIST = 2, 5, 6, 7, 8, 9, 10
 BOXED_CLASSES = frozenset({SIGN, CAR, PEDESTRIAN, BICYCLIST})
 FENCE_PIECE = 2.5  # metres: long fences are split so each piece has a fair single depth
 DETAIL = 6.0  # pixels per metre below which objects are drawn without painted details
+GLOW_MAX = 0.02  # largest radius of a car light's glow, of the frame size (near cars must not drown in it)
 Light = tuple[float, float, float, tuple[float, float, float]]  # u, v, radius px, colour
+
+
+_LOCAL = threading.local()
+
+
+def scratch(size: int) -> dict[str, np.ndarray]:
+    """Work buffers of one frame size, kept per thread and reused frame after frame.
+
+    Allocating and freeing a few MB of full-frame temporaries per frame makes the C
+    allocator hand the pages back to the OS and fault them in again, every frame; the
+    layers that are not returned to the caller live here instead.
+    """
+    cache = getattr(_LOCAL, "buffers", None)
+    if cache is None or cache["size"] != size:
+        if cache is None:
+            # The temporaries of a frame still add up to a few MB, and in a fresh process
+            # glibc trims its heap back to the OS after each frame (its trim threshold starts
+            # low), so the next frame faults every page in again (~20% of the frame time).
+            # glibc raises its mmap and trim thresholds to the size of the largest mmapped block
+            # freed so far (as in any process that has handled a large array); freeing one 16 MB
+            # block once does that here.
+            np.empty(16 << 20, np.uint8)
+        cache = {"size": size}
+        for name in ("color", "tmp3"):
+            cache[name] = np.empty((size, size, 3), np.float32)
+        for name in ("depth_bg", "zbuf", "shade", "tmp1", "f0", "f1", "f2", "f3"):
+            cache[name] = np.empty((size, size), np.float32)
+        for name in ("ids", "ids2", "ids3"):
+            cache[name] = np.empty((size, size), np.int32)
+        for name in ("b0", "b1", "b2"):
+            cache[name] = np.empty((size, size), bool)
+        _LOCAL.buffers = cache
+    return cache
 
 
 class Canvas:
     """All layers being painted: colour (float RGB), class, instance, depths (metres)."""
 
-    def __init__(self, size: int) -> None:
+    def __init__(self, size: int, light: np.ndarray | None = None) -> None:
         self.size = size
-        self.color = np.zeros((size, size, 3), np.float32)
+        self.light = np.ones(3, np.float32) if light is None else np.asarray(light, np.float32)
+        self.buffers = scratch(size)
+        self.color = self.buffers["color"]  # render fills it with the lit background
         self.mask = np.zeros((size, size), np.uint16)
         self.instances = np.zeros((size, size), np.uint16)
-        self.depth_bg = np.full((size, size), np.inf, np.float32)  # sky, road, facades
-        self.zbuf = np.full((size, size), np.inf, np.float32)  # objects only
+        self.depth_bg = self.buffers["depth_bg"]  # sky, road, facades
+        self.depth_bg.fill(np.inf)
+        self.zbuf = self.buffers["zbuf"]  # objects only
+        self.zbuf.fill(np.inf)
         # Light sources (lit windows): flat pixel indices and their RGB, added after lighting.
         self.emit: tuple[np.ndarray, np.ndarray] | None = None
         self.extents: dict[int, tuple[int, int, int, int, int]] = {}
+        self._ops: list[tuple] = []  # parts queued by fill / paint, drawn by flush
+        self._depth_of: dict[int, float] = {}  # depth of each instance's latest part
 
     def _raster(self, uv: np.ndarray, thickness: int) -> tuple[int, int, np.ndarray] | None:
         """Polygon (or polyline, thickness > 0) → (x0, y0, local 0/1 patch) clipped to the frame."""
@@ -60,35 +102,55 @@ class Canvas:
 
     def fill(self, uv: np.ndarray, depth: float, cls: int, inst: int, colour: np.ndarray,
              thickness: int = 0) -> None:
-        """Label and colour the polygon's pixels where it is nearer than what is there."""
-        r = self._raster(uv, thickness)
-        if r is None:
-            return
-        x0, y0, local = r
-        h, w = local.shape
-        zb = self.zbuf[y0:y0 + h, x0:x0 + w]
-        sel = local.view(bool) & (depth <= zb)
-        if not sel.any():
-            return
-        zb[sel] = depth
-        self.mask[y0:y0 + h, x0:x0 + w][sel] = cls
-        self.instances[y0:y0 + h, x0:x0 + w][sel] = inst
-        self.color[y0:y0 + h, x0:x0 + w][sel] = colour
-        if inst:
-            e = self.extents.get(inst)
-            box = (x0, y0, x0 + w, y0 + h, cls)
-            self.extents[inst] = box if e is None else (min(e[0], x0), min(e[1], y0), max(e[2], x0 + w),
-                                                         max(e[3], y0 + h), cls)
+        """Label and colour the polygon's pixels where it is nearer than what is there (at `flush`)."""
+        self._ops.append((depth, False, uv, cls, inst, colour, thickness))
+        self._depth_of[inst] = depth
 
     def paint(self, uv: np.ndarray, colour: np.ndarray, inst: int, thickness: int = 0) -> None:
-        """Colour only (no labels), only where instance `inst` is visible."""
+        """Colour only (no labels), only where instance `inst` is visible (right after its last fill)."""
+        self._ops.append((self._depth_of.get(inst, np.inf), True, uv, 0, inst, colour, thickness))
+
+    def flush(self) -> None:
+        """Draw the queued parts far to near (painter's algorithm on the parts' own depths).
+
+        Sorting parts by depth, stable for equal depths, and overwriting gives exactly
+        what a depth buffer with a `<=` test gives in queue order, but lets OpenCV draw
+        each part straight into the full-frame layers.
+        """
+        n = self.size
+        ops, self._ops = sorted(self._ops, key=itemgetter(0), reverse=True), []
+        for depth, is_paint, uv, cls, inst, colour, thickness in ops:
+            if is_paint:
+                self._paint(uv, colour, inst, thickness)
+                continue
+            (lx, ly), (hx, hy) = uv.min(axis=0).tolist(), uv.max(axis=0).tolist()
+            x0, y0 = max(int(lx) - thickness - 1, 0), max(int(ly) - thickness - 1, 0)
+            x1, y1 = min(int(hx) + thickness + 2, n), min(int(hy) + thickness + 2, n)
+            if x1 <= x0 or y1 <= y0:
+                continue
+            if min(lx, ly) < -1e6 or max(hx, hy) > 1e6:  # keep cv2's fixed-point coordinates in range
+                uv = np.clip(uv, -1e6, 1e6)
+            pts = [np.rint((uv - 0.5) * 16).astype(np.int32)]  # cv2: pixel centres at ints
+            rgb = (colour * self.light).tolist()
+            if thickness:
+                for layer, value in ((self.zbuf, depth), (self.mask, cls), (self.instances, inst), (self.color, rgb)):
+                    cv2.polylines(layer, pts, False, value, thickness, cv2.LINE_8, 4)
+            else:
+                for layer, value in ((self.zbuf, depth), (self.mask, cls), (self.instances, inst), (self.color, rgb)):
+                    cv2.fillPoly(layer, pts, value, cv2.LINE_8, 4)
+            if inst:
+                e = self.extents.get(inst)
+                self.extents[inst] = (x0, y0, x1, y1, cls) if e is None else (
+                    min(e[0], x0), min(e[1], y0), max(e[2], x1), max(e[3], y1), cls)
+
+    def _paint(self, uv: np.ndarray, colour: np.ndarray, inst: int, thickness: int) -> None:
         r = self._raster(uv, thickness)
         if r is None:
             return
         x0, y0, local = r
         h, w = local.shape
         sel = local.view(bool) & (self.instances[y0:y0 + h, x0:x0 + w] == inst)
-        self.color[y0:y0 + h, x0:x0 + w][sel] = colour
+        self.color[y0:y0 + h, x0:x0 + w][sel] = colour * self.light
 
 
 def _hull(uv: np.ndarray) -> np.ndarray:
@@ -159,7 +221,7 @@ def _car(cv: Canvas, cam: Camera, o: dict[str, Any], lights: list) -> None:
     lamps = [(x0 + 0.08, x0 + 0.4), (x1 - 0.4, x1 - 0.08)]
     if cam.focal / depth < DETAIL:  # far: the lights still shine at night
         uv = cam.project(np.array([[(a + b) / 2, 0.73 * hb, z] for a, b in lamps]))[0]
-        lights += [(u, v, inst, 0.5 * cam.focal / depth, glow) for u, v in uv.tolist()]
+        lights += [(u, v, inst, min(0.4 * cam.focal / depth, GLOW_MAX * cam.size), glow) for u, v in uv.tolist()]
         return
     # 2. Paint: roof, side, near face, tyres, lights, plate.
     if cam.height > h:
@@ -178,7 +240,7 @@ def _car(cv: Canvas, cam: Camera, o: dict[str, Any], lights: list) -> None:
         uv = cam.project(_quad_z(z, lx0, lx1, 0.62 * hb, 0.85 * hb))[0]
         cv.paint(uv, lamp, inst)
         c = uv.mean(axis=0)
-        lights.append((c[0], c[1], inst, 0.5 * cam.focal / depth, glow))
+        lights.append((c[0], c[1], inst, min(0.4 * cam.focal / depth, GLOW_MAX * cam.size), glow))
 
 
 def _person(cv: Canvas, cam: Camera, o: dict[str, Any], cls: int, depth: float, z: float,
@@ -233,7 +295,7 @@ def _bicyclist(cv: Canvas, cam: Camera, o: dict[str, Any], lights: list) -> None
     cv.fill(cam.project(frame)[0], depth, BICYCLIST, inst, bike, px)
     _person(cv, cam, o, BICYCLIST, depth, z + 0.3, seated=True)
     uv = cam.project(np.array([[x, 0.8, z]]))[0][0]
-    lights.append((uv[0], uv[1], inst, 0.25 * cam.focal / depth, (255, 40, 30)))
+    lights.append((uv[0], uv[1], inst, min(0.25 * cam.focal / depth, GLOW_MAX * cam.size), (255, 40, 30)))
 
 
 def _tree(cv: Canvas, cam: Camera, o: dict[str, Any], lights: list) -> None:
@@ -264,7 +326,7 @@ def _pole(cv: Canvas, cam: Camera, o: dict[str, Any], lights: list) -> None:
                      [d * arm - 0.3, hgt + 0.02]])
     cv.fill(_billboard(cam, x, z, lamp), depth, POLE, inst, np.array([230, 225, 200], np.float32))
     c = _billboard(cam, x, z, np.array([[d * arm, hgt - 0.1]]))[0]
-    lights.append((c[0], c[1], inst, 1.2 * cam.focal / depth, (255, 220, 160)))
+    lights.append((c[0], c[1], inst, min(1.0 * cam.focal / depth, 2 * GLOW_MAX * cam.size), (255, 220, 160)))
 
 
 def _sign(cv: Canvas, cam: Camera, o: dict[str, Any], lights: list) -> None:
@@ -336,6 +398,7 @@ def draw_objects(desc: dict[str, Any], cam: Camera, cv: Canvas) -> tuple[dict, l
     lights: list = []
     for i in order:
         DRAW[objects[i]["kind"]](cv, cam, objects[i], lights)
+    cv.flush()
     n = cv.size
     visible: list[Light] = []
     for u, v, inst, radius, colour in lights:

@@ -1,0 +1,359 @@
+"""Class-conditional diffusion with classifier-free guidance: model, guidance, pipeline.
+
+- Model (weights): a diffusers `UNet2DModel` whose class embedding has `num_classes + 1`
+  rows; the last row is the NULL class ∅ that classifier-free guidance trains and samples
+  with (Ho & Salimans 2022, "Classifier-Free Diffusion Guidance", arXiv:2207.12598).
+- Algorithms (no weights): the training `DDPMScheduler` (Ho et al. 2020, arXiv:2006.11239)
+  and the sampling schedulers built from its noise schedule: DDIM (Song et al. 2021,
+  arXiv:2010.02502), DPM-Solver++ (Lu et al. 2022, arXiv:2211.01095), ancestral DDPM.
+- Pipeline (glue): `ClassConditionalDiffusion.sample`, a loop "predict, then
+  `scheduler.step`". Training lives in `diffusion_train.py`.
+
+A sample depends only on (weights, its seed, label, guidance, scheduler, steps): its initial
+noise, and any noise a scheduler adds per step, come from its own `torch.Generator`.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from diffusers import (
+    DDIMScheduler,
+    DDPMScheduler,
+    DPMSolverMultistepScheduler,
+    UNet2DModel,
+)
+from diffusers.schedulers.scheduling_utils import SchedulerMixin
+
+from augment.generators.base import SampleRequest, checkpoint_sha256, refuse_pickles
+from augment.sample import GeneratorInfo, Sample
+
+SamplerName = Literal["ddim", "dpm++", "ddpm"]
+SAMPLERS: tuple[str, ...] = ("ddim", "dpm++", "ddpm")
+PIPELINE_FILE = "synthaug.json"
+FORMAT = "synthaug.diffusion/1"
+
+
+@dataclass(frozen=True)
+class DiffusionConfig:
+    """Every hyperparameter of a class-conditional diffusion fit (CPU-sized defaults).
+
+    `block_out_channels` sets the UNet depth: the image is halved between levels, so
+    `image_size` must be divisible by 2 ** (levels - 1). `attention` puts self-attention
+    in the lowest-resolution down/up blocks and the mid block. `p_uncond` is the label-drop
+    probability of classifier-free guidance training (Ho & Salimans 2022, Alg. 1; 0.1-0.2
+    in the paper). `ema_decay` is the EMA of weights used for sampling (Ho et al. 2020, §4:
+    0.9999 there for long runs; 0.999 suits a few thousand steps). `warmup_steps` ramps the
+    learning rate linearly from 0. `bf16` enables bf16 autocast, on CUDA only.
+    """
+
+    image_size: int = 16
+    channels: int = 1
+    num_classes: int = 10
+    block_out_channels: tuple[int, ...] = (32, 64, 64)
+    layers_per_block: int = 1
+    attention: bool = True
+    norm_num_groups: int = 8
+    num_train_timesteps: int = 1000
+    beta_schedule: Literal["squaredcos_cap_v2", "linear", "scaled_linear"] = "squaredcos_cap_v2"
+    prediction_type: Literal["epsilon", "v_prediction"] = "epsilon"
+    p_uncond: float = 0.1
+    ema_decay: float = 0.999
+    lr: float = 1e-3
+    warmup_steps: int = 100
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    batch_size: int = 64
+    train_steps: int = 2000
+    seed: int = 0
+    bf16: bool = True
+    class_names: tuple[str, ...] = field(default_factory=tuple)
+
+    def __post_init__(self) -> None:
+        levels = len(self.block_out_channels)
+        if self.channels not in (1, 3):
+            raise ValueError(f"channels must be 1 or 3, got {self.channels}")
+        if self.num_classes < 1:
+            raise ValueError(f"num_classes must be >= 1, got {self.num_classes}")
+        if self.class_names and len(self.class_names) != self.num_classes:
+            raise ValueError(f"{len(self.class_names)} class_names for num_classes={self.num_classes}")
+        if levels < 1 or self.image_size % (2 ** (levels - 1)) != 0:
+            raise ValueError(f"image_size {self.image_size} is not divisible by 2**{levels - 1} "
+                             f"(block_out_channels={self.block_out_channels})")
+        if any(c % self.norm_num_groups for c in self.block_out_channels):
+            raise ValueError(f"block_out_channels {self.block_out_channels} not divisible by "
+                             f"norm_num_groups={self.norm_num_groups}")
+        if not 0.0 <= self.p_uncond < 1.0:
+            raise ValueError(f"p_uncond must be in [0, 1), got {self.p_uncond}")
+        if not 0.0 < self.ema_decay < 1.0:
+            raise ValueError(f"ema_decay must be in (0, 1), got {self.ema_decay}")
+        if self.prediction_type not in ("epsilon", "v_prediction"):
+            raise ValueError(f"prediction_type must be 'epsilon' or 'v_prediction', got {self.prediction_type!r}")
+        if self.lr <= 0 or self.batch_size < 1 or self.train_steps < 0 or self.warmup_steps < 0:
+            raise ValueError(f"bad optimisation settings: lr={self.lr}, batch_size={self.batch_size}, "
+                             f"train_steps={self.train_steps}, warmup_steps={self.warmup_steps}")
+
+    @property
+    def null_label(self) -> int:
+        """The class id of ∅ (unconditional): the last row of the class embedding."""
+        return self.num_classes
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> DiffusionConfig:
+        data = dict(data)
+        for key in ("block_out_channels", "class_names"):
+            if key in data:
+                data[key] = tuple(data[key])
+        return cls(**data)
+
+
+def gpu_preset(image_size: int, **overrides: Any) -> DiffusionConfig:
+    """A GPU-sized config: Ho et al. 2020's CIFAR-10 UNet widths (128, 256, 256, 256) up to
+    32 px, deeper/wider above; 2 ResNet layers per level, attention, bf16, batch 128, lr 2e-4
+    (the paper's), EMA 0.9999 and 100k steps. `overrides` set any other field (num_classes,
+    channels, class_names, ...)."""
+    if image_size <= 32:
+        widths: tuple[int, ...] = (128, 256, 256, 256)
+    elif image_size <= 64:
+        widths = (128, 256, 384, 512)
+    else:
+        widths = (128, 128, 256, 384, 512)
+    preset: dict[str, Any] = {
+        "image_size": image_size, "block_out_channels": widths, "layers_per_block": 2, "attention": True,
+        "norm_num_groups": 32, "lr": 2e-4, "warmup_steps": 1000, "batch_size": 128, "train_steps": 100_000,
+        "ema_decay": 0.9999, "bf16": True,
+    }
+    preset.update(overrides)
+    return DiffusionConfig(**preset)
+
+
+def build_unet(config: DiffusionConfig, *, generator: torch.Generator | None = None) -> UNet2DModel:
+    """The noise-prediction network ε_θ(x_t, t, c) with `num_classes + 1` class embeddings.
+
+    With `generator`, the weights are re-drawn from it (PyTorch's default distributions:
+    U(±1/sqrt(fan_in)) for conv/linear weights and biases, N(0, 1) for embeddings), so an
+    initialisation is reproducible without seeding the global RNG."""
+    levels = len(config.block_out_channels)
+    down = tuple("AttnDownBlock2D" if config.attention and i == levels - 1 else "DownBlock2D"
+                 for i in range(levels))
+    up = tuple("AttnUpBlock2D" if config.attention and i == 0 else "UpBlock2D" for i in range(levels))
+    unet = UNet2DModel(
+        sample_size=config.image_size, in_channels=config.channels, out_channels=config.channels,
+        block_out_channels=config.block_out_channels, layers_per_block=config.layers_per_block,
+        down_block_types=down, up_block_types=up, add_attention=config.attention,
+        norm_num_groups=config.norm_num_groups, num_class_embeds=config.num_classes + 1,
+    )
+    if generator is not None:
+        _seeded_init_(unet, generator)
+    return unet
+
+
+@torch.no_grad()
+def _seeded_init_(model: torch.nn.Module, generator: torch.Generator) -> None:
+    for module in model.modules():
+        if isinstance(module, (torch.nn.Linear, torch.nn.Conv2d)):
+            bound = module.weight[0].numel() ** -0.5
+            module.weight.uniform_(-bound, bound, generator=generator)
+            if module.bias is not None:
+                module.bias.uniform_(-bound, bound, generator=generator)
+        elif isinstance(module, torch.nn.Embedding):
+            module.weight.normal_(generator=generator)
+
+
+def build_train_scheduler(config: DiffusionConfig) -> DDPMScheduler:
+    """The forward process q(x_t | x_0) of Ho et al. 2020, eq. 4; also the noise schedule
+    every sampling scheduler is built from."""
+    return DDPMScheduler(num_train_timesteps=config.num_train_timesteps, beta_schedule=config.beta_schedule,
+                         prediction_type=config.prediction_type, clip_sample=True)
+
+
+def make_sampling_scheduler(train_scheduler: SchedulerMixin, name: str) -> SchedulerMixin:
+    """A fresh sampling scheduler on the training noise schedule. Timesteps are spaced
+    "trailing" so sampling starts at t = T-1 (Lin et al. 2024, arXiv:2305.08891, Table 2)."""
+    config = train_scheduler.config
+    if name == "ddim":
+        return DDIMScheduler.from_config(config, timestep_spacing="trailing")
+    if name == "dpm++":
+        return DPMSolverMultistepScheduler.from_config(config, algorithm_type="dpmsolver++", solver_order=2,
+                                                       timestep_spacing="trailing")
+    if name == "ddpm":
+        return DDPMScheduler.from_config(config, timestep_spacing="trailing")
+    raise ValueError(f"unknown scheduler {name!r}; choose one of {SAMPLERS}")
+
+
+def guided_noise(model: torch.nn.Module, x: torch.Tensor, t: torch.Tensor | int, labels: torch.Tensor,
+                 w: float | torch.Tensor, *, null_label: int | None = None) -> torch.Tensor:
+    """Classifier-free guided prediction (Ho & Salimans 2022, eq. 6):
+
+        ε̃(x, c) = (1 + w) · ε(x, c) − w · ε(x, ∅)
+
+    `w` is a float or a per-sample tensor of shape (B,); w = 0 is the plain conditional
+    model. Both terms come from ONE forward of batch 2B: [x; x] with labels [c; ∅]. `null_label`
+    defaults to the model's last class embedding (`num_class_embeds - 1`).
+    """
+    if null_label is None:
+        null_label = int(model.config.num_class_embeds) - 1
+    batch = x.shape[0]
+    # 1. Stack the conditional and unconditional halves into one batch of 2B.
+    x2 = torch.cat([x, x])
+    labels2 = torch.cat([labels, torch.full_like(labels, null_label)])
+    t = torch.as_tensor(t, device=x.device)
+    t2 = t.expand(2 * batch) if t.ndim == 0 else torch.cat([t, t])
+    # 2. One forward pass, then split into ε(x, c) and ε(x, ∅).
+    eps = model(x2, t2, class_labels=labels2, return_dict=False)[0]
+    eps_cond, eps_uncond = eps[:batch], eps[batch:]
+    # 3. Combine (eq. 6); w broadcasts over C, H, W.
+    w_t = torch.as_tensor(w, dtype=eps.dtype, device=eps.device).reshape(-1, *([1] * (eps.ndim - 1)))
+    return (1 + w_t) * eps_cond - w_t * eps_uncond
+
+
+def to_model_space(images: np.ndarray) -> torch.Tensor:
+    """uint8 NxHxWxC → float32 NxCxHxW in [-1, 1] (the data scaling of Ho et al. 2020, §3.3)."""
+    return torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
+
+
+def to_uint8(x: torch.Tensor) -> np.ndarray:
+    """float NxCxHxW in [-1, 1] → uint8 NxHxWxC (clamped, rounded)."""
+    x = ((x.float().clamp(-1.0, 1.0) + 1.0) * 127.5).round().to(torch.uint8)
+    return x.permute(0, 2, 3, 1).cpu().numpy()
+
+
+class ClassConditionalDiffusion:
+    """Sampling pipeline: a (EMA) UNet, the training noise schedule and class names."""
+
+    name = "diffusion"
+
+    def __init__(self, unet: UNet2DModel, scheduler: DDPMScheduler, class_names: tuple[str, ...] = (), *,
+                 default_guidance: float = 2.0, checkpoint_sha256: str | None = None) -> None:
+        if unet.config.num_class_embeds is None or unet.config.num_class_embeds < 2:
+            raise ValueError(f"unet needs num_class_embeds >= 2 (classes + NULL), got {unet.config.num_class_embeds}")
+        self.unet = unet.eval()
+        self.scheduler = scheduler
+        self.num_classes = int(unet.config.num_class_embeds) - 1
+        self.class_names = tuple(class_names) or tuple(str(i) for i in range(self.num_classes))
+        if len(self.class_names) != self.num_classes:
+            raise ValueError(f"{len(self.class_names)} class names for {self.num_classes} classes")
+        self.default_guidance = float(default_guidance)
+        self.checkpoint_sha256 = checkpoint_sha256
+
+    @property
+    def device(self) -> torch.device:
+        return self.unet.device
+
+    def to(self, device: str | torch.device) -> ClassConditionalDiffusion:
+        self.unet.to(device)
+        return self
+
+    def _guidance_for(self, labels: list[int], guidance: float | dict[int, float] | None) -> list[float]:
+        if guidance is None:
+            return [self.default_guidance] * len(labels)
+        if isinstance(guidance, dict):
+            unknown = sorted(set(guidance) - set(range(self.num_classes)))
+            if unknown:
+                raise ValueError(f"guidance given for unknown classes {unknown} (num_classes={self.num_classes})")
+            return [float(guidance.get(c, self.default_guidance)) for c in labels]
+        return [float(guidance)] * len(labels)
+
+    @torch.no_grad()
+    def sample(self, request: SampleRequest, *, guidance: float | dict[int, float] | None = None, steps: int = 25,
+               scheduler: str = "ddim", batch_size: int = 64) -> list[Sample]:
+        """One image per request entry. `guidance` is w of eq. 6, one value or {class id: w}
+        (classes missing from the dict get `default_guidance`)."""
+        bad = [c for c in request.labels if not 0 <= c < self.num_classes]
+        if bad:
+            raise ValueError(f"labels {bad[:5]} outside [0, {self.num_classes})")
+        if steps < 1 or batch_size < 1:
+            raise ValueError(f"steps and batch_size must be >= 1, got {steps}, {batch_size}")
+        make_sampling_scheduler(self.scheduler, scheduler)  # validates the name before any work
+        ws = self._guidance_for(list(request.labels), guidance)
+        parents = request.parent_ids or [None] * len(request.labels)
+        out: list[Sample] = []
+        for start in range(0, len(request.labels), batch_size):
+            stop = start + batch_size
+            images = self._denoise(request.labels[start:stop], request.seeds[start:stop], ws[start:stop],
+                                   steps=steps, scheduler=scheduler)
+            for i, image in enumerate(images, start):
+                params = json.dumps({"guidance": ws[i], "scheduler": scheduler, "steps": steps}, sort_keys=True)
+                out.append(Sample(id=request.ids[i], image=image, label=int(request.labels[i]), source="diffusion",
+                                  seed=int(request.seeds[i]), parent_id=parents[i],
+                                  generator=GeneratorInfo(name=self.name, checkpoint_sha256=self.checkpoint_sha256,
+                                                          params_json=params)))
+        return out
+
+    def _denoise(self, labels: list[int], seeds: list[int], ws: list[float], *, steps: int,
+                 scheduler: str) -> np.ndarray:
+        """The reverse process for one batch; returns uint8 NxHxWxC."""
+        cfg = self.unet.config
+        dtype = self.unet.dtype
+        # 1. A fresh (stateful, multistep) scheduler per batch.
+        sched = make_sampling_scheduler(self.scheduler, scheduler)
+        sched.set_timesteps(steps, device=self.device)
+        # 2. x_T ~ N(0, I), drawn per sample from its own generator (batch-independent).
+        gens = [torch.Generator().manual_seed(int(s)) for s in seeds]
+        shape = (1, cfg.in_channels, cfg.sample_size, cfg.sample_size)
+        x = torch.cat([torch.randn(shape, generator=g) for g in gens]).to(self.device, dtype)
+        x = x * sched.init_noise_sigma
+        c = torch.tensor(labels, dtype=torch.long, device=self.device)
+        w = torch.tensor(ws, dtype=dtype, device=self.device)
+        for t in sched.timesteps:
+            # 3. Predict the guided noise (eq. 6), then 4. step x_t → x_{t-1}; a scheduler
+            #    that adds noise draws it from the same per-sample generators.
+            eps = guided_noise(self.unet, sched.scale_model_input(x, t), t, c, w)
+            x = sched.step(eps, t, x, generator=gens, return_dict=False)[0]
+        return to_uint8(x)
+
+    def save_pretrained(self, directory: str | Path) -> None:
+        """A diffusers-layout folder: `unet/` (safetensors), `scheduler/` and `synthaug.json`."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        self.unet.save_pretrained(directory / "unet", safe_serialization=True)
+        self.scheduler.save_pretrained(directory / "scheduler")
+        cfg = self.unet.config
+        meta = {"format": FORMAT, "class_names": list(self.class_names), "image_size": cfg.sample_size,
+                "channels": cfg.in_channels, "num_classes": self.num_classes, "null_label": self.num_classes,
+                "default_guidance": self.default_guidance}
+        (directory / PIPELINE_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+        self.checkpoint_sha256 = checkpoint_sha256(directory)
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path, *, device: str | torch.device = "cpu") -> ClassConditionalDiffusion:
+        """Load a folder written by `save_pretrained`; pickled weights are refused (ValueError)."""
+        directory = Path(directory)
+        refuse_pickles(directory)
+        refuse_pickles(directory / "unet")
+        meta_path = directory / PIPELINE_FILE
+        if not meta_path.is_file():
+            raise ValueError(f"{directory}: no {PIPELINE_FILE}; not a synthaug diffusion checkpoint")
+        meta = json.loads(meta_path.read_text())
+        unet = UNet2DModel.from_pretrained(directory / "unet", use_safetensors=True).to(device)
+        scheduler = DDPMScheduler.from_pretrained(directory / "scheduler")
+        return cls(unet, scheduler, tuple(meta.get("class_names", ())),
+                   default_guidance=float(meta.get("default_guidance", 2.0)),
+                   checkpoint_sha256=checkpoint_sha256(directory))
+
+    @classmethod
+    def from_config(cls, config: DiffusionConfig, unet: UNet2DModel, *,
+                    default_guidance: float = 2.0) -> ClassConditionalDiffusion:
+        """A pipeline around freshly trained (EMA) weights; not saved yet, so no checkpoint hash."""
+        return cls(unet, build_train_scheduler(config), config.class_names, default_guidance=default_guidance)
+
+
+__all__ = [
+    "ClassConditionalDiffusion",
+    "DiffusionConfig",
+    "build_train_scheduler",
+    "build_unet",
+    "gpu_preset",
+    "guided_noise",
+    "make_sampling_scheduler",
+    "to_model_space",
+    "to_uint8",
+]
