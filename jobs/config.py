@@ -118,7 +118,7 @@ SourceConfig = Annotated[
     Field(discriminator="kind"),
 ]
 # Discriminator values pydantic puts into error paths; dropped so paths read source.controls.fov.
-_UNION_TAGS = {"digits", "folder", "coco", "parquet", "simulator", "street", "external"}
+_UNION_TAGS = {"digits", "folder", "coco", "parquet", "simulator", "street", "external", "diffusion", "cgan"}
 
 
 class SplitConfig(_Strict):
@@ -179,6 +179,73 @@ class AugmentConfig(_Strict):
     transforms: list[TransformConfig] = Field(min_length=1)
 
 
+# --- class-conditional generators -------------------------------------------------------
+
+
+class DiffusionFitConfig(_Strict):
+    """DDPM training with label dropout for classifier-free guidance (CPU-sized defaults)."""
+
+    steps: int = Field(2000, ge=0, le=10_000_000)
+    batch_size: int = Field(64, ge=1, le=65_536)
+    lr: float = Field(1e-3, gt=0, le=1.0)
+    warmup_steps: int = Field(100, ge=0)
+    block_out_channels: list[int] = Field(default_factory=lambda: [32, 64, 64], min_length=1, max_length=6)
+    layers_per_block: int = Field(1, ge=1, le=4)
+    attention: bool = True
+    p_uncond: float = Field(0.1, ge=0.0, lt=1.0)
+    ema_decay: float = Field(0.999, gt=0.0, lt=1.0)
+    bf16: bool = Field(True, description="bf16 autocast on CUDA (ignored on CPU)")
+
+
+class DiffusionSampleConfig(_Strict):
+    scheduler: Literal["ddim", "dpm++"] = "ddim"
+    steps: int = Field(25, ge=1, le=1000)
+    guidance: float = Field(2.0, ge=0.0, le=50.0, description="w in (1 + w)·ε(x, c) − w·ε(x)")
+    guidance_per_class: dict[str, Annotated[float, Field(ge=0.0, le=50.0)]] = Field(default_factory=dict)
+    batch_size: int = Field(64, ge=1, le=65_536)
+
+
+class CGANFitConfig(_Strict):
+    """Projection discriminator + hinge loss (Miyato & Koyama 2018)."""
+
+    steps: int = Field(2000, ge=0, le=10_000_000)
+    batch_size: int = Field(64, ge=1, le=65_536)
+    z_dim: int = Field(64, ge=2, le=1024)
+    g_channels: int = Field(16, ge=4, le=1024)
+    d_channels: int = Field(16, ge=4, le=1024)
+    lr_g: float = Field(2e-4, gt=0, le=1.0)
+    lr_d: float = Field(2e-4, gt=0, le=1.0)
+    n_critic: int = Field(1, ge=1, le=10)
+    ema_decay: float = Field(0.999, gt=0.0, lt=1.0)
+
+
+class CGANSampleConfig(_Strict):
+    truncation: float | None = Field(None, gt=0.0, description="resample |z| components above this; none: off")
+    batch_size: int = Field(256, ge=1, le=65_536)
+
+
+class _GenerateConfig(_Strict):
+    from_pretrained: Path | None = Field(None, description="a local saved generator: sample it, skip the fit")
+    train_workers: int = Field(1, ge=1, le=1024, description="Ray Train workers (DDP)")
+    num_gpus_per_worker: float = Field(0.0, ge=0.0)
+    checkpoint_every: int = Field(250, ge=1, description="steps between saved states and sample grids")
+
+
+class DiffusionGenerateConfig(_GenerateConfig):
+    kind: Literal["diffusion"]
+    fit: DiffusionFitConfig = DiffusionFitConfig()
+    sample: DiffusionSampleConfig = DiffusionSampleConfig()
+
+
+class CGANGenerateConfig(_GenerateConfig):
+    kind: Literal["cgan"]
+    fit: CGANFitConfig = CGANFitConfig()
+    sample: CGANSampleConfig = CGANSampleConfig()
+
+
+GenerateConfig = Annotated[DiffusionGenerateConfig | CGANGenerateConfig, Field(discriminator="kind")]
+
+
 # --- output and execution ---------------------------------------------------------------
 
 
@@ -204,13 +271,16 @@ class JobConfig(_Strict):
     split: SplitConfig = SplitConfig()
     quota: QuotaConfig | None = Field(None, description="absent: copy the source, make nothing")
     augment: AugmentConfig | None = None
+    generate: GenerateConfig | None = None
     output: OutputConfig = OutputConfig()
     execution: ExecutionConfig = ExecutionConfig()
 
     @model_validator(mode="after")
     def _quota_needs_a_generator(self) -> JobConfig:
-        if self.quota is not None and self.augment is None:
-            raise ValueError("quota asks for synthetic samples, but there is no augment section to make them")
+        if self.augment is not None and self.generate is not None:
+            raise ValueError("give either augment (classical) or generate (a class-conditional model), not both")
+        if self.quota is not None and self.augment is None and self.generate is None:
+            raise ValueError("quota asks for synthetic samples, but there is no augment or generate section")
         return self
 
     def content_hash(self) -> str:
@@ -228,7 +298,8 @@ def format_validation_error(error: ValidationError, where: str) -> str:
     lines = []
     for item in error.errors():
         path = ""
-        loc = [p for i, p in enumerate(item["loc"]) if not (i and item["loc"][0] == "source" and p in _UNION_TAGS)]
+        loc = [p for i, p in enumerate(item["loc"])
+               if not (i and item["loc"][0] in ("source", "generate") and p in _UNION_TAGS)]
         for part in loc:
             path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
         value = item.get("input")
@@ -238,13 +309,18 @@ def format_validation_error(error: ValidationError, where: str) -> str:
     return f"{where}: invalid config\n  " + "\n  ".join(lines)
 
 
+_PATH_KEYS = {"source": ("root", "annotations", "images_root", "path"), "generate": ("from_pretrained",)}
+
+
 def _resolve_paths(raw: dict[str, Any], base: Path) -> dict[str, Any]:
-    source = raw.get("source")
-    if isinstance(source, dict):
-        for key in ("root", "annotations", "images_root", "path"):  # every source's paths
-            value = source.get(key)
+    for section, keys in _PATH_KEYS.items():
+        mapping = raw.get(section)
+        if not isinstance(mapping, dict):
+            continue
+        for key in keys:
+            value = mapping.get(key)
             if isinstance(value, str) and value and not Path(value).is_absolute():
-                source[key] = str((base / value).resolve())
+                mapping[key] = str((base / value).resolve())
     return raw
 
 

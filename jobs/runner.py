@@ -115,6 +115,7 @@ class ListedSource:
     train: list[SourceRecord]
     holdout: list[SourceRecord]
     trusted: bool  # the source cannot yield bad records (rendered frames): no scan needed
+    source: Any = None
 
 
 def list_source(config: JobConfig) -> ListedSource:
@@ -126,7 +127,7 @@ def list_source(config: JobConfig) -> ListedSource:
     train, holdout = split_records(records, config.split.holdout, config.seed)
     log.info("source: %d records, %d classes; split %d train / %d holdout",
              len(records), len(source.class_names), len(train), len(holdout))
-    return ListedSource(source.class_names, records, train, holdout, bool(getattr(source, "trusted", False)))
+    return ListedSource(source.class_names, records, train, holdout, bool(getattr(source, "trusted", False)), source)
 
 
 @contextmanager
@@ -193,7 +194,39 @@ class JobRunner:
         return {str(row["id"]): {"path": str(row["path"]), "reason": str(row["reason"])}
                 for row in rows if row["reason"]}
 
-    def generate(self, pending: list[ShardSpec], plan: Plan, counter: Any) -> list[ShardEntry]:
+    def fit(self, listed: ListedSource, rejected: dict[str, Any], plan: Plan) -> dict[str, Any]:
+        """Fit the class-conditional generator (or take `from_pretrained`); worker settings for it."""
+        from jobs.fit import fit_generator, load_training_arrays
+        from jobs.generators import DataShape, load_sampler, sample_kwargs
+
+        generate = self.config.generate
+        usable = [r for r in listed.train if r.id not in rejected]
+        if generate.from_pretrained is not None:
+            model_dir = generate.from_pretrained
+            try:
+                sampler = load_sampler(generate.kind, model_dir)
+            except (ValueError, OSError) as error:
+                raise ConfigError(f"generate.from_pretrained: {error}") from None
+            if list(sampler.class_names if hasattr(sampler, "class_names") else sampler.config.class_names) \
+                    != plan.class_names:
+                raise ConfigError(f"generate.from_pretrained: {model_dir} was trained on other classes than "
+                                  f"the source's {plan.class_names}")
+            self._stage("fit", status="pretrained", model=str(model_dir))
+        else:
+            images, labels = load_training_arrays(listed.source, usable)
+            shape = DataShape(images.shape[1], images.shape[3], tuple(plan.class_names))
+            folder = self.out / "checkpoints" / generate.kind
+            self._stage("fit", status="running", folder=str(folder))
+            model_dir = fit_generator(generate, shape=shape, seed=self.config.seed, images=images, labels=labels,
+                                      folder=folder)
+            self._stage("fit", status="done", model=str(model_dir))
+        device = "cuda" if generate.num_gpus_per_worker > 0 else "cpu"
+        sample = {k: ({str(c): w for c, w in v.items()} if isinstance(v, dict) else v)
+                  for k, v in sample_kwargs(generate, plan.class_names).items()}
+        return {"kind": generate.kind, "dir": str(model_dir), "sample": sample, "device": device}
+
+    def generate(self, pending: list[ShardSpec], plan: Plan, counter: Any,
+                 generator: dict[str, Any] | None = None) -> list[ShardEntry]:
         import ray.data
 
         from jobs.datasink import ShardDatasink
@@ -217,10 +250,13 @@ class JobRunner:
                 "class_names": plan.class_names,
                 "png_compress_level": self.config.output.png_compress_level,
                 "job_seed": self.config.seed,
+                "generator": generator,
             },
             batch_size=1,
             num_cpus=execution.num_cpus_per_worker,
-            num_gpus=execution.num_gpus_per_worker or None,
+            # A generator sampling on CUDA needs its GPU share on every actor.
+            num_gpus=max(execution.num_gpus_per_worker,
+                         self.config.generate.num_gpus_per_worker if generator else 0.0) or None,
             **actor_pool(min(execution.num_workers, len(specs))),
         )
         total = sum(s.rows for s in pending)
@@ -280,6 +316,8 @@ class JobRunner:
             seed=config.seed,
             rows_per_shard=config.output.rows_per_shard,
             include_real=config.output.include_real,
+            source_name=config.generate.kind if config.generate else "classical",
+            class_conditional=config.generate is not None,
         )
 
         # 4. Keep published shards, make the rest.
@@ -296,8 +334,11 @@ class JobRunner:
         if done:
             log.info("resuming: %d of %d shards already published", len(done), len(every))
         self._stage("shards", planned=len(every), published=len(done))
+        generator = None
+        if config.generate is not None and any(s.generated for s in pending):
+            generator = self.fit(listed, rejected, plan)
         if pending:
-            self.generate(pending, plan, counter)
+            self.generate(pending, plan, counter, generator)
         missing = [s.file for s in every if not (folders[s.split] / s.file).exists()]
         if missing:
             raise JobFailed(f"{len(missing)} shards were not published: {', '.join(missing[:5])}")

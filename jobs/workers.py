@@ -6,6 +6,7 @@ Both can be called directly on a small batch (tests do) before Ray is involved.
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -13,6 +14,7 @@ import pyarrow as pa
 from pydantic import TypeAdapter
 
 from augment.errors import InputRejected
+from augment.generators.base import SampleRequest
 from augment.sample import Sample
 from augment.shards import samples_to_table
 from augment.sources.base import SourceRecord
@@ -56,6 +58,7 @@ class ShardWorker:
         class_names: list[str],
         png_compress_level: int,
         job_seed: int = 0,
+        generator: dict[str, Any] | None = None,
         progress: Any = None,
     ) -> None:
         self.source = build_source(_SOURCE_ADAPTER.validate_python(source_config), job_seed)
@@ -64,6 +67,12 @@ class ShardWorker:
             from augment.classical import ClassicalAugmenter
 
             self.augmenter = ClassicalAugmenter(transforms)
+        self.sampler, self.sample_kwargs = None, {}
+        if generator:  # a class-conditional model, loaded once per actor
+            from jobs.generators import load_sampler
+
+            self.sampler = load_sampler(generator["kind"], Path(generator["dir"]), generator["device"])
+            self.sample_kwargs = {k: _int_keys(v) for k, v in generator["sample"].items()}
         self.class_names = class_names
         self.png_compress_level = png_compress_level
         self.progress = progress
@@ -78,6 +87,12 @@ class ShardWorker:
                 if self.augmenter is None:
                     raise ValueError(f"shard {shard.file} plans children but the job has no transforms")
                 samples.append(self.augmenter(real, child_id=child.id, seed=child.seed))
+        if shard.generated:
+            if self.sampler is None:
+                raise ValueError(f"shard {shard.file} plans generated samples but the job has no generator")
+            request = SampleRequest(labels=[g.label for g in shard.generated], seeds=[g.seed for g in shard.generated],
+                                    ids=[g.id for g in shard.generated])
+            samples += self.sampler.sample(request, **self.sample_kwargs)
         return samples
 
     def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
@@ -90,6 +105,11 @@ class ShardWorker:
             if self.progress is not None:
                 self.progress.add.remote("generated", table.num_rows)
         return pa.concat_tables(tables)
+
+
+def _int_keys(value: Any) -> Any:
+    """Per-class dicts cross Ray as JSON-ish data; class ids come back as int keys."""
+    return {int(k): v for k, v in value.items()} if isinstance(value, dict) else value
 
 
 def record_columns(records: list[SourceRecord]) -> list[dict[str, Any]]:

@@ -20,7 +20,12 @@ from augment.generators.cgan import (
     ProjectionDiscriminator,
     truncated_normal,
 )
-from augment.generators.cgan_train import CGANState, fit_cgan, hinge_d_loss, hinge_g_loss
+from augment.generators.cgan_train import (
+    CGANState,
+    fit_cgan,
+    hinge_d_loss,
+    hinge_g_loss,
+)
 
 TINY = CGANConfig(image_size=8, channels=1, num_classes=3, z_dim=8, g_channels=4, d_channels=4, batch_size=8,
                   train_steps=4, ema_decay=0.9, seed=7, class_names=("a", "b", "c"))
@@ -92,7 +97,7 @@ def test_seeds_decide_images_and_batches_do_not(trained: ClassConditionalGAN) ->
 
 
 def test_sample_records(trained: ClassConditionalGAN) -> None:
-    out = trained.sample(request([2, 0], [5, 6]), truncation=0.5, batch_size=4)
+    out = trained.sample(request(list(np.array([2, 0])), [5, 6]), truncation=0.5, batch_size=4)  # numpy ids too
     assert [(s.id, s.label, s.seed, s.parent_id, s.source) for s in out] == [
         ("s0", 2, 5, "p0", "cgan"), ("s1", 0, 6, "p1", "cgan")]
     assert out[0].generator.name == "cgan"

@@ -6,6 +6,7 @@ Tiny models only (block_out_channels=(8, 16), 8x8 images, a few steps), CPU.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +38,15 @@ def two_class_data(n: int = 8) -> tuple[np.ndarray, np.ndarray]:
     labels = np.arange(n, dtype=np.int64) % 2
     images = np.where(labels[:, None, None, None] == 1, 255, 0).astype(np.uint8) * np.ones((1, 8, 8, 1), np.uint8)
     return images, labels
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread() -> Iterator[None]:
+    """Tiny models run fastest on one thread; two threads spin-wait when the 2 cores are shared."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

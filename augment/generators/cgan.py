@@ -63,8 +63,8 @@ class CGANConfig:
     channels: int = 1
     num_classes: int = 10
     z_dim: int = 64
-    g_channels: int = 32
-    d_channels: int = 32
+    g_channels: int = 16
+    d_channels: int = 16
     lr_g: float = 2e-4
     lr_d: float = 2e-4
     betas: tuple[float, float] = (0.0, 0.9)
@@ -107,9 +107,11 @@ class CGANConfig:
         (so 1024 channels at 4x4 for 64x64), TTUR rates (Heusel et al. 2017), 2 D steps."""
         if image_size not in IMAGE_SIZES:
             raise ValueError(f"gpu_preset: image_size must be one of {IMAGE_SIZES}, got {image_size!r}")
-        values: dict[str, Any] = dict(image_size=image_size, channels=3, z_dim=128, g_channels=64, d_channels=64,
-                                      lr_g=1e-4, lr_d=4e-4, betas=(0.0, 0.999), n_critic=2, batch_size=256,
-                                      train_steps=100_000, ema_decay=0.9999)
+        values: dict[str, Any] = {
+            "image_size": image_size, "channels": 3, "z_dim": 128, "g_channels": 64, "d_channels": 64,
+            "lr_g": 1e-4, "lr_d": 4e-4, "betas": (0.0, 0.999), "n_critic": 2, "batch_size": 256,
+            "train_steps": 100_000, "ema_decay": 0.9999,
+        }
         values.update(overrides)
         return cls(**values)
 
@@ -297,7 +299,8 @@ class ClassConditionalGAN:
     @classmethod
     def fit(cls, images: np.ndarray, labels: np.ndarray, config: CGANConfig, **kwargs: Any) -> ClassConditionalGAN:
         """Train with `cgan_train.fit_cgan` and wrap the EMA generator for sampling."""
-        from augment.generators.cgan_train import fit_cgan  # the trainer imports this module
+        # Imported here: the trainer imports this module.
+        from augment.generators.cgan_train import fit_cgan
 
         state = fit_cgan(images, labels, config, **kwargs)
         return cls(config, state.generator_ema, device=kwargs.get("device", "cpu"))

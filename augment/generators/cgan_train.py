@@ -34,7 +34,13 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from augment.generators.cgan import INIT_G_STREAM, CGANConfig, CGANGenerator, ProjectionDiscriminator, init_weights
+from augment.generators.cgan import (
+    INIT_G_STREAM,
+    CGANConfig,
+    CGANGenerator,
+    ProjectionDiscriminator,
+    init_weights,
+)
 from augment.seeding import derive_seed
 
 LogFn = Callable[[int, float, float, float], None]

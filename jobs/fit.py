@@ -1,0 +1,168 @@
+"""The fit stage: train a class-conditional generator under Ray Train, resumably.
+
+`TorchTrainer` runs the same loop on one CPU worker or DDP over N GPUs. Every
+`checkpoint_every` steps rank 0 saves the training state (safetensors + JSON) under
+`OUT/checkpoints/<kind>/states/` and a sample grid PNG; a rerun of the job continues from
+the last saved state. The finished sampler is saved with `save_pretrained` to
+`OUT/checkpoints/<kind>/model/`, published by rename, which marks the stage done.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from augment.errors import ConfigError
+from augment.sources.base import SourceRecord
+from jobs.config import GenerateConfig
+
+log = logging.getLogger("synthaug")
+
+LATEST = "LATEST"
+GRID_PER_CLASS = 8
+
+
+def load_training_arrays(source: Any, records: list[SourceRecord]) -> tuple[np.ndarray, np.ndarray]:
+    """The usable labelled training images as one uint8 N×H×W×C array (one size required)."""
+    labelled = [r for r in records if r.label is not None]
+    images = [source.load(r).image for r in labelled]
+    shapes = sorted({im.shape for im in images})
+    if len(shapes) != 1:
+        raise ConfigError(f"generate: training images come in {len(shapes)} sizes ({shapes[:3]}...); "
+                          "set source.image_size so that they share one")
+    return np.stack(images), np.array([r.label for r in labelled], dtype=np.int64)
+
+
+def _latest_state(states: Path) -> Path | None:
+    pointer = states / LATEST
+    if not pointer.is_file():
+        return None
+    path = states / pointer.read_text().strip()
+    return path if path.is_dir() else None
+
+
+def _save_state(family: Any, state: Any, states: Path) -> None:
+    """Write `step-N/`, then point LATEST at it (atomic), then drop older states."""
+    name = f"step-{state.step:08d}"
+    target = states / name
+    shutil.rmtree(target, ignore_errors=True)
+    state.save_training_state(target)
+    tmp = states / f".{LATEST}.tmp"
+    tmp.write_text(name + "\n")
+    tmp.replace(states / LATEST)
+    for old in states.glob("step-*"):
+        if old.name != name:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def _sample_grid(sampler: Any, class_names: list[str], sample_kwargs: dict[str, Any], path: Path) -> None:
+    """GRID_PER_CLASS fixed-seed samples per class, one row per class."""
+    from PIL import Image
+
+    from augment.generators.base import SampleRequest
+
+    labels = [c for c in range(len(class_names)) for _ in range(GRID_PER_CLASS)]
+    request = SampleRequest(labels=labels, seeds=list(range(len(labels))), ids=[str(i) for i in range(len(labels))])
+    samples = sampler.sample(request, **sample_kwargs)
+    h, w, c = samples[0].image.shape
+    grid = np.zeros((len(class_names) * (h + 2), GRID_PER_CLASS * (w + 2), 3), np.uint8)
+    for i, sample in enumerate(samples):
+        row, col = divmod(i, GRID_PER_CLASS)
+        image = sample.image if c == 3 else np.repeat(sample.image, 3, axis=2)
+        grid[row * (h + 2):row * (h + 2) + h, col * (w + 2):col * (w + 2) + w] = image
+    scale = max(1, 64 // h)
+    Image.fromarray(grid).resize((grid.shape[1] * scale, grid.shape[0] * scale), Image.Resampling.NEAREST).save(path)
+
+
+def train_loop_per_worker(loop: dict[str, Any]) -> None:
+    """Runs on every Ray Train worker; rank 0 saves states, grids and the final model."""
+    import ray
+    import ray.train
+    import ray.train.torch
+    from pydantic import TypeAdapter
+
+    from jobs.generators import DataShape, family_for
+
+    context = ray.train.get_context()
+    rank, world = context.get_world_rank(), context.get_world_size()
+    family = family_for(TypeAdapter(GenerateConfig).validate_python(loop["generate"]),
+                        DataShape(**loop["shape"]), loop["seed"])
+    device = ray.train.torch.get_device()
+    images, labels = ray.get(loop["data"])
+    states, grids = Path(loop["states"]), Path(loop["grids"])
+    latest = _latest_state(states)
+    state = family.load_state(latest, device) if latest else family.new_state(device, rank)
+    if world > 1:
+        family.prepare_ddp(state, ray.train.torch.prepare_model)
+    total, every = int(loop["steps"]), int(loop["checkpoint_every"])
+    started, first_step = time.monotonic(), state.step
+
+    def on_log(step: int, *values: float) -> None:
+        if rank != 0:
+            return
+        *losses, rate = values
+        eta = (total - step) / rate if rate > 0 else float("inf")
+        shown = " ".join(f"{v:.4f}" for v in losses)
+        print(f"fit {family.kind}: step {step}/{total} loss {shown} {rate:.1f} steps/s ETA {eta:.0f}s", flush=True)
+
+    while state.step < total:
+        until = min(total, (state.step // every + 1) * every)
+        state = family.train(images, labels, state, until, on_log, rank)
+        if rank == 0:
+            _save_state(family, state, states)
+            _sample_grid(family.sampler(state), list(loop["shape"]["class_names"]),
+                         family.grid_kwargs(), grids / f"step-{state.step:08d}.png")
+        ray.train.report({"step": state.step, "seconds": time.monotonic() - started,
+                          "steps_done_here": state.step - first_step})
+    if rank == 0:
+        model_dir = Path(loop["model"])
+        tmp = model_dir.with_name(f".{model_dir.name}.tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        family.sampler(state).save_pretrained(tmp)
+        tmp.replace(model_dir)
+
+
+def fit_generator(config: GenerateConfig, *, shape: Any, seed: int, images: np.ndarray, labels: np.ndarray,
+                  folder: Path) -> Path:
+    """Fit under Ray Train unless `folder/model` exists already; returns the model folder."""
+    import ray
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    model_dir = folder / "model"
+    if model_dir.is_dir():
+        log.info("fit %s: already done (%s)", config.kind, model_dir)
+        return model_dir
+    states, grids = folder / "states", folder / "grids"
+    states.mkdir(parents=True, exist_ok=True)
+    grids.mkdir(parents=True, exist_ok=True)
+    if _latest_state(states):
+        log.info("fit %s: resuming from %s", config.kind, _latest_state(states))
+    loop = {
+        "generate": config.model_dump(mode="json"),
+        "shape": {"image_size": shape.image_size, "channels": shape.channels, "class_names": list(shape.class_names)},
+        "seed": seed,
+        "data": ray.put((images, labels)),
+        "states": str(states),
+        "grids": str(grids),
+        "model": str(model_dir),
+        "steps": config.fit.steps,
+        "checkpoint_every": config.checkpoint_every,
+    }
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config=loop,
+        scaling_config=ScalingConfig(num_workers=config.train_workers, use_gpu=config.num_gpus_per_worker > 0,
+                                     resources_per_worker={"GPU": config.num_gpus_per_worker}
+                                     if config.num_gpus_per_worker > 0 else None),
+        run_config=RunConfig(storage_path=str(folder / "ray_train"), name=f"fit_{config.kind}"),
+    )
+    trainer.fit()
+    if not model_dir.is_dir():
+        raise RuntimeError(f"fit {config.kind}: training finished without saving {model_dir}")
+    return model_dir

@@ -1,0 +1,130 @@
+"""Class-conditional generation through the job: fit under Ray Train, resume, from_pretrained."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from augment.errors import ConfigError
+from augment.shards import read_manifest, verify_shards
+from jobs.config import parse_config
+from jobs.runner import run_job
+from tests.conftest import shard_rows
+
+pytestmark = pytest.mark.usefixtures("ray_session")
+
+
+def cgan_config(**generate: object):
+    return parse_config({
+        "name": "tiny_cgan",
+        "seed": 3,
+        "source": {"kind": "digits", "image_size": 8, "color": "gray"},
+        "split": {"holdout": 0.2},
+        "quota": {"per_class": {str(c): 150 for c in range(10)}},
+        "generate": {"kind": "cgan", "fit": {"steps": 6, "batch_size": 16, "g_channels": 8, "d_channels": 8,
+                                             "z_dim": 8},
+                     "checkpoint_every": 3, **generate},
+        "output": {"rows_per_shard": 100},
+    })
+
+
+@pytest.fixture(scope="module")
+def fitted(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("cgan") / "out"
+    run_job(cgan_config(), out)
+    return out
+
+
+def test_fit_then_sample_meets_the_quota_with_recorded_checkpoint(fitted: Path) -> None:
+    manifest = read_manifest(fitted / "shards")
+    assert set(manifest.class_counts.values()) == {150} and verify_shards(fitted / "shards") == []
+    assert set(manifest.source_counts) == {"real", "cgan"}
+    rows = pq.read_table(fitted / "shards", columns=["source", "generator", "parent_id", "seed"]).to_pylist()
+    made = [r for r in rows if r["source"] == "cgan"]
+    assert made and all(r["parent_id"] is None and r["seed"] is not None for r in made)
+    assert len({r["generator"]["checkpoint_sha256"] for r in made}) == 1
+    folder = fitted / "checkpoints" / "cgan"
+    assert (folder / "model" / "generator.safetensors").exists()
+    assert sorted(p.name for p in (folder / "grids").iterdir()) == ["step-00000003.png", "step-00000006.png"]
+    job = json.loads((fitted / "job.json").read_text())
+    assert job["stages"]["fit"]["status"] == "done"
+
+
+def test_an_interrupted_fit_resumes_from_its_last_state(fitted: Path, tmp_path: Path) -> None:
+    """A job whose fit stopped at step 3 (state saved, no model) finishes to the same bytes."""
+    from jobs.fit import _save_state, load_training_arrays
+    from jobs.generators import DataShape, family_for
+    from jobs.runner import list_source
+
+    config = cgan_config()
+    copy = tmp_path / "resume"
+    shutil.copytree(fitted, copy)
+    folder = copy / "checkpoints" / "cgan"
+    shutil.rmtree(folder / "model")
+    shutil.rmtree(folder / "states")
+    for shard in (copy / "shards").glob("cgan-*.parquet"):
+        shard.unlink()
+    # 1. Re-create what the killed run had left: the training state of step 3, trained in a
+    #    Ray worker like the fit's own (one CPU thread: float sums depend on thread count).
+    import ray
+
+    @ray.remote(num_cpus=1)
+    def first_three_steps(states: str) -> None:
+        listed = list_source(config)
+        images, labels = load_training_arrays(listed.source, listed.train)
+        family = family_for(config.generate, DataShape(8, 1, tuple(listed.class_names)), config.seed)
+        state = family.train(images, labels, family.new_state("cpu", 0), 3, lambda *a: None, 0)
+        Path(states).mkdir()
+        _save_state(family, state, Path(states))
+
+    ray.get(first_three_steps.remote(str(folder / "states")))
+    # 2. The rerun trains steps 4..6 only and samples exactly what the uninterrupted run did.
+    run_job(config, copy)
+    assert shard_rows(copy / "shards") == shard_rows(fitted / "shards")
+    assert (folder / "states" / "LATEST").read_text().strip() == "step-00000006"
+
+
+def test_from_pretrained_samples_without_fitting(fitted: Path, tmp_path: Path) -> None:
+    out = tmp_path / "pretrained"
+    run_job(cgan_config(from_pretrained=str(fitted / "checkpoints" / "cgan" / "model")), out)
+    assert not (out / "checkpoints").exists()
+    made = [r for r in shard_rows(out / "shards") if r[0].startswith("cgan/")]
+    assert made == [r for r in shard_rows(fitted / "shards") if r[0].startswith("cgan/")]
+
+
+def test_from_pretrained_refuses_a_pickle(tmp_path: Path) -> None:
+    import torch
+
+    folder = tmp_path / "pickled"
+    folder.mkdir()
+    torch.save({"weight": torch.zeros(2)}, folder / "generator.pt")
+    with pytest.raises(ConfigError, match="pickle"):
+        run_job(cgan_config(from_pretrained=str(folder)), tmp_path / "out")
+
+
+def test_diffusion_job_records_guidance_scheduler_and_steps_per_row(tmp_path: Path) -> None:
+    config = parse_config({
+        "name": "tiny_diffusion",
+        "source": {"kind": "digits", "image_size": 8, "color": "gray"},
+        "split": {"holdout": 0.2},
+        "quota": {"per_class": {str(c): 146 for c in range(10)}},
+        "generate": {"kind": "diffusion",
+                     "fit": {"steps": 2, "batch_size": 8, "block_out_channels": [8, 16], "warmup_steps": 1},
+                     "sample": {"scheduler": "dpm++", "steps": 2, "guidance": 1.5, "guidance_per_class": {"3": 4.0}},
+                     "checkpoint_every": 2},
+    })
+    out = tmp_path / "out"
+    run_job(config, out)
+    rows = pq.read_table(out / "shards", columns=["source", "label", "generator"]).to_pylist()
+    made = [r for r in rows if r["source"] == "diffusion"]
+    assert made
+    for row in made:
+        params = json.loads(row["generator"]["params_json"])
+        assert params["scheduler"] == "dpm++" and params["steps"] == 2
+        assert params["guidance"] == (4.0 if row["label"] == 3 else 1.5)
+    assert (out / "checkpoints" / "diffusion" / "model" / "unet").is_dir()
+    assert set(read_manifest(out / "shards").class_counts.values()) == {146}
