@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import shutil
 import tempfile
 import time
@@ -38,7 +39,6 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from augment.images import encode_png
@@ -156,9 +156,7 @@ def main() -> None:
     parser.add_argument("--rows-per-shard", type=int, default=None, help="default: two shards per worker")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
-    import diffusers
-
-    diffusers.utils.logging.set_verbosity_error()  # no "install accelerate" notice
+    os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")  # no "install accelerate" notice, here or in actors
 
     scratch = Path(tempfile.mkdtemp(prefix="bench_sampling_"))
     try:

@@ -286,7 +286,7 @@ def cgan_sweep(job: Job, model: SmallCNN, per_class: int, seed: int) -> dict[flo
 def print_sweep(title: str, results: dict[Any, dict[str, float]], real: dict[str, float]) -> None:
     print(f"{title:>12} {'acc':>7} {'div_px':>8} {'div_feat':>9} {'seconds':>8}")
     for key, r in results.items():
-        print(f"{str(key):>12} {fmt(r['acc'], 3):>7} {fmt(r['div_px'], 3):>8} {fmt(r['div_feat'], 2):>9} "
+        print(f"{key!s:>12} {fmt(r['acc'], 3):>7} {fmt(r['div_px'], 3):>8} {fmt(r['div_feat'], 2):>9} "
               f"{r['seconds']:>8.1f}")
     print(f"{'real holdout':>12} {fmt(real['acc'], 3):>7} {fmt(real['div_px'], 3):>8} "
           f"{fmt(real['div_feat'], 2):>9} {'':>8}")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -108,11 +109,14 @@ def train_loop_per_worker(loop: dict[str, Any]) -> None:
         *losses, rate = values
         eta = (total - step) / rate if rate > 0 else float("inf")
         shown = " ".join(f"{v:.4f}" for v in losses)
-        print(f"fit {family.kind}: step {step}/{total} loss {shown} {rate:.1f} steps/s ETA {eta:.0f}s", flush=True)
+        # Straight to stderr: Ray Train re-logs print() through the root logger, which
+        # showed every line twice on the driver.
+        sys.stderr.write(f"fit {family.kind}: step {step}/{total} loss {shown} {rate:.1f} steps/s ETA {eta:.0f}s\n")
+        sys.stderr.flush()
 
     while state.step < total:
         until = min(total, (state.step // every + 1) * every)
-        state = family.train(images, labels, state, until, on_log, rank)
+        state = family.train(images, labels, state, until, on_log, rank, log_every=max(1, min(100, every // 4)))
         if rank == 0:
             _save_state(family, state, states)
             _sample_grid(family.sampler(state), list(loop["shape"]["class_names"]),

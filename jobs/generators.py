@@ -52,11 +52,12 @@ class DiffusionFamily:
 
         return DiffusionState.load_training_state(directory, device=device)
 
-    def train(self, images: np.ndarray, labels: np.ndarray, state: Any, until: int, on_log: LogFn, rank: int) -> Any:
+    def train(self, images: np.ndarray, labels: np.ndarray, state: Any, until: int, on_log: LogFn, rank: int,
+              log_every: int = 25) -> Any:
         from augment.generators.diffusion_train import fit_diffusion
 
         return fit_diffusion(images, labels, self.model_config, state=state, until_step=until, on_log=on_log,
-                             log_every=25, rank=rank)
+                             log_every=log_every, rank=rank)
 
     def sampler(self, state: Any) -> Any:
         from augment.generators.diffusion import ClassConditionalDiffusion
@@ -103,12 +104,13 @@ class CGANFamily:
 
         return CGANState.load_training_state(directory, device=device)
 
-    def train(self, images: np.ndarray, labels: np.ndarray, state: Any, until: int, on_log: LogFn, rank: int) -> Any:
+    def train(self, images: np.ndarray, labels: np.ndarray, state: Any, until: int, on_log: LogFn, rank: int,
+              log_every: int = 25) -> Any:
         from augment.generators.cgan_train import fit_cgan
 
         # fit_cgan trains to config.train_steps; a resumed state may differ only in that.
         chunk = dataclasses.replace(self.model_config, train_steps=until)
-        return fit_cgan(images, labels, chunk, state=state, on_log=on_log, log_every=25, worker_index=rank)
+        return fit_cgan(images, labels, chunk, state=state, on_log=on_log, log_every=log_every, worker_index=rank)
 
     def sampler(self, state: Any) -> Any:
         from augment.generators.cgan import ClassConditionalGAN

@@ -31,7 +31,6 @@ mask nearest-neighbour (so it only holds class ids).
 
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path, PurePosixPath
 from typing import Any, Literal
@@ -52,6 +51,7 @@ from augment.images import (
 )
 from augment.sample import Sample
 from augment.sources.base import ListedRecordsSource, SourceRecord, check_class_name
+from augment.sources.folder import walk_files
 
 FRAME_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"})
 _OTHER_LABEL_EXTENSIONS = FRAME_EXTENSIONS | {".gif"}
@@ -98,17 +98,6 @@ def _check_subfolder(value: Any, field: str) -> PurePosixPath:
     if path.is_absolute() or ".." in path.parts or path == PurePosixPath("."):
         raise ConfigError(f"{field}: {value!r} must be a sub-folder of root (relative, no '..')")
     return path
-
-
-def _walk_files(folder: Path, extensions: frozenset[str]) -> list[Path]:
-    """Files under `folder` with one of `extensions` (recursive, hidden skipped, no dir links)."""
-    found: list[Path] = []
-    for dirpath, dirnames, filenames in os.walk(folder, followlinks=False):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        for filename in sorted(filenames):
-            if not filename.startswith(".") and Path(filename).suffix.lower() in extensions:
-                found.append(Path(dirpath) / filename)
-    return found
 
 
 def _map_codes(
@@ -203,7 +192,7 @@ class ExternalFramesSource(ListedRecordsSource):
             raise ConfigError(f"{frames_dir}: frames folder not found (frames={frames!r})")
         if not labels_dir.is_dir():
             raise ConfigError(f"{labels_dir}: labels folder not found (labels={labels!r})")
-        files = _walk_files(frames_dir, FRAME_EXTENSIONS)
+        files = walk_files(frames_dir, FRAME_EXTENSIONS)
         if not files:
             extensions = ", ".join(sorted(FRAME_EXTENSIONS))
             raise ConfigError(f"{frames_dir}: frames folder has no image files ({extensions})")

@@ -28,13 +28,14 @@ from augment.sources.base import ListedRecordsSource, SourceRecord, check_class_
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"})
 
 
-def _image_files(class_dir: Path) -> list[Path]:
-    """Image files under `class_dir` (recursive, hidden entries skipped, no symlinked dirs)."""
+def walk_files(folder: Path, extensions: frozenset[str] = IMAGE_EXTENSIONS) -> list[Path]:
+    """Files under `folder` with one of `extensions`, sorted (recursive, hidden entries
+    skipped, symlinked folders not followed)."""
     found: list[Path] = []
-    for dirpath, dirnames, filenames in os.walk(class_dir, followlinks=False):
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=False):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         for filename in sorted(filenames):
-            if not filename.startswith(".") and Path(filename).suffix.lower() in IMAGE_EXTENSIONS:
+            if not filename.startswith(".") and Path(filename).suffix.lower() in extensions:
                 found.append(Path(dirpath) / filename)
     return found
 
@@ -70,7 +71,7 @@ class ImageFolderSource(ListedRecordsSource):
         self._class_names = [check_class_name(p.name, str(p)) for p in class_dirs]
         records: list[SourceRecord] = []
         for label, class_dir in enumerate(class_dirs):
-            files = _image_files(class_dir)
+            files = walk_files(class_dir)
             if not files:
                 extensions = ", ".join(sorted(IMAGE_EXTENSIONS))
                 raise ConfigError(f"{class_dir}: class folder has no image files ({extensions})")
