@@ -91,8 +91,9 @@ def train_loop_per_worker(loop: dict[str, Any]) -> None:
 
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
+    shape = loop["shape"]
     family = family_for(TypeAdapter(GenerateConfig).validate_python(loop["generate"]),
-                        DataShape(**loop["shape"]), loop["seed"])
+                        DataShape(shape["image_size"], shape["channels"], tuple(shape["class_names"])), loop["seed"])
     device = ray.train.torch.get_device()
     images, labels = ray.get(loop["data"])
     states, grids = Path(loop["states"]), Path(loop["grids"])
@@ -131,6 +132,17 @@ def train_loop_per_worker(loop: dict[str, Any]) -> None:
         tmp.replace(model_dir)
 
 
+def _worker_resources(config: GenerateConfig) -> dict[str, float]:
+    """GPU share per worker, or on CPU the cluster's CPUs split over the workers: Ray sets a
+    worker's torch threads to its CPU count, so one CPU each would leave cores idle."""
+    import ray
+
+    if config.num_gpus_per_worker > 0:
+        return {"CPU": 1, "GPU": config.num_gpus_per_worker}
+    cpus = int(ray.cluster_resources().get("CPU", 1))
+    return {"CPU": max(1, cpus // config.train_workers)}
+
+
 def fit_generator(config: GenerateConfig, *, shape: Any, seed: int, images: np.ndarray, labels: np.ndarray,
                   folder: Path) -> Path:
     """Fit under Ray Train unless `folder/model` exists already; returns the model folder."""
@@ -162,8 +174,7 @@ def fit_generator(config: GenerateConfig, *, shape: Any, seed: int, images: np.n
         train_loop_per_worker,
         train_loop_config=loop,
         scaling_config=ScalingConfig(num_workers=config.train_workers, use_gpu=config.num_gpus_per_worker > 0,
-                                     resources_per_worker={"GPU": config.num_gpus_per_worker}
-                                     if config.num_gpus_per_worker > 0 else None),
+                                     resources_per_worker=_worker_resources(config)),
         run_config=RunConfig(storage_path=str(folder / "ray_train"), name=f"fit_{config.kind}"),
     )
     trainer.fit()

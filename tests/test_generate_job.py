@@ -54,38 +54,65 @@ def test_fit_then_sample_meets_the_quota_with_recorded_checkpoint(fitted: Path) 
     assert job["stages"]["fit"]["status"] == "done"
 
 
-def test_an_interrupted_fit_resumes_from_its_last_state(fitted: Path, tmp_path: Path) -> None:
-    """A job whose fit stopped at step 3 (state saved, no model) finishes to the same bytes."""
+def diffusion_config(**generate: object):
+    return parse_config({
+        "name": "tiny_diffusion",
+        "source": {"kind": "digits", "image_size": 8, "color": "gray"},
+        "split": {"holdout": 0.2},
+        "quota": {"per_class": {str(c): 146 for c in range(10)}},
+        "generate": {"kind": "diffusion",
+                     "fit": {"steps": 2, "batch_size": 8, "block_out_channels": [8, 16], "warmup_steps": 1},
+                     "sample": {"scheduler": "dpm++", "steps": 2, "guidance": 1.5, "guidance_per_class": {"3": 4.0}},
+                     "checkpoint_every": 2, **generate},
+    })
+
+
+@pytest.fixture(scope="module")
+def fitted_diffusion(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("diffusion") / "out"
+    run_job(diffusion_config(), out)
+    return out
+
+
+@pytest.mark.parametrize("kind", ["cgan", "diffusion"])
+def test_an_interrupted_fit_resumes_from_its_last_state(kind: str, request: pytest.FixtureRequest,
+                                                        tmp_path: Path) -> None:
+    """A job whose fit stopped halfway (state saved, no model) finishes to the same bytes."""
     from jobs.fit import _save_state, load_training_arrays
     from jobs.generators import DataShape, family_for
     from jobs.runner import list_source
 
-    config = cgan_config()
+    config = cgan_config() if kind == "cgan" else diffusion_config()
+    fitted = request.getfixturevalue("fitted" if kind == "cgan" else "fitted_diffusion")
+    half = config.generate.fit.steps // 2
     copy = tmp_path / "resume"
     shutil.copytree(fitted, copy)
-    folder = copy / "checkpoints" / "cgan"
+    folder = copy / "checkpoints" / kind
     shutil.rmtree(folder / "model")
     shutil.rmtree(folder / "states")
-    for shard in (copy / "shards").glob("cgan-*.parquet"):
+    for shard in (copy / "shards").glob(f"{kind}-*.parquet"):
         shard.unlink()
-    # 1. Re-create what the killed run had left: the training state of step 3, trained in a
-    #    Ray worker like the fit's own (one CPU thread: float sums depend on thread count).
+    # 1. Re-create what the killed run had left: the training state halfway, trained in a Ray
+    #    worker with the fit's CPU share (float sums depend on torch's thread count).
     import ray
 
-    @ray.remote(num_cpus=1)
-    def first_three_steps(states: str) -> None:
+    from jobs.fit import _worker_resources
+
+    @ray.remote(num_cpus=_worker_resources(config.generate)["CPU"])
+    def first_half(states: str) -> None:
         listed = list_source(config)
         images, labels = load_training_arrays(listed.source, listed.train)
         family = family_for(config.generate, DataShape(8, 1, tuple(listed.class_names)), config.seed)
-        state = family.train(images, labels, family.new_state("cpu", 0), 3, lambda *a: None, 0)
+        state = family.train(images, labels, family.new_state("cpu", 0), half, lambda *a: None, 0)
         Path(states).mkdir()
         _save_state(family, state, Path(states))
 
-    ray.get(first_three_steps.remote(str(folder / "states")))
-    # 2. The rerun trains steps 4..6 only and samples exactly what the uninterrupted run did.
+    ray.get(first_half.remote(str(folder / "states")))
+    # 2. The rerun trains the second half only and samples exactly what the uninterrupted run did.
     run_job(config, copy)
     assert shard_rows(copy / "shards") == shard_rows(fitted / "shards")
-    assert (folder / "states" / "LATEST").read_text().strip() == "step-00000006"
+    steps = config.generate.fit.steps
+    assert (folder / "states" / "LATEST").read_text().strip() == f"step-{steps:08d}"
 
 
 def test_from_pretrained_samples_without_fitting(fitted: Path, tmp_path: Path) -> None:
@@ -106,25 +133,13 @@ def test_from_pretrained_refuses_a_pickle(tmp_path: Path) -> None:
         run_job(cgan_config(from_pretrained=str(folder)), tmp_path / "out")
 
 
-def test_diffusion_job_records_guidance_scheduler_and_steps_per_row(tmp_path: Path) -> None:
-    config = parse_config({
-        "name": "tiny_diffusion",
-        "source": {"kind": "digits", "image_size": 8, "color": "gray"},
-        "split": {"holdout": 0.2},
-        "quota": {"per_class": {str(c): 146 for c in range(10)}},
-        "generate": {"kind": "diffusion",
-                     "fit": {"steps": 2, "batch_size": 8, "block_out_channels": [8, 16], "warmup_steps": 1},
-                     "sample": {"scheduler": "dpm++", "steps": 2, "guidance": 1.5, "guidance_per_class": {"3": 4.0}},
-                     "checkpoint_every": 2},
-    })
-    out = tmp_path / "out"
-    run_job(config, out)
-    rows = pq.read_table(out / "shards", columns=["source", "label", "generator"]).to_pylist()
+def test_diffusion_job_records_guidance_scheduler_and_steps_per_row(fitted_diffusion: Path) -> None:
+    rows = pq.read_table(fitted_diffusion / "shards", columns=["source", "label", "generator"]).to_pylist()
     made = [r for r in rows if r["source"] == "diffusion"]
     assert made
     for row in made:
         params = json.loads(row["generator"]["params_json"])
         assert params["scheduler"] == "dpm++" and params["steps"] == 2
         assert params["guidance"] == (4.0 if row["label"] == 3 else 1.5)
-    assert (out / "checkpoints" / "diffusion" / "model" / "unet").is_dir()
-    assert set(read_manifest(out / "shards").class_counts.values()) == {146}
+    assert (fitted_diffusion / "checkpoints" / "diffusion" / "model" / "unet").is_dir()
+    assert set(read_manifest(fitted_diffusion / "shards").class_counts.values()) == {146}
