@@ -221,3 +221,12 @@ def test_config_and_data_validation() -> None:
     preset = gpu_preset(32, num_classes=10, channels=3)
     assert preset.block_out_channels == (128, 256, 256, 256) and preset.image_size == 32
     assert DiffusionConfig.from_dict(json.loads(json.dumps(preset.to_dict()))) == preset
+
+
+def test_ddim_sampling_does_not_clip_the_x0_estimate() -> None:
+    """Clipping x0 under guidance destroyed class fidelity on digits (0.20 vs 0.995 at w=2)."""
+    from augment.generators.diffusion import DiffusionConfig, build_train_scheduler, make_sampling_scheduler
+
+    train = build_train_scheduler(DiffusionConfig())
+    assert train.config.clip_sample  # the training config keeps diffusers' default...
+    assert not make_sampling_scheduler(train, "ddim").config.clip_sample  # ...sampling does not clip
