@@ -306,12 +306,12 @@ class ClassConditionalGAN:
         return cls(config, state.generator_ema, device=kwargs.get("device", "cpu"))
 
     @torch.no_grad()
-    def sample(self, request: SampleRequest, *, truncation: float | None = 1.0, batch_size: int = 64) -> list[Sample]:
+    def sample(self, request: SampleRequest, *, truncation: float | None = None, batch_size: int = 64) -> list[Sample]:
         """One image per request entry; z from that entry's seed, G in eval mode, so a sample's
         bytes do not depend on `batch_size` or on its neighbours (tested bitwise on CPU; GPU
         kernels may pick other algorithms per batch size, which can move a rare pixel by one
-        level). `truncation=1.0` (the default) is a fairly strong truncation (about 68% of
-        the N(0, 1) mass is kept); pass None or 0 for the untruncated prior."""
+        level). The default (None, like the job config) samples the untruncated prior;
+        `truncation=1.0` is already strong (about 68% of the N(0, 1) mass is kept)."""
         if truncation is not None and not (truncation >= 0 and math.isfinite(truncation)):
             raise ValueError(f"cgan: truncation must be None or a number >= 0, got {truncation!r}")
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:

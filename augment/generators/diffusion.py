@@ -336,7 +336,9 @@ class ClassConditionalDiffusion:
         if not meta_path.is_file():
             raise ValueError(f"{directory}: no {PIPELINE_FILE}; not a synthaug diffusion checkpoint")
         meta = json.loads(meta_path.read_text())
-        unet = UNet2DModel.from_pretrained(directory / "unet", use_safetensors=True).to(device)
+        # low_cpu_mem_usage=False: the small UNets here need no `accelerate` (else a notice per load).
+        unet = UNet2DModel.from_pretrained(directory / "unet", use_safetensors=True,
+                                           low_cpu_mem_usage=False).to(device)
         scheduler = DDPMScheduler.from_pretrained(directory / "scheduler")
         return cls(unet, scheduler, tuple(meta.get("class_names", ())),
                    default_guidance=float(meta.get("default_guidance", 2.0)),
