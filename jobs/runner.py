@@ -23,7 +23,12 @@ from typing import Any
 from tqdm import tqdm
 
 from augment.errors import ConfigError
-from augment.shards import MANIFEST_NAME, ShardEntry, shard_entry_from_file, write_manifest
+from augment.shards import (
+    MANIFEST_NAME,
+    ShardEntry,
+    shard_entry_from_file,
+    write_manifest,
+)
 from augment.sources.base import SourceRecord
 from jobs.config import JobConfig
 from jobs.lock import LOCK_NAME, JobLock
@@ -159,6 +164,7 @@ class JobRunner:
         self.config = config
         self.out = out
         self.job: dict[str, Any] = {}
+        self._real: Any = None  # the report's real side, loaded once
 
     # -- bookkeeping ---------------------------------------------------------------------
 
@@ -225,8 +231,54 @@ class JobRunner:
                   for k, v in sample_kwargs(generate, plan.class_names).items()}
         return {"kind": generate.kind, "dir": str(model_dir), "sample": sample, "device": device}
 
+    def real_side(self, listed: ListedSource, rejected: dict[str, Any]) -> Any:
+        """The real train / holdout images the report compares against, at the metric size."""
+        from jobs.quality import real_side
+
+        if self._real is None:
+            self._real = real_side(self.config, listed, rejected)
+        return self._real
+
+    def report(self, listed: ListedSource, rejected: dict[str, Any], class_names: list[str],
+               quality: dict[str, Any] | None) -> Path | None:
+        """Metrics of the published shards against the real side; report.json + report.html."""
+        from jobs.quality import prepare_reference
+        from jobs.report import build_report, write_report
+
+        self._stage("report", status="running")
+        try:
+            real = self.real_side(listed, rejected)
+        except ValueError as error:
+            log.warning("report skipped: %s", error)
+            self._stage("report", status="skipped", reason=str(error))
+            return None
+        if quality is None:
+            quality = prepare_reference(self.config, self.out, real.train, real.holdout, len(class_names),
+                                        real.channels, real.size)
+        usable = next(r for r in listed.train if r.id not in rejected)
+        own_tag = None if self.config.report.reference is not None else listed.source.load(usable).source
+        report, synthetic = build_report(self.config, self.out, real, quality, class_names, own_tag)
+        path = write_report(report, self.out, real, synthetic, self.config.report.grid_per_class)
+        self._stage("report", status="done", path=str(path), seconds=report["seconds"])
+        log.info("report: %s", path.with_name("report.html"))
+        for tag, lines in report["verdicts"].items():
+            if "overall" in lines:
+                log.info("report: %s — %s", tag, lines["overall"]["line"])
+        return path
+
+    def prepare_quality(self, listed: ListedSource, rejected: dict[str, Any], plan: Plan) -> dict[str, Any]:
+        """Domain classifier + real reference features, so workers can score rows."""
+        from jobs.quality import prepare_reference
+
+        self._stage("quality", status="running")
+        real = self.real_side(listed, rejected)
+        quality = prepare_reference(self.config, self.out, real.train, real.holdout, len(plan.class_names),
+                                    real.channels, real.size)
+        self._stage("quality", status="done", folder=quality["dir"], features=quality["kinds"])
+        return quality
+
     def generate(self, pending: list[ShardSpec], plan: Plan, counter: Any,
-                 generator: dict[str, Any] | None = None) -> list[ShardEntry]:
+                 generator: dict[str, Any] | None = None, quality: dict[str, Any] | None = None) -> list[ShardEntry]:
         import ray.data
 
         from jobs.datasink import ShardDatasink
@@ -251,6 +303,7 @@ class JobRunner:
                 "png_compress_level": self.config.output.png_compress_level,
                 "job_seed": self.config.seed,
                 "generator": generator,
+                "quality": quality,
             },
             batch_size=1,
             num_cpus=execution.num_cpus_per_worker,
@@ -303,8 +356,7 @@ class JobRunner:
         rejected = {} if listed.trusted else self.scan(records, counter)
         rejected_rows = [{"id": rid, **why} for rid, why in sorted(rejected.items())]
         with open(self.out / REJECTED_FILE, "w") as handle:
-            for row in rejected_rows:
-                handle.write(json.dumps(row) + "\n")
+            handle.writelines(json.dumps(row) + "\n" for row in rejected_rows)
         self._stage("scan", records=len(records), rejected=len(rejected))
 
         # 3. Plan shards over the usable records.
@@ -337,8 +389,14 @@ class JobRunner:
         generator = None
         if config.generate is not None and any(s.generated for s in pending):
             generator = self.fit(listed, rejected, plan)
+        # Synthetic rows are scored (and gated) before their shard is published.
+        makes_synthetic = any(s.generated or any(p.children for p in s.parents) for s in pending)
+        gate = config.filter is not None and config.filter.active
+        quality = None
+        if makes_synthetic and (config.report.enabled or gate):
+            quality = self.prepare_quality(listed, rejected, plan)
         if pending:
-            self.generate(pending, plan, counter, generator)
+            self.generate(pending, plan, counter, generator, quality)
         missing = [s.file for s in every if not (folders[s.split] / s.file).exists()]
         if missing:
             raise JobFailed(f"{len(missing)} shards were not published: {', '.join(missing[:5])}")
@@ -352,6 +410,9 @@ class JobRunner:
         self._stage("shards", planned=len(every), published=len(every))
         if config.source.kind in ("simulator", "external") and every:
             self._contact_sheet(folders[every[0].split] / every[0].file, plan.class_names)
+        # 6. The report reads what was published; it never changes a shard.
+        if config.report.enabled:
+            self.report(listed, rejected, plan.class_names, quality)
         train_rows = sum(s.rows for s in plan.train)
         holdout_rows = sum(s.rows for s in plan.holdout)
         self._save_job(status="complete")
@@ -399,3 +460,38 @@ def summarize_rejections(rejected: list[dict[str, str]]) -> str:
     reasons = Counter(row["reason"].split(":")[0] for row in rejected)
     parts = ", ".join(f"{n} {reason}" for reason, n in reasons.most_common(4))
     return f"rejected {len(rejected)} records ({parts}); see {REJECTED_FILE}"
+
+
+def report_job(out: Path, *, address: str | None = None) -> Path | None:
+    """Recompute OUT/report/ for the shards a finished job published (they stay untouched)."""
+    from jobs.config import parse_config
+    from jobs.ray_compat import init_ray, quiet_data_context
+
+    out = out.resolve()
+    job_file = out / JOB_FILE
+    if not job_file.is_file():
+        raise ConfigError(f"{out}: no {JOB_FILE}; not a synthaug job folder")
+    previous = json.loads(job_file.read_text())
+    if previous.get("status") != "complete":
+        raise ConfigError(f"{out}: the job is {previous.get('status', 'unknown')!r}, not complete; "
+                          "run it to the end first")
+    config = parse_config(previous["config"], where=str(job_file))
+    with JobLock(out):
+        listed = list_source(config)
+        rejected = {}
+        if (out / REJECTED_FILE).is_file():
+            rows = [json.loads(line) for line in (out / REJECTED_FILE).read_text().splitlines() if line.strip()]
+            rejected = {row["id"]: row for row in rows}
+        runner = JobRunner(config, out)
+        runner.job = previous
+        started_ray = init_ray(address, config.execution.num_cpus)
+        quiet_data_context()
+        try:
+            from jobs.report import quality_saved
+
+            return runner.report(listed, rejected, listed.class_names, quality_saved(out))
+        finally:
+            if started_ray:
+                import ray
+
+                ray.shutdown()

@@ -15,7 +15,7 @@ from pydantic import TypeAdapter
 
 from augment.errors import InputRejected
 from augment.generators.base import SampleRequest
-from augment.sample import Sample
+from augment.sample import Sample, Scores
 from augment.shards import samples_to_table
 from augment.sources.base import SourceRecord
 from jobs.config import SourceConfig
@@ -60,6 +60,7 @@ class ShardWorker:
         job_seed: int = 0,
         generator: dict[str, Any] | None = None,
         progress: Any = None,
+        quality: dict[str, Any] | None = None,
     ) -> None:
         self.source = build_source(_SOURCE_ADAPTER.validate_python(source_config), job_seed)
         self.augmenter = None
@@ -76,6 +77,11 @@ class ShardWorker:
         self.class_names = class_names
         self.png_compress_level = png_compress_level
         self.progress = progress
+        self.quality, self.scorer = quality, None
+        if quality is not None:  # realism / confidence per synthetic row, and the quality gate
+            from jobs.quality import load_scorer
+
+            self.scorer = load_scorer(quality)
 
     def make_samples(self, shard: ShardSpec) -> list[Sample]:
         samples: list[Sample] = []
@@ -90,20 +96,51 @@ class ShardWorker:
         if shard.generated:
             if self.sampler is None:
                 raise ValueError(f"shard {shard.file} plans generated samples but the job has no generator")
-            request = SampleRequest(labels=[g.label for g in shard.generated], seeds=[g.seed for g in shard.generated],
-                                    ids=[g.id for g in shard.generated])
-            samples += self.sampler.sample(request, **self.sample_kwargs)
+            # One sampler batch at a time, so the bar moves while a big shard is sampled;
+            # a sample's bytes depend on its own seed only, not on how requests are cut.
+            chunk = int(self.sample_kwargs.get("batch_size", 64))
+            for start in range(0, len(shard.generated), chunk):
+                part = shard.generated[start:start + chunk]
+                request = SampleRequest(labels=[g.label for g in part], seeds=[g.seed for g in part],
+                                        ids=[g.id for g in part])
+                samples += self.sampler.sample(request, **self.sample_kwargs)
+                if self.progress is not None:
+                    self.progress.add.remote("generated", len(part))
         return samples
+
+    def score(self, samples: list[Sample]) -> list[str]:
+        """Scores on every synthetic row; returns each row's gate verdict ("" keeps it)."""
+        from augment.metrics.scoring import gate_reasons
+        from jobs.quality import to_metric_size
+
+        verdicts = [""] * len(samples)
+        synthetic = [i for i, s in enumerate(samples) if s.source != "real"]
+        if self.scorer is None or not synthetic:
+            return verdicts
+        size, channels = self.quality["size"], self.quality["channels"]
+        images = np.stack([to_metric_size(samples[i].image, size, channels) for i in synthetic])
+        scores = self.scorer.score(images, [samples[i].label for i in synthetic])
+        for j, i in enumerate(synthetic):
+            confidence = None if np.isnan(scores.confidence[j]) else float(scores.confidence[j])
+            samples[i].scores = Scores(realism=float(scores.realism[j]), confidence=confidence)
+        gate = self.quality.get("filter")
+        if gate:
+            for j, reasons in enumerate(gate_reasons(scores, **gate)):
+                verdicts[synthetic[j]] = ",".join(reasons)
+        return verdicts
 
     def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
         tables = []
         for text in batch["spec"]:
             shard = ShardSpec.from_json(str(text))
-            table = samples_to_table(self.make_samples(shard), self.class_names,
-                                     png_compress_level=self.png_compress_level)
+            samples = self.make_samples(shard)
+            verdicts = self.score(samples)
+            table = samples_to_table(samples, self.class_names, png_compress_level=self.png_compress_level)
+            # Dropped rows travel to the sink, which publishes the rest and records these.
+            table = table.append_column("_drop", pa.array(verdicts, pa.string()))
             tables.append(table.append_column("_shard", pa.array([shard.file] * table.num_rows, pa.string())))
-            if self.progress is not None:
-                self.progress.add.remote("generated", table.num_rows)
+            if self.progress is not None:  # sampled rows were counted batch by batch
+                self.progress.add.remote("generated", table.num_rows - len(shard.generated))
         return pa.concat_tables(tables)
 
 

@@ -63,6 +63,7 @@ def _config(name: str, source: dict[str, Any], quota: dict[str, Any], **override
         "augment": {"transforms": TRANSFORMS},
         "output": {"rows_per_shard": 16},
         "execution": {"num_workers": 1},
+        "report": {"enabled": False},
     }
     raw.update(overrides)
     return parse_config(raw)

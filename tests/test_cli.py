@@ -43,6 +43,7 @@ TINY = """
         - {name: Affine, p: 0.9, params: {rotate: [-10, 10]}}
     output: {rows_per_shard: 200}
     execution: {num_workers: 1, num_cpus: 2}
+    report: {enabled: false}
 """
 
 

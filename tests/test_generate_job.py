@@ -29,6 +29,7 @@ def cgan_config(**generate: object):
                                              "z_dim": 8},
                      "checkpoint_every": 3, **generate},
         "output": {"rows_per_shard": 100},
+        "report": {"enabled": False},
     })
 
 
@@ -64,6 +65,7 @@ def diffusion_config(**generate: object):
                      "fit": {"steps": 2, "batch_size": 8, "block_out_channels": [8, 16], "warmup_steps": 1},
                      "sample": {"scheduler": "dpm++", "steps": 2, "guidance": 1.5, "guidance_per_class": {"3": 4.0}},
                      "checkpoint_every": 2, **generate},
+        "report": {"enabled": False},
     })
 
 
@@ -143,3 +145,45 @@ def test_diffusion_job_records_guidance_scheduler_and_steps_per_row(fitted_diffu
         assert params["guidance"] == (4.0 if row["label"] == 3 else 1.5)
     assert (fitted_diffusion / "checkpoints" / "diffusion" / "model" / "unet").is_dir()
     assert set(read_manifest(fitted_diffusion / "shards").class_counts.values()) == {146}
+
+
+class _RecordingProgress:
+    """Stands in for the progress actor: records what a worker reports."""
+
+    def __init__(self) -> None:
+        self.reports: list[tuple[str, int]] = []
+        self.add = self
+
+    def remote(self, key: str, n: int) -> None:
+        self.reports.append((key, n))
+
+
+def test_shard_worker_reports_progress_per_sampler_batch_and_cutting_keeps_bytes(fitted: Path) -> None:
+    import numpy as np
+
+    from augment.sources.base import SourceRecord
+    from jobs.config import QuotaConfig
+    from jobs.plan import make_plan
+    from jobs.workers import ShardWorker
+
+    names = [str(c) for c in range(10)]
+    records = [SourceRecord(f"digits/{i:04d}", i % 10, str(i)) for i in range(10)]
+    plan = make_plan(class_names=names, train=records, holdout=[], quota=QuotaConfig(per_class={n: 4 for n in names}),
+                     seed=3, rows_per_shard=100, include_real=True, class_conditional=True)
+    spec = next(s for s in plan.train if s.generated)
+    source = {"kind": "digits", "image_size": 8, "color": "gray"}
+
+    def run(batch_size: int) -> tuple[object, list[tuple[str, int]]]:
+        progress = _RecordingProgress()
+        generator = {"kind": "cgan", "dir": str(fitted / "checkpoints" / "cgan" / "model"), "device": "cpu",
+                     "sample": {"batch_size": batch_size}}
+        worker = ShardWorker(source, [], names, 1, job_seed=3, generator=generator, progress=progress)
+        return worker({"spec": np.array([spec.to_json()], dtype=object)}), progress.reports
+
+    table_small, reports_small = run(batch_size=7)
+    table_big, reports_big = run(batch_size=256)
+    assert table_small.equals(table_big)
+    generated = len(spec.generated)
+    assert sum(n for _, n in reports_small) == table_small.num_rows == sum(n for _, n in reports_big)
+    assert [n for _, n in reports_small][:-1] == [min(7, generated - i) for i in range(0, generated, 7)]
+    assert len(reports_big) == 2  # one sampler batch, then the real rows

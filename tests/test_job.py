@@ -34,6 +34,7 @@ def small_config(**overrides: object):
         ]},
         "output": {"rows_per_shard": 300},
         "execution": {"num_workers": 2},
+        "report": {"enabled": False},  # tests/test_report_job.py covers the report
     }
     raw.update(overrides)
     return parse_config(raw)

@@ -41,6 +41,7 @@ from torch.nn.utils import parametrize
 from torch.nn.utils.parametrizations import spectral_norm
 
 from augment.generators.base import SampleRequest, checkpoint_sha256, refuse_pickles
+from augment.generators.diffaugment import POLICIES as DIFFAUGMENT_POLICIES
 from augment.sample import GeneratorInfo, Sample
 from augment.seeding import derive_seed
 
@@ -74,6 +75,10 @@ class CGANConfig:
     ema_decay: float = 0.999
     seed: int = 0
     class_names: tuple[str, ...] = ()
+    # Small data: DiffAugment policy for every image D sees, and the mode-seeking weight
+    # (MSGAN, Mao et al. 2019) that makes G spread different z apart within a class.
+    diffaugment: tuple[str, ...] = ()
+    mode_seeking: float = 0.0
 
     def __post_init__(self) -> None:
         if self.image_size not in IMAGE_SIZES:
@@ -95,11 +100,19 @@ class CGANConfig:
             raise ValueError(f"CGANConfig.seed must be a non-negative integer, got {self.seed!r}")
         if not 0.0 <= self.ema_decay < 1.0:
             raise ValueError(f"CGANConfig.ema_decay must be in [0, 1), got {self.ema_decay!r}")
+        unknown = [p for p in self.diffaugment if p not in DIFFAUGMENT_POLICIES]
+        if unknown:
+            raise ValueError(f"CGANConfig.diffaugment: unknown {unknown}; known: {list(DIFFAUGMENT_POLICIES)}")
+        if not (self.mode_seeking >= 0 and math.isfinite(self.mode_seeking)):
+            raise ValueError(f"CGANConfig.mode_seeking must be a number >= 0, got {self.mode_seeking!r}")
+        if self.mode_seeking > 0 and self.batch_size % 2:
+            raise ValueError(f"CGANConfig.mode_seeking needs an even batch_size (pairs), got {self.batch_size}")
         if self.class_names and len(self.class_names) != self.num_classes:
             raise ValueError(f"CGANConfig.class_names has {len(self.class_names)} names for {self.num_classes} classes")
         # JSON gives lists; keep the dataclass hashable and comparable.
         object.__setattr__(self, "betas", tuple(float(b) for b in self.betas))
         object.__setattr__(self, "class_names", tuple(str(n) for n in self.class_names))
+        object.__setattr__(self, "diffaugment", tuple(str(p) for p in self.diffaugment))
 
     @classmethod
     def gpu_preset(cls, image_size: int, **overrides: Any) -> CGANConfig:
@@ -119,6 +132,7 @@ class CGANConfig:
         data = dataclasses.asdict(self)
         data["betas"] = list(self.betas)
         data["class_names"] = list(self.class_names)
+        data["diffaugment"] = list(self.diffaugment)
         return data
 
     @classmethod

@@ -3,7 +3,11 @@
 Hinge loss (Lim & Ye 2017; Miyato et al. 2018, eq. 16-17):
 
     L_D = E_x[max(0, 1 - D(x, y))] + E_z[max(0, 1 + D(G(z, y~), y~))]
-    L_G = -E_z[D(G(z, y~), y~)]
+    L_G = -E_z[D(G(z, y~), y~)]  (+ lambda_ms / (mean|G(z1,y)-G(z2,y)| / mean|z1-z2| + eps))
+
+With `config.diffaugment`, D sees T(x) and T(G(z)) for random differentiable T (DiffAugment);
+with `config.mode_seeking` > 0, the G batch is pairs (z1, y), (z2, y) and the MSGAN term
+above (Mao et al. 2019) rewards G for mapping different z to different images.
 
 `d_step` / `g_step` are pure functions of (models, optimizer, batch): no hidden RNG, no
 process-group code. `fit_cgan` draws every random number (batch order, z, fake labels)
@@ -41,13 +45,16 @@ from augment.generators.cgan import (
     ProjectionDiscriminator,
     init_weights,
 )
+from augment.generators.diffaugment import diff_augment
 from augment.seeding import derive_seed
 
 LogFn = Callable[[int, float, float, float], None]
 PrepareFn = Callable[[nn.Module], nn.Module]
 
 # Independent random streams under config.seed (keys for derive_seed).
-_INIT_D, _SHUFFLE, _D_NOISE, _G_NOISE = 2, 3, 4, 5  # 1 is INIT_G_STREAM
+_INIT_D, _SHUFFLE, _D_NOISE, _G_NOISE, _D_AUGMENT, _G_AUGMENT = 2, 3, 4, 5, 6, 7  # 1 is INIT_G_STREAM
+MODE_SEEKING_EPS = 1e-5
+AugmentFn = Callable[[torch.Tensor], torch.Tensor]
 STATE_TENSORS, STATE_JSON = "training_state.safetensors", "training_state.json"
 
 
@@ -62,15 +69,18 @@ def hinge_g_loss(fake_logits: torch.Tensor) -> torch.Tensor:
 
 
 def d_step(generator: nn.Module, discriminator: nn.Module, opt_d: torch.optim.Optimizer, real: torch.Tensor,
-           real_labels: torch.Tensor, z: torch.Tensor, fake_labels: torch.Tensor) -> torch.Tensor:
+           real_labels: torch.Tensor, z: torch.Tensor, fake_labels: torch.Tensor,
+           augment: AugmentFn | None = None) -> torch.Tensor:
     """One D update on a real batch and G(z, fake_labels); returns the detached loss.
 
-    Pure in the sense that matters here: no RNG and no state besides the arguments."""
+    Pure in the sense that matters here: no RNG and no state besides the arguments
+    (`augment`, when given, carries its own seeded generator)."""
     # 1. fakes, no gradient into G
     with torch.no_grad():
         fake = generator(z, fake_labels)
     # 2. one D pass over real and fake together (one forward per backward, DDP-friendly)
-    logits = discriminator(torch.cat([real, fake]), torch.cat([real_labels, fake_labels]))
+    images = torch.cat([real, fake])
+    logits = discriminator(images if augment is None else augment(images), torch.cat([real_labels, fake_labels]))
     loss = hinge_d_loss(logits[: real.shape[0]], logits[real.shape[0]:])
     # 3. descend L_D
     opt_d.zero_grad(set_to_none=True)
@@ -79,13 +89,27 @@ def d_step(generator: nn.Module, discriminator: nn.Module, opt_d: torch.optim.Op
     return loss.detach()
 
 
+def mode_seeking_loss(fake: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    """MSGAN (Mao et al. 2019, eq. 3) over pairs (first half, second half) of the batch:
+    1 / (mean|G(z1) - G(z2)| / mean|z1 - z2| + eps)."""
+    f1, f2 = fake.chunk(2)
+    z1, z2 = z.chunk(2)
+    ratio = (f1 - f2).abs().mean() / (z1 - z2).abs().mean()
+    return 1.0 / (ratio + MODE_SEEKING_EPS)
+
+
 def g_step(generator: nn.Module, discriminator: nn.Module, opt_g: torch.optim.Optimizer, z: torch.Tensor,
-           labels: torch.Tensor) -> torch.Tensor:
-    """One G update; D's gradients are left for `d_step` to clear. Returns the detached loss."""
+           labels: torch.Tensor, augment: AugmentFn | None = None, mode_seeking: float = 0.0) -> torch.Tensor:
+    """One G update; D's gradients are left for `d_step` to clear. Returns the detached loss
+    (the hinge part; the mode-seeking term only shapes the gradient).
+
+    With `mode_seeking` > 0 the batch must be pairs: labels[:b/2] == labels[b/2:]."""
     # 1. fakes with gradient; 2. L_G through D; 3. descend L_G
-    loss = hinge_g_loss(discriminator(generator(z, labels), labels))
+    fake = generator(z, labels)
+    loss = hinge_g_loss(discriminator(fake if augment is None else augment(fake), labels))
+    total = loss + mode_seeking * mode_seeking_loss(fake, z) if mode_seeking > 0 else loss
     opt_g.zero_grad(set_to_none=True)
-    loss.backward()
+    total.backward()
     opt_g.step()
     return loss.detach()
 
@@ -248,10 +272,16 @@ def fit_cgan(images: np.ndarray, labels: np.ndarray, config: CGANConfig, *, devi
     g, d = state.generator.train(), state.discriminator.train()
     b = config.batch_size
 
-    def batch_noise(rng: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    def batch_noise(rng: torch.Generator, pairs: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         z = torch.randn(b, config.z_dim, generator=rng)
-        y = ys_cpu[torch.randint(len(ys_cpu), (b,), generator=rng)]  # fake labels follow the class prior
-        return z.to(device), y.to(device)
+        y = ys_cpu[torch.randint(len(ys_cpu), (b // 2 if pairs else b,), generator=rng)]  # the class prior
+        return z.to(device), (torch.cat([y, y]) if pairs else y).to(device)
+
+    def augmenter(*key: int) -> AugmentFn | None:
+        if not config.diffaugment:
+            return None
+        rng = _rng(config.seed, *key)
+        return lambda x: diff_augment(x, config.diffaugment, rng)
 
     tick, tick_step = time.perf_counter(), state.step
     while state.step < config.train_steps:
@@ -261,10 +291,11 @@ def fit_cgan(images: np.ndarray, labels: np.ndarray, config: CGANConfig, *, devi
             index = order(t * config.n_critic + k).to(device)
             real = data[index].permute(0, 3, 1, 2).float().div_(127.5).sub_(1.0)
             z, y_fake = batch_noise(_rng(config.seed, _D_NOISE, worker_index, t, k))
-            d_loss = d_step(g, d, state.opt_d, real, ys[index], z, y_fake)
+            d_loss = d_step(g, d, state.opt_d, real, ys[index], z, y_fake,
+                            augmenter(_D_AUGMENT, worker_index, t, k))
         # 2. one G step; 3. EMA of G's weights (Yazici et al. 2019)
-        z, y_fake = batch_noise(_rng(config.seed, _G_NOISE, worker_index, t))
-        g_loss = g_step(g, d, state.opt_g, z, y_fake)
+        z, y_fake = batch_noise(_rng(config.seed, _G_NOISE, worker_index, t), pairs=config.mode_seeking > 0)
+        g_loss = g_step(g, d, state.opt_g, z, y_fake, augmenter(_G_AUGMENT, worker_index, t), config.mode_seeking)
         update_ema(state.generator_ema, _unwrap(g), ema_decay_at(t, config.ema_decay))
         state.step += 1
         # 4. log (the only host syncs of the loop)

@@ -1,0 +1,1 @@
+"""The quality report: metrics between feature sets, verdicts, report.json and report.html."""

@@ -1,0 +1,70 @@
+"""Metrics between a synthetic and a real feature set, overall and per class.
+
+The same numbers for real train vs real holdout form the floor: "how far from
+real-vs-real" is what a user can act on (small sets make FD and KID biased upwards, and
+the floor carries the same bias). Only the standard Inception-v3 features give "fid";
+other feature spaces give "fd_<extractor>".
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from augment.metrics.distribution import frechet_distance, gaussian_stats, kid
+from augment.metrics.knn import (
+    kth_neighbour_radii,
+    nearest_neighbours,
+    prdc,
+    realism_scores,
+)
+
+MIN_SET = 2  # below this a set has no covariance: metrics are left out (None)
+
+
+def distance_key(extractor: str) -> str:
+    return "fid" if extractor == "inception" else f"fd_{extractor}"
+
+
+def compare_sets(real: np.ndarray, fake: np.ndarray, *, extractor: str, k: int, kid_subsets: int,
+                 kid_subset_size: int, seed: int, train: np.ndarray | None = None,
+                 near_copy_threshold: float | None = None) -> dict[str, Any]:
+    """FD, KID, precision/recall/density/coverage and realism of `fake` against `real`.
+
+    With `train` (real training features) and a threshold, also the fraction of `fake`
+    closer to a training image than the threshold (near copies)."""
+    result: dict[str, Any] = {"n_real": len(real), "n_synthetic": len(fake)}
+    key = distance_key(extractor)
+    if len(real) < MIN_SET or len(fake) < MIN_SET:
+        return {**result, key: None, "kid_mean": None, "kid_std": None, "precision": None, "recall": None,
+                "density": None, "coverage": None, "realism_median": None, "near_copy_fraction": None}
+    real64, fake64 = np.asarray(real, np.float64), np.asarray(fake, np.float64)
+    result[key] = float(frechet_distance(gaussian_stats(real64), gaussian_stats(fake64)))
+    size = min(kid_subset_size, len(real), len(fake))
+    result["kid_mean"], result["kid_std"] = (float(v) for v in kid(real64, fake64, subsets=kid_subsets,
+                                                                     subset_size=size, seed=seed))
+    neighbours = min(k, len(real) - 1, len(fake) - 1)
+    if neighbours >= 1:
+        result.update({name: float(v) for name, v in prdc(real, fake, k=neighbours).items()})
+        radii = kth_neighbour_radii(real, neighbours)
+        result["realism_median"] = float(np.median(realism_scores(real, radii, fake)))
+    else:
+        result.update(precision=None, recall=None, density=None, coverage=None, realism_median=None)
+    result["near_copy_fraction"] = None
+    if train is not None and near_copy_threshold is not None and len(train):
+        nearest, _ = nearest_neighbours(np.asarray(fake, np.float32), np.asarray(train, np.float32))
+        result["near_copy_fraction"] = float(np.mean(nearest <= near_copy_threshold))
+    return result
+
+
+def compare_per_class(real: np.ndarray, real_labels: np.ndarray, fake: np.ndarray, fake_labels: np.ndarray,
+                      class_names: list[str], **kwargs: Any) -> dict[str, Any]:
+    """`compare_sets` overall and for every class with synthetic samples. Near copies are
+    judged against the whole training set (a copy of any training image counts)."""
+    out: dict[str, Any] = {"overall": compare_sets(real, fake, **kwargs), "per_class": {}}
+    for c, name in enumerate(class_names):
+        mine = fake_labels == c
+        if mine.any():
+            out["per_class"][name] = compare_sets(real[real_labels == c], fake[mine], **kwargs)
+    return out

@@ -1,0 +1,263 @@
+"""report.html: one self-contained page (images inlined as base64), built from report.json.
+
+Top to bottom: what was compared, the verdicts, the pictures a person looks at first
+(real beside synthetic per class), then the metric tables with the real-vs-real floor,
+plots, downstream utility, the quality gate and notes.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import math
+from typing import Any
+
+import numpy as np
+
+from augment.report.plots import per_class_bars, precision_recall_scatter, sample_grid
+
+STYLE = """
+body { font-family: system-ui, -apple-system, 'Segoe UI', sans-serif; margin: 0 auto; max-width: 1180px;
+       padding: 24px; color: #1f2328; line-height: 1.45; }
+h1 { font-size: 26px; margin-bottom: 4px; } h2 { margin-top: 36px; border-bottom: 1px solid #d0d7de;
+     padding-bottom: 4px; } h3 { margin-top: 22px; }
+.sub { color: #59636e; margin-top: 0; }
+table { border-collapse: collapse; margin: 10px 0; font-size: 14px; }
+th, td { border: 1px solid #d0d7de; padding: 4px 9px; text-align: right; }
+th { background: #f6f8fa; } td.l, th.l { text-align: left; }
+tr:nth-child(even) td { background: #fbfcfd; }
+.floor { color: #6e7781; font-size: 12px; }
+.grade { display: inline-block; min-width: 44px; text-align: center; border-radius: 10px; padding: 1px 8px;
+         font-size: 12px; font-weight: 600; color: white; }
+.good { background: #1a7f37; } .fair { background: #bf8700; } .poor { background: #cf222e; }
+.none { background: #8c959f; }
+img { max-width: 100%; } .grid img { image-rendering: pixelated; border: 1px solid #d0d7de; }
+.caption { color: #59636e; font-size: 13px; margin: 2px 0 14px; }
+.note { background: #fff8c5; border: 1px solid #d4a72c; padding: 6px 10px; border-radius: 6px; margin: 6px 0; }
+code { background: #f6f8fa; padding: 1px 4px; border-radius: 4px; }
+"""
+
+METRIC_COLUMNS = [("precision", "precision"), ("recall", "recall"), ("density", "density"),
+                  ("coverage", "coverage"), ("kid_mean", "KID"), ("realism_median", "realism (median)"),
+                  ("near_copy_fraction", "near copies")]
+
+
+def _img(png: bytes, alt: str) -> str:
+    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{base64.b64encode(png).decode()}">'
+
+
+def _fmt(value: Any, digits: int = 3) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "–"
+        if abs(value) >= 1000:
+            return f"{value:,.0f}"
+        return f"{value:.{digits}f}"
+    return html.escape(str(value))
+
+
+def _grade(grade: str) -> str:
+    return f'<span class="grade {grade}">{html.escape(grade)}</span>'
+
+
+def _header(report: dict[str, Any]) -> str:
+    real, pre = report["real"], report["preprocessing"]
+    sources = ", ".join(f"<b>{html.escape(t)}</b> {s['rows']:,} rows ({s['analysed']:,} analysed)"
+                        for t, s in report["sources"].items()) or "none"
+    parts = [f"<h1>Quality report — {html.escape(report['job']['name'])}</h1>",
+             (f'<p class="sub">config {report["job"]["config_hash"][:12]} · real side: {html.escape(real["origin"])} '
+              f'({real["train"]:,} train, {real["holdout"]:,} holdout) · synthetic: {sources}</p>'),
+             (f'<p class="sub">every image resized to {pre["size"]}×{pre["size"]} ({html.escape(pre["resize"])}), '
+              f'{pre["channels"]} channel(s), before any feature extractor.</p>')]
+    rows = []
+    for name, ex in report["extractors"].items():
+        accuracy = ex.get("holdout_accuracy")
+        weak = " <b>(weak: treat its numbers with care)</b>" if ex.get("weak") else ""
+        rows.append(f'<tr><td class="l">{html.escape(name)}</td><td class="l"><code>{str(ex.get("sha256", ""))[:16]}'
+                    f'</code></td><td>{ex.get("dim", "–")}</td><td>{_fmt(accuracy)}{weak}</td></tr>')
+    if rows:
+        parts.append('<table><tr><th class="l">feature space</th><th class="l">sha256</th><th>dim</th>'
+                     "<th>classifier holdout accuracy</th></tr>" + "".join(rows) + "</table>")
+    parts += [f'<div class="note">{html.escape(n)}</div>' for n in report.get("notes", [])]
+    return "\n".join(parts)
+
+
+def _verdicts(report: dict[str, Any]) -> str:
+    if not report["verdicts"]:
+        return "<h2>Verdict</h2><p>No synthetic rows to judge in this job.</p>"
+    parts = ["<h2>Verdict</h2>"]
+    for tag, lines in report["verdicts"].items():
+        if not lines:
+            parts.append(f"<h3>{html.escape(tag)}</h3><p>Not judged: no real holdout to compare against.</p>")
+            continue
+        overall = lines.get("overall", {"grade": "none", "line": "–"})
+        parts.append(f"<h3>{html.escape(tag)} {_grade(overall['grade'])}</h3><p>{html.escape(overall['line'])}</p>")
+        counts = report["sources"][tag]["class_counts"]
+        rows = "".join(f'<tr><td class="l">{html.escape(name)}</td><td>{counts.get(name, 0):,}</td>'
+                       f'<td>{_grade(v["grade"])}</td><td class="l">{html.escape(v["line"])}</td></tr>'
+                       for name, v in lines.items() if name != "overall")
+        parts.append('<table><tr><th class="l">class</th><th>analysed</th><th>grade</th><th class="l">why</th></tr>'
+                     + rows + "</table>")
+    return "\n".join(parts)
+
+
+def _grids(report: dict[str, Any], pictures: dict[str, Any], per_class: int) -> str:
+    names = report["classes"]
+    real = pictures["real"]
+    if not pictures["synthetic"]:
+        if not len(real[0]):
+            return ""
+        if not (real[1] >= 0).any():  # unlabelled frames: a few rows of them
+            shown = real[0][: per_class * 4]
+            real, names = (shown, np.arange(len(shown)) // per_class), [f"frames {i + 1}" for i in range(4)]
+        png = sample_grid(real, (real[0][:0], real[1][:0]), names, per_class)
+        return f'<h2>Samples</h2><div class="grid">{_img(png, "real samples")}</div>' \
+               f'<p class="caption">One row per class: real training images.</p>'
+    parts = ["<h2>Samples: real (left) beside synthetic (right)</h2>"]
+    for tag, synthetic in pictures["synthetic"].items():
+        labelled = synthetic[1] >= 0
+        if not labelled.any():  # unlabelled rows: one row of each
+            order = np.arange(min(per_class * 4, len(synthetic[0])))
+            synthetic = (synthetic[0][order], np.zeros(len(order), np.int64))
+            real = (real[0][: len(order)], np.zeros(min(len(order), len(real[0])), np.int64))
+            names = ["all"]
+        png = sample_grid(real, synthetic, names, per_class)
+        parts.append(f"<h3>{html.escape(tag)}</h3><div class='grid'>{_img(png, tag + ' samples')}</div>"
+                     f'<p class="caption">Rows: {", ".join(html.escape(n) for n in names)} (top to bottom). '
+                     f"Left block real, right block {html.escape(tag)}.</p>")
+    return "\n".join(parts)
+
+
+def _metric_tables(report: dict[str, Any]) -> str:
+    parts = ["<h2>Metrics against the real holdout</h2>",
+             ('<p class="caption">Each cell: synthetic value, and below it <span class="floor">the real-vs-real '
+              "floor</span> (real train against the same holdout, same feature space). Precision = fidelity, "
+              "recall/coverage = diversity (k-NN manifolds, Kynkäänniemi 2019; Naeem 2020); realism ≥ 1 lies inside "
+              "the real manifold; near copies: closer to a training image than the near-copy threshold.</p>")]
+    for kind, block in report["metrics"].items():
+        floor = block.get("floor")
+        key = "fid" if kind == "inception" else f"fd_{kind}"
+        title = "FID" if kind == "inception" else f"FD_{kind}"
+        for tag, result in block.items():
+            if tag == "floor":
+                continue
+            head = "".join(f"<th>{label}</th>" for _, label in [(key, title)] + METRIC_COLUMNS)
+            rows = []
+            for name in ["overall"] + list(result["per_class"]):
+                mine = result["overall"] if name == "overall" else result["per_class"][name]
+                ref = (floor or {}).get("overall") if name == "overall" else (floor or {}).get("per_class", {}).get(name)
+                cells = []
+                for metric, _ in [(key, title)] + METRIC_COLUMNS:
+                    low = "" if not ref or metric == "near_copy_fraction" else \
+                        f'<br><span class="floor">{_fmt(ref.get(metric))}</span>'
+                    cells.append(f"<td>{_fmt(mine.get(metric))}{low}</td>")
+                rows.append(f'<tr><td class="l">{html.escape(name)}</td><td>{mine["n_synthetic"]:,}</td>'
+                            + "".join(cells) + "</tr>")
+            parts.append(f"<h3>{html.escape(tag)} in the <code>{html.escape(kind)}</code> feature space</h3>"
+                         f'<table><tr><th class="l">class</th><th>n</th>{head}</tr>' + "".join(rows) + "</table>")
+            parts.append(_plots(report, kind, tag, result, floor, key, title))
+    return "\n".join(parts)
+
+
+def _plots(report: dict[str, Any], kind: str, tag: str, result: dict[str, Any], floor: dict[str, Any] | None,
+           key: str, title: str) -> str:
+    names = [n for n in report["classes"] if n in result["per_class"]]
+    if not names:
+        return ""
+    floor_pc = (floor or {}).get("per_class", {})
+    mine = result["per_class"]
+    images = [per_class_bars(names, {f"{tag} precision": [mine[n].get("precision") for n in names],
+                                     "real precision": [floor_pc.get(n, {}).get("precision") for n in names],
+                                     f"{tag} recall": [mine[n].get("recall") for n in names],
+                                     "real recall": [floor_pc.get(n, {}).get("recall") for n in names]},
+                             f"Fidelity and diversity per class ({kind} features)", "share"),
+              per_class_bars(names, {tag: [mine[n].get(key) for n in names],
+                                     "real vs real": [floor_pc.get(n, {}).get(key) for n in names]},
+                             f"{title} per class (lower is closer to real)", title)]
+    points = {tag: {n: (mine[n]["recall"], mine[n]["precision"]) for n in names
+                    if mine[n].get("recall") is not None and mine[n].get("precision") is not None}}
+    if floor_pc:
+        points["real vs real"] = {n: (floor_pc[n]["recall"], floor_pc[n]["precision"]) for n in names
+                                  if n in floor_pc and floor_pc[n].get("recall") is not None}
+    images.append(precision_recall_scatter(points, f"Precision vs recall per class ({kind})"))
+    return "<div>" + " ".join(_img(png, "plot") for png in images) + "</div>"
+
+
+def _classifier(report: dict[str, Any]) -> str:
+    parts = []
+    scores = report.get("inception_score", {})
+    if scores:
+        rows = "".join(f'<tr><td class="l">{html.escape(t)}</td><td>{_fmt(v["mean"], 2)} ± {_fmt(v["std"], 2)}</td>'
+                       f"</tr>" for t, v in scores.items())
+        parts.append("<h2>Domain classifier</h2><p class='caption'>Inception Score computed with the job's domain "
+                     "classifier (higher: confident and varied labels); confidence: its probability of the "
+                     "conditioning class.</p><table><tr><th class='l'>set</th><th>IS</th></tr>" + rows + "</table>")
+    for tag, conf in report.get("confidence", {}).items():
+        if conf:
+            names = list(conf["per_class"])
+            parts.append(f"<p>{html.escape(tag)}: mean confidence {_fmt(conf['overall'])}</p>")
+            parts.append(_img(per_class_bars(names, {tag: [conf["per_class"][n] for n in names]},
+                                             f"Classifier confidence in the conditioning class ({tag})",
+                                             "probability"), "confidence"))
+    return "\n".join(parts)
+
+
+def _utility(report: dict[str, Any]) -> str:
+    utility = report.get("utility", {})
+    if not utility:
+        return ""
+    parts = ["<h2>Downstream utility (train on X, test on the real holdout)</h2>"]
+    if "skipped" in utility:
+        return parts[0] + f"<p>Skipped: {html.escape(utility['skipped'])}.</p>"
+    names = report["classes"]
+    for task, metric, per_class_key in (("classification", "accuracy", "per_class"),
+                                        ("segmentation", "mean_iou", "per_class_iou")):
+        block = utility.get(task)
+        if not block:
+            continue
+        rows, series = [], {}
+        for setting, result in block["settings"].items():
+            label = setting.replace("_", " ")
+            if result.get("skipped"):
+                rows.append(f'<tr><td class="l">{html.escape(label)}</td><td colspan="2" class="l">skipped: '
+                            f'{html.escape(str(result["skipped"]))}</td></tr>')
+                continue
+            rows.append(f'<tr><td class="l">{html.escape(label)}</td><td>{result.get("n_train", 0):,}</td>'
+                        f"<td>{_fmt(result.get(metric))}</td></tr>")
+            values = result.get(per_class_key) or []
+            series[label] = values
+        name = "accuracy" if metric == "accuracy" else "mIoU"
+        caption = ("Classification Accuracy Score (CAS) = accuracy of the model trained on synthetic only; the same "
+                   "small CNN, budget and seed in every setting." if task == "classification" else
+                   "Label consistency: a small segmenter trained on the images with their masks; mIoU on the "
+                   "real holdout.")
+        parts.append(f"<h3>{task}</h3><p class='caption'>{caption}</p><table><tr><th class='l'>trained on</th>"
+                     f"<th>n train</th><th>{name}</th></tr>" + "".join(rows) + "</table>")
+        if series:
+            width = max(len(v) for v in series.values())
+            labels = names[:width] if task == "classification" and len(names) >= width else \
+                [str(i) for i in range(width)]
+            parts.append(_img(per_class_bars(labels, {k: list(v) + [None] * (width - len(v))
+                                                      for k, v in series.items()},
+                                             f"{task}: {name} per class on the real holdout", name), "utility"))
+    return "\n".join(parts)
+
+
+def _gate(report: dict[str, Any]) -> str:
+    gate = report.get("filter", {})
+    if not gate.get("active"):
+        return "<h2>Quality gate</h2><p>Off (no <code>filter:</code> in the config): every synthetic row was kept.</p>"
+    reasons = ", ".join(f"{html.escape(k)}: {v}" for k, v in gate["by_reason"].items()) or "none"
+    settings = ", ".join(f"{k}={v}" for k, v in (gate.get("settings") or {}).items() if v not in (None, False))
+    return (f"<h2>Quality gate</h2><p>Settings: <code>{html.escape(settings)}</code>. Dropped "
+            f"<b>{gate['dropped']:,}</b> synthetic rows before publishing ({reasons}).</p>")
+
+
+def render_html(report: dict[str, Any], pictures: dict[str, Any], per_class: int = 8) -> str:
+    body = [_header(report), _verdicts(report), _grids(report, pictures, per_class), _metric_tables(report),
+            _classifier(report), _utility(report), _gate(report)]
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>synthaug report — "
+            f"{html.escape(report['job']['name'])}</title><style>{STYLE}</style></head><body>"
+            + "\n".join(body) + "</body></html>\n")

@@ -1,0 +1,96 @@
+"""Pictures for the HTML report, returned as PNG bytes (matplotlib's Agg backend, no display)."""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+GRID_GAP = 6  # pixels between the real and the synthetic block
+
+
+def _png(fig: Any) -> bytes:
+    import matplotlib.pyplot as plt
+
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return buffer.getvalue()
+
+
+def _figure(width: float, height: float) -> tuple[Any, Any]:
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    return plt.subplots(figsize=(width, height))
+
+
+def sample_grid(real: tuple[np.ndarray, np.ndarray], synthetic: tuple[np.ndarray, np.ndarray],
+                class_names: list[str], per_class: int, cell: int = 48) -> bytes:
+    """One row per class: `per_class` real images, a gap, `per_class` synthetic ones."""
+    real_images, real_labels = real
+    fake_images, fake_labels = synthetic
+    channels = real_images.shape[3] if len(real_images) else fake_images.shape[3]
+    if not len(real_images) and not len(fake_images):
+        raise ValueError("sample_grid: no images")
+    blocks = 2 if len(fake_images) else 1
+    width = blocks * per_class * cell + (blocks - 1) * GRID_GAP
+    canvas = np.full((len(class_names) * cell, width, 3), 255, np.uint8)
+    for c in range(len(class_names)):
+        for block, (images, labels) in enumerate(((real_images, real_labels), (fake_images, fake_labels))):
+            picked = images[labels == c][:per_class]
+            for j, image in enumerate(picked):
+                rgb = np.repeat(image, 3, axis=2) if channels == 1 else image
+                tile = np.asarray(Image.fromarray(rgb).resize((cell, cell), Image.Resampling.NEAREST))
+                x = block * (per_class * cell + GRID_GAP) + j * cell
+                canvas[c * cell:(c + 1) * cell, x:x + cell] = tile
+    buffer = io.BytesIO()
+    Image.fromarray(canvas).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def per_class_bars(class_names: list[str], series: dict[str, list[float | None]], title: str,
+                   ylabel: str) -> bytes:
+    """Grouped bars per class, one colour per series (missing values are left out)."""
+    fig, ax = _figure(min(11.0, max(6.0, 0.3 * len(class_names) * max(1, len(series)) + 2)), 3.4)
+    x = np.arange(len(class_names))
+    width = 0.8 / max(1, len(series))
+    for i, (label, values) in enumerate(series.items()):
+        heights = [np.nan if v is None else v for v in values]
+        ax.bar(x + (i - (len(series) - 1) / 2) * width, heights, width, label=label)
+    ax.set_xticks(x, class_names, rotation=45 if max(map(len, class_names), default=0) > 3 else 0)
+    ax.set_title(title)
+    ax.set_ylabel(ylabel)
+    ax.grid(axis="y", alpha=0.3)
+    if len(series) > 1:  # above the axes, so it never hides a bar
+        ax.legend(frameon=False, fontsize=9, ncol=len(series), loc="lower center", bbox_to_anchor=(0.5, 1.08))
+        ax.set_title(title, pad=28)
+    return _png(fig)
+
+
+def precision_recall_scatter(points: dict[str, dict[str, tuple[float, float]]], title: str) -> bytes:
+    """Per-class (recall, precision) points, one marker per set; the class name labels each."""
+    fig, ax = _figure(5.0, 4.4)
+    markers = ["o", "s", "^", "D", "v"]
+    for i, (label, by_class) in enumerate(points.items()):
+        xs = [p[0] for p in by_class.values()]
+        ys = [p[1] for p in by_class.values()]
+        ax.scatter(xs, ys, marker=markers[i % len(markers)], label=label, alpha=0.8)
+        for name, (x, y) in by_class.items():
+            ax.annotate(name, (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    # Zoom to where the points are (most sets sit near the top right), never past [0, 1].
+    values = [v for by_class in points.values() for p in by_class.values() for v in p]
+    low = max(0.0, min(values, default=0.0) - 0.05)
+    low = 0.0 if low < 0.3 else low
+    ax.set_xlim(low - 0.01, 1.02)
+    ax.set_ylim(low - 0.01, 1.02)
+    ax.set_xlabel("recall (diversity: real covered)")
+    ax.set_ylabel("precision (fidelity: inside real)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(frameon=False, fontsize=8, loc="lower left")
+    return _png(fig)

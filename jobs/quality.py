@@ -1,0 +1,228 @@
+"""The real side of the quality report, prepared before shards are made.
+
+Trains the domain classifier on the real training split (its penultimate layer is the
+default feature space; its probabilities give confidence and the Inception Score), embeds
+the real train and holdout images in the first configured feature space, and saves both
+under OUT/report/reference/ so that shard workers can score synthetic rows (and apply the
+quality gate) before a shard is published, and the report stage can reuse them.
+
+Every image is resized to one square `size` (bicubic) and to the job's channel count
+before any extractor sees it: a named, recorded preprocessing choice.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from augment.errors import InputRejected
+from augment.images import resize_image
+from augment.seeding import derive_seed
+from augment.sources.base import SourceRecord
+from jobs.config import JobConfig
+from jobs.plan import split_records
+from jobs.sources import build_source
+
+log = logging.getLogger("synthaug")
+
+REFERENCE_DIR = Path("report") / "reference"
+DOMAIN_DIR = "domain"
+QUALITY_JSON = "quality.json"
+DEFAULT_MAX_SIZE = 64
+RANDOM_SEED_STREAM = 71
+SUBSAMPLE_STREAM = 72
+REFERENCE_HOLDOUT = 0.2  # a reference source's own split when the job keeps no holdout
+WEAK_EXTRACTOR_ACCURACY = 0.8
+
+
+@dataclass
+class RealImages:
+    """Real images at the metric size: N x S x S x C uint8, labels (-1: none), masks or None."""
+
+    images: np.ndarray
+    labels: np.ndarray
+    masks: np.ndarray | None
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+
+def match_channels(image: np.ndarray, channels: int) -> np.ndarray:
+    """Gray to RGB by repetition, RGB to gray by ITU-R 601 luma; anything else unchanged."""
+    if image.shape[2] == channels:
+        return image
+    if channels == 3:
+        return np.repeat(image, 3, axis=2)
+    luma = image.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
+    return np.clip(np.rint(luma), 0, 255).astype(np.uint8)[..., None]
+
+
+def to_metric_size(image: np.ndarray, size: int, channels: int) -> np.ndarray:
+    return resize_image(match_channels(image, channels), size)
+
+
+def resize_mask(mask: np.ndarray, size: int) -> np.ndarray:
+    """Nearest neighbour, so class ids stay class ids."""
+    if mask.shape == (size, size):
+        return mask
+    rows = (np.arange(size) * mask.shape[0] / size).astype(int)
+    cols = (np.arange(size) * mask.shape[1] / size).astype(int)
+    return mask[rows[:, None], cols[None, :]]
+
+
+def load_real(source: Any, records: list[SourceRecord], size: int, channels: int,
+              label_map: dict[int, int] | None = None) -> RealImages:
+    """Decode `records` at the metric size; records that fail to load are left out.
+
+    `label_map` renames a reference source's class ids to the job's (missing: unlabelled)."""
+    images, labels, masks = [], [], []
+    for record in records:
+        try:
+            sample = source.load(record)
+        except InputRejected as rejected:
+            log.warning("report: skipped %s: %s", rejected.path, rejected.reason)
+            continue
+        if label_map is not None and sample.label is not None:
+            sample.label = label_map.get(int(sample.label))
+        images.append(to_metric_size(sample.image, size, channels))
+        labels.append(-1 if sample.label is None else int(sample.label))
+        masks.append(None if sample.mask is None else resize_mask(sample.mask, size))
+    have_masks = bool(masks) and all(m is not None for m in masks)
+    return RealImages(
+        np.stack(images) if images else np.zeros((0, size, size, channels), np.uint8),
+        np.array(labels, dtype=np.int64),
+        np.stack(masks) if have_masks else None,
+    )
+
+
+@dataclass
+class RealSide:
+    """What the synthetic rows are compared against."""
+
+    train: RealImages
+    holdout: RealImages
+    size: int
+    channels: int
+    origin: str  # "source" or "report.reference (<kind>)"
+
+
+def subsample(records: list[SourceRecord], limit: int, seed: int, stream: int) -> list[SourceRecord]:
+    """At most `limit` records, a seeded random choice kept in their original order."""
+    if len(records) <= limit:
+        return records
+    rng = np.random.default_rng(derive_seed(seed, SUBSAMPLE_STREAM, stream))
+    keep = np.sort(rng.choice(len(records), size=limit, replace=False))
+    return [records[int(i)] for i in keep]
+
+
+def real_side(config: JobConfig, listed: Any, rejected: dict[str, Any]) -> RealSide:
+    """Real train / holdout at the metric size: the job's own split, or `report.reference`."""
+    usable = [r for r in listed.train if r.id not in rejected]
+    if not usable:
+        raise ValueError("report: no usable training records to compare against")
+    first = listed.source.load(usable[0]).image
+    channels, size = int(first.shape[2]), metric_size(config, first)
+    limit = config.report.max_per_source
+    reference = config.report.reference
+    if reference is None:
+        holdout = [r for r in listed.holdout if r.id not in rejected]
+        source, label_map, origin = listed.source, None, "source"
+    else:
+        source = build_source(reference, config.seed)
+        names = {name: i for i, name in enumerate(listed.class_names)}
+        label_map = {i: names[n] for i, n in enumerate(source.class_names) if n in names}
+        usable, holdout = split_records(source.records(), config.split.holdout or REFERENCE_HOLDOUT, config.seed)
+        origin = f"report.reference ({reference.kind})"
+    train = load_real(source, subsample(usable, limit, config.seed, 1), size, channels, label_map)
+    held = load_real(source, subsample(holdout, limit, config.seed, 2), size, channels, label_map)
+    if len(train) <= config.report.k:
+        raise ValueError(f"report: {len(train)} real training images from the {origin}; report.k="
+                         f"{config.report.k} needs more")
+    return RealSide(train, held, size, channels, origin)
+
+
+def metric_size(config: JobConfig, first_image: np.ndarray) -> int:
+    if config.report.input_size is not None:
+        return config.report.input_size
+    return int(min(DEFAULT_MAX_SIZE, max(first_image.shape[:2])))
+
+
+def build_extractor(kind: str, quality: dict[str, Any], domain: Any = None) -> Any:
+    """The metric feature extractor named `kind` (domain needs the trained classifier)."""
+    from augment.metrics.features import InceptionExtractor, RandomExtractor
+
+    if kind == "domain":
+        if domain is None:
+            raise ValueError("the domain extractor needs labelled real training images")
+        return domain
+    if kind == "random":
+        return RandomExtractor(quality["channels"], seed=quality["seed"], input_size=quality["size"])
+    if kind == "inception":
+        path = quality.get("inception_path")
+        return InceptionExtractor(Path(path) if path else None)
+    raise ValueError(f"unknown feature extractor {kind!r}")
+
+
+def feature_kinds(config: JobConfig, labelled: bool) -> list[str]:
+    """The configured feature spaces; without labels there is no domain classifier."""
+    kinds = list(dict.fromkeys(config.report.features))
+    if not labelled and "domain" in kinds:
+        kinds = [k for k in kinds if k != "domain"] or ["random"]
+    return kinds
+
+
+def prepare_reference(config: JobConfig, out: Path, real_train: RealImages, real_holdout: RealImages,
+                      num_classes: int, channels: int, size: int) -> dict[str, Any]:
+    """Train (or reload) the domain classifier, embed the real split; the workers' settings."""
+    from augment.metrics.features import DomainExtractor
+    from augment.metrics.scoring import RealReference
+
+    folder = out / REFERENCE_DIR
+    report = config.report
+    labelled = bool((real_train.labels >= 0).any())
+    kinds = feature_kinds(config, labelled)
+    quality = {"dir": str(folder), "size": size, "channels": channels, "kinds": kinds,
+               "seed": derive_seed(config.seed, RANDOM_SEED_STREAM),
+               "inception_path": str(report.inception_path) if report.inception_path else None,
+               "filter": config.filter.model_dump() if config.filter is not None and config.filter.active else None,
+               "domain": labelled, "num_classes": num_classes}
+    saved = folder / QUALITY_JSON
+    if saved.is_file() and json.loads(saved.read_text()) == quality:
+        log.info("quality reference: reusing %s", folder)
+        return quality
+    folder.mkdir(parents=True, exist_ok=True)
+    domain = None
+    if labelled:
+        keep = real_train.labels >= 0
+        hold = real_holdout.labels >= 0
+        log.info("quality reference: training the domain classifier on %d real images (%d steps)",
+                 int(keep.sum()), report.extractor_steps)
+        domain = DomainExtractor.fit(
+            real_train.images[keep], real_train.labels[keep],
+            real_holdout.images[hold] if hold.any() else None, real_holdout.labels[hold] if hold.any() else None,
+            num_classes, seed=derive_seed(config.seed, RANDOM_SEED_STREAM, 1), steps=report.extractor_steps,
+            input_size=size)
+        domain.save(folder / DOMAIN_DIR)
+    extractor = build_extractor(kinds[0], quality, domain)
+    holdout = extractor(real_holdout.images) if len(real_holdout) else None
+    reference = RealReference.build(extractor.describe(), extractor(real_train.images), holdout,
+                                    report.k, report.near_copy_quantile)
+    reference.save(folder)
+    saved.write_text(json.dumps(quality, indent=2, sort_keys=True) + "\n")  # last: marks it complete
+    return quality
+
+
+def load_scorer(quality: dict[str, Any]) -> Any:
+    """The row scorer a shard worker builds once from the saved reference."""
+    from augment.metrics.features import DomainExtractor
+    from augment.metrics.scoring import RealReference, RowScorer
+
+    folder = Path(quality["dir"])
+    domain = DomainExtractor.load(folder / DOMAIN_DIR) if quality["domain"] else None
+    extractor = build_extractor(quality["kinds"][0], quality, domain)
+    return RowScorer(extractor, RealReference.load(folder), classifier=domain)

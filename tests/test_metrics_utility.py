@@ -1,0 +1,124 @@
+"""Downstream utility: train on real / synthetic / both, test on the real holdout."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from functools import lru_cache
+
+import numpy as np
+import pytest
+import torch
+
+from augment.images import resize_image
+from augment.metrics.utility import (
+    classification_utility,
+    confusion_matrix,
+    mean_iou,
+    segmentation_utility,
+)
+
+SHORT = {"steps": 150, "width": 16, "feature_dim": 64}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread() -> Iterator[None]:
+    # Two shared cores: one torch thread avoids OpenMP spin-waiting next to a busy neighbour.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@lru_cache(maxsize=1)
+def digits16() -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
+    """scikit-learn's digits as uint8 16x16x1: (train 1200, holdout 597)."""
+    from sklearn.datasets import load_digits
+
+    data = load_digits()
+    images = np.round(data.images * (255 / 16)).astype(np.uint8)[..., None]
+    images = np.stack([resize_image(image, 16) for image in images])
+    labels = data.target.astype(np.int64)
+    order = np.random.default_rng(0).permutation(len(images))
+    train, holdout = order[:1200], order[1200:]
+    return (images[train], labels[train]), (images[holdout], labels[holdout])
+
+
+def squares(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Bright squares (4..8 px) on a dark noisy 16x16 background; mask 1 on the square."""
+    rng = np.random.default_rng(seed)
+    images = rng.integers(0, 60, size=(n, 16, 16, 1)).astype(np.uint8)
+    masks = np.zeros((n, 16, 16), np.uint16)
+    for i in range(n):
+        side = int(rng.integers(4, 9))
+        y, x = rng.integers(0, 17 - side, size=2)
+        images[i, y:y + side, x:x + side] = rng.integers(180, 256, size=(side, side, 1))
+        masks[i, y:y + side, x:x + side] = 1
+    return images, masks
+
+
+def test_mean_iou_closed_form() -> None:
+    confusion = np.array([[3, 1, 0], [2, 4, 0], [0, 0, 0]])  # class 2 absent from truth and prediction
+    miou, per_class = mean_iou(confusion)
+    assert per_class[0] == pytest.approx(3 / 6) and per_class[1] == pytest.approx(4 / 7) and per_class[2] is None
+    assert miou == pytest.approx((3 / 6 + 4 / 7) / 2)
+    # a class predicted but never true has IoU 0 and counts in the mean
+    assert mean_iou(np.array([[2, 1], [0, 0]])) == (pytest.approx(1 / 3), [pytest.approx(2 / 3), 0.0])
+
+
+def test_confusion_matrix_counts_and_ignores() -> None:
+    truth = np.array([[0, 0, 1], [1, 2, 9]])
+    predicted = np.array([[0, 1, 1], [0, 2, 2]])
+    expected = np.array([[1, 1, 0], [1, 1, 0], [0, 0, 1]])
+    np.testing.assert_array_equal(confusion_matrix(truth, predicted, 3, ignore_index=9), expected)
+
+
+def test_classification_utility_real_vs_shuffled_labels() -> None:
+    (train_x, train_y), holdout = digits16()
+    shuffled = (train_x, np.random.default_rng(1).permutation(train_y))  # a generator with wrong labels
+    result = classification_utility((train_x, train_y), shuffled, holdout, 10, seed=0, **SHORT)
+    settings = result["settings"]
+    assert settings["real_only"]["accuracy"] >= 0.95
+    assert result["classification_accuracy_score"] == settings["synthetic_only"]["accuracy"] <= 0.25  # chance 0.1
+    assert settings["real_plus_synthetic"]["accuracy"] < settings["real_only"]["accuracy"]
+    assert [settings[name]["n_train"] for name in ("real_only", "synthetic_only", "real_plus_synthetic")] == [
+        1200, 1200, 2400]
+    assert len(settings["real_only"]["per_class"]) == 10 and result["budget"]["steps"] == 150
+
+
+def test_classification_utility_is_deterministic_and_skips_without_synthetic() -> None:
+    (train_x, train_y), (hold_x, hold_y) = digits16()
+    keep = hold_y != 3  # the holdout has no 3: per-class accuracy None there
+    args = ((train_x[:300], train_y[:300]), None, (hold_x[keep], hold_y[keep]), 10)
+    first = classification_utility(*args, seed=5, steps=20, width=4, feature_dim=16)
+    second = classification_utility(*args, seed=5, steps=20, width=4, feature_dim=16)
+    assert first == second
+    assert first["settings"]["real_only"]["per_class"][3] is None
+    assert first["classification_accuracy_score"] is None
+    skipped = first["settings"]["synthetic_only"]
+    assert skipped["skipped"] == "no synthetic data" and skipped["accuracy"] is None
+
+
+def test_classification_utility_refuses_mixed_sizes() -> None:
+    images, labels = np.zeros((4, 16, 16, 1), np.uint8), np.array([0, 1, 0, 1])
+    with pytest.raises(ValueError, match="same image size"):
+        classification_utility((images, labels), (np.zeros((4, 8, 8, 1), np.uint8), labels), (images, labels), 2,
+                               seed=0, steps=1)
+
+
+def test_segmentation_utility_on_squares() -> None:
+    real, holdout = squares(96, seed=0), squares(32, seed=1)
+    empty = (real[0], np.zeros_like(real[1]))  # a generator whose masks miss every square
+    result = segmentation_utility(real, empty, holdout, 2, seed=0, steps=80, width=8)
+    settings = result["settings"]
+    assert settings["real_only"]["mean_iou"] >= 0.85
+    assert min(settings["real_only"]["per_class_iou"]) >= 0.75
+    bad = settings["synthetic_only"]
+    assert result["mean_iou_synthetic_only"] == bad["mean_iou"] < settings["real_only"]["mean_iou"] - 0.2
+    assert bad["per_class_iou"][1] < 0.6
+    assert settings["real_plus_synthetic"]["n_train"] == 192
+
+
+def test_segmentation_utility_checks_mask_ids() -> None:
+    images, masks = squares(4, seed=0)
+    with pytest.raises(ValueError, match="class id 1, outside 0..0"):
+        segmentation_utility((images, masks), None, (images, masks), 1, seed=0, steps=1)
