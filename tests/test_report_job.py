@@ -1,0 +1,135 @@
+"""The report stage end to end: files, scores in the rows, the quality gate, recompute, compare,
+and a deliberately bad generator caught by the numbers and the verdict."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pyarrow.parquet as pq
+import pytest
+
+from augment.shards import read_manifest, verify_shards
+from jobs.compare import compare
+from jobs.config import parse_config
+from jobs.datasink import read_dropped
+from jobs.runner import report_job, run_job
+
+pytestmark = pytest.mark.usefixtures("ray_session")
+
+FAST_REPORT = {"extractor_steps": 150, "utility": {"steps": 80}, "kid_subsets": 10}
+
+
+def classical_config(**overrides: Any):
+    raw = {
+        "name": "report_tiny",
+        "seed": 5,
+        "source": {"kind": "digits", "image_size": 16, "color": "gray"},
+        "split": {"holdout": 0.2},
+        "quota": {"per_class": {str(c): 190 for c in range(10)}},
+        "augment": {"transforms": [{"name": "Affine", "p": 1.0, "params": {"rotate": [-20, 20]}}]},
+        "report": FAST_REPORT,
+        "filter": {"min_confidence": 0.6},
+        "output": {"rows_per_shard": 400},
+    }
+    raw.update(overrides)
+    return parse_config(raw)
+
+
+@pytest.fixture(scope="module")
+def classical(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("report") / "out"
+    run_job(classical_config(), out)
+    return out
+
+
+def load(out: Path) -> dict[str, Any]:
+    return json.loads((out / "report" / "report.json").read_text())
+
+
+def test_report_json_has_the_floor_the_metrics_and_utility(classical: Path) -> None:
+    report = load(classical)
+    assert report["schema"] == 1 and report["classes"] == [str(c) for c in range(10)]
+    assert report["real"]["train"] > 0 and report["real"]["holdout"] > 0
+    domain = report["extractors"]["domain"]
+    assert len(domain["sha256"]) == 64 and domain["holdout_accuracy"] > 0.8 and not domain["weak"]
+    block = report["metrics"]["domain"]
+    assert set(block) == {"floor", "classical"}
+    for part in (block["floor"], block["classical"]):
+        assert set(part["per_class"]) == set(report["classes"])
+        overall = part["overall"]
+        assert {"fd_domain", "kid_mean", "kid_std", "precision", "recall", "density", "coverage"} <= set(overall)
+        assert "fid" not in overall  # only the standard Inception features give "FID"
+    # Rotated real digits stay recognisable: near the floor on fidelity, useful downstream.
+    assert block["classical"]["overall"]["precision"] > 0.5 * block["floor"]["overall"]["precision"]
+    settings = report["utility"]["classification"]["settings"]
+    assert set(settings) == {"real_only", "synthetic_only", "real_plus_synthetic"}
+    assert settings["synthetic_only"]["accuracy"] > 0.5
+    assert report["verdicts"]["classical"]["overall"]["grade"] in ("good", "fair")
+    html = (classical / "report" / "report.html").read_text()
+    assert html.count("data:image/png;base64,") >= 4 and "http" not in html.replace("http-equiv", "")
+
+
+def test_rows_carry_scores_and_the_gate_drops_before_publishing(classical: Path) -> None:
+    rows = pq.read_table(classical / "shards", columns=["id", "source", "scores"]).to_pylist()
+    synthetic = [r for r in rows if r["source"] == "classical"]
+    assert synthetic and all(r["scores"]["realism"] is not None for r in synthetic)
+    assert min(r["scores"]["confidence"] for r in synthetic) >= 0.6  # the gate held
+    assert all(r["scores"] is None for r in rows if r["source"] == "real")
+    dropped = [d for path in sorted((classical / "shards").glob("*.parquet")) for d in read_dropped(path)]
+    assert dropped, "a 0.6 confidence gate on 20-degree rotations should drop some rows"
+    assert all(d["reasons"] == ["low_confidence"] and d["confidence"] < 0.6 for d in dropped)
+    assert not {d["id"] for d in dropped} & {r["id"] for r in rows}
+    manifest = read_manifest(classical / "shards")
+    assert manifest.total_rows == len(rows) and verify_shards(classical / "shards") == []
+    report = load(classical)
+    assert report["filter"]["dropped"] == len(dropped) and report["filter"]["by_reason"] == {
+        "low_confidence": len(dropped)}
+
+
+def test_report_command_recomputes_the_same_numbers(classical: Path) -> None:
+    before = load(classical)
+    shards_before = {p.name: p.read_bytes() for p in (classical / "shards").glob("*.parquet")}
+    report_job(classical)
+    after = load(classical)
+    for report in (before, after):
+        report.pop("seconds")
+    assert after == before
+    assert {p.name: p.read_bytes() for p in (classical / "shards").glob("*.parquet")} == shards_before
+
+
+def test_compare_puts_two_jobs_side_by_side(classical: Path, tmp_path: Path) -> None:
+    other = tmp_path / "other"
+    run_job(classical_config(name="report_other", filter=None,
+                             augment={"transforms": [{"name": "GaussNoise", "p": 1.0,
+                                                      "params": {"std_range": [0.3, 0.5]}}]}), other)
+    text, rows = compare(classical, other)
+    assert "report_tiny" in text and "report_other" in text
+    by_job = {r["job"].split(" ")[0]: r for r in rows}
+    # Heavy noise is further from real digits than rotation, in the same feature space.
+    assert by_job["report_other"]["fd"] > by_job["report_tiny"]["fd"]
+
+
+def test_a_noise_generator_is_caught(tmp_path: Path) -> None:
+    """An untrained cGAN draws noise: precision collapses, CAS falls to chance, verdict poor."""
+    from augment.generators.cgan import CGANConfig, ClassConditionalGAN
+
+    model = tmp_path / "untrained"
+    ClassConditionalGAN(CGANConfig(image_size=16, channels=1, num_classes=10, g_channels=8, d_channels=8,
+                                   z_dim=8, class_names=tuple(str(c) for c in range(10)))).save_pretrained(model)
+    config = parse_config({
+        "name": "noise", "seed": 2, "source": {"kind": "digits", "image_size": 16, "color": "gray"},
+        "split": {"holdout": 0.2}, "quota": {"per_class": {str(c): 190 for c in range(10)}},
+        "generate": {"kind": "cgan", "from_pretrained": str(model)},
+        "report": FAST_REPORT, "output": {"rows_per_shard": 400},
+    })
+    out = tmp_path / "out"
+    run_job(config, out)
+    report = load(out)
+    mine, floor = report["metrics"]["domain"]["cgan"]["overall"], report["metrics"]["domain"]["floor"]["overall"]
+    assert mine["precision"] < 0.5 * floor["precision"]
+    assert mine["fd_domain"] > 5 * floor["fd_domain"]
+    assert report["utility"]["classification"]["classification_accuracy_score"] < 0.35
+    verdict = report["verdicts"]["cgan"]["overall"]
+    assert verdict["grade"] == "poor" and "unrealistic" in verdict["line"]
