@@ -3,12 +3,14 @@ and a deliberately bad generator caught by the numbers and the verdict."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
 
 import pyarrow.parquet as pq
 import pytest
+import torch
 
 from augment.shards import read_manifest, verify_shards
 from jobs.compare import compare
@@ -99,16 +101,32 @@ def test_report_command_recomputes_the_same_numbers(classical: Path) -> None:
     assert {p.name: p.read_bytes() for p in (classical / "shards").glob("*.parquet")} == shards_before
 
 
-def test_compare_puts_two_jobs_side_by_side(classical: Path, tmp_path: Path) -> None:
+class _TinyInception(torch.nn.Module):
+    """Stands in for the FID Inception TorchScript: N x 3 x 299 x 299 -> N x 16 (pooled)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.adaptive_avg_pool2d(x[:, :1], 4).flatten(1)
+
+
+def test_three_feature_spaces_and_compare_side_by_side(classical: Path, tmp_path: Path) -> None:
+    inception = tmp_path / "inception.pt"
+    torch.jit.script(_TinyInception()).save(str(inception))
     other = tmp_path / "other"
     run_job(classical_config(name="report_other", filter=None,
+                             report={**FAST_REPORT, "features": ["domain", "random", "inception"],
+                                     "inception_path": str(inception)},
                              augment={"transforms": [{"name": "GaussNoise", "p": 1.0,
                                                       "params": {"std_range": [0.3, 0.5]}}]}), other)
+    report = load(other)
+    assert set(report["metrics"]) == {"domain", "random", "inception"}
+    assert "fid" in report["metrics"]["inception"]["classical"]["overall"]  # only Inception gives "FID"
+    assert "fd_random" in report["metrics"]["random"]["classical"]["overall"]
+    assert report["extractors"]["inception"]["sha256"] == hashlib.sha256(inception.read_bytes()).hexdigest()
     text, rows = compare(classical, other)
     assert "report_tiny" in text and "report_other" in text
-    by_job = {r["job"].split(" ")[0]: r for r in rows}
+    by_job = {(r["job"].split(" ")[0], r["features"]): r for r in rows}
     # Heavy noise is further from real digits than rotation, in the same feature space.
-    assert by_job["report_other"]["fd"] > by_job["report_tiny"]["fd"]
+    assert by_job["report_other", "domain"]["fd"] > by_job["report_tiny", "domain"]["fd"]
 
 
 def test_a_noise_generator_is_caught(tmp_path: Path) -> None:
