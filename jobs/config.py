@@ -285,6 +285,14 @@ class ReportConfig(_Strict):
                                                   "quantile of real-holdout distances is a near copy")
     grid_per_class: int = Field(8, ge=1, le=64)
     utility: UtilityConfig = UtilityConfig()
+    sweep: list[Annotated[float, Field(ge=0.0, le=50.0)]] = Field(
+        default_factory=list, description="generator jobs: guidance values (diffusion) or truncations (cgan; 0 = "
+                                          "off) to sample and measure, for the fidelity/diversity trade-off")
+    sweep_per_class: int = Field(20, ge=2, le=10_000)
+
+
+# Report settings that change the report but not a shard's bytes (row scores depend on the rest).
+REPORT_ONLY = {"utility", "sweep", "sweep_per_class", "kid_subsets", "kid_subset_size", "grid_per_class"}
 
 
 class FilterConfig(_Strict):
@@ -342,8 +350,9 @@ class JobConfig(_Strict):
         return self
 
     def content_hash(self) -> str:
-        """sha256 of everything that determines the output bytes (execution excluded)."""
-        content = self.model_dump(mode="json", exclude={"execution"})
+        """sha256 of everything that determines the shards' bytes: execution and the report's
+        presentation settings are left out, so changing those reruns only the report."""
+        content = self.model_dump(mode="json", exclude={"execution": True, "report": REPORT_ONLY})
         canonical = json.dumps(content, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()
 

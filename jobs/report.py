@@ -14,6 +14,7 @@ from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -199,14 +200,17 @@ def build_report(config: JobConfig, out: Path, real: RealSide, quality: dict[str
         report["notes"].append("no real holdout (split.holdout is 0): nothing to compare against")
 
     # 1. features, then metrics, per feature space
+    first_holdout = None
     sets = [real.train.images, real.holdout.images] + [rows.images for rows in synthetic.values()]
     bounds = np.cumsum([0] + [len(images) for images in sets])
     for kind in quality["kinds"]:
         # One Ray pass over every set: the actors start once per feature space.
         with _timed(f"{kind} features of {bounds[-1]:,} images"):
             every = embed(np.concatenate(sets), quality, kind, workers)
-        features = [every[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
+        features = [every[a:b] for a, b in pairwise(bounds)]
         train_f, holdout_f = features[0], features[1]
+        if kind == quality["kinds"][0] and len(holdout_f):
+            first_holdout = holdout_f
         synthetic_f = dict(zip(synthetic, features[2:]))
         describe = domain.describe() if kind == "domain" else _describe(kind, quality)
         report["extractors"][kind] = describe
@@ -225,7 +229,13 @@ def build_report(config: JobConfig, out: Path, real: RealSide, quality: dict[str
                                                    class_names, **common)
         report["metrics"][kind] = block
 
-    # 2. the domain classifier: Inception Score and label confidence
+    # 2. the generator's knob swept (fidelity vs diversity)
+    first = quality["kinds"][0]
+    if settings.sweep and config.generate is not None and first_holdout is not None:
+        with _timed("sweep"):
+            report["sweep"] = _sweep(config, out, real, quality, class_names, domain, first_holdout)
+
+    # 3. the domain classifier: Inception Score and label confidence
     if domain is not None:
         if len(real.holdout):
             report["inception_score"]["real_holdout"] = _is(inception_score, domain.probs(real.holdout.images))
@@ -234,12 +244,11 @@ def build_report(config: JobConfig, out: Path, real: RealSide, quality: dict[str
             report["inception_score"][tag] = _is(inception_score, probs)
             report["confidence"][tag] = _confidence(probs, rows.labels, class_names)
 
-    # 3. train on real / synthetic / both, test on the real holdout
+    # 4. train on real / synthetic / both, test on the real holdout
     with _timed("utility (train on real / synthetic / both)"):
         report["utility"] = _utility(config, real, synthetic, len(class_names))
 
-    # 4. verdicts, in the first feature space
-    first = quality["kinds"][0]
+    # 5. verdicts, in the first feature space
     key = distance_key(first)
     block = report["metrics"].get(first, {})
     floor = block.get("floor")
@@ -255,6 +264,29 @@ def build_report(config: JobConfig, out: Path, real: RealSide, quality: dict[str
         report["verdicts"][tag] = lines
     report["seconds"] = round(time.monotonic() - started, 1)
     return report, synthetic
+
+
+def _sweep(config: JobConfig, out: Path, real: RealSide, quality: dict[str, Any], class_names: list[str],
+           domain: Any, holdout_f: np.ndarray) -> dict[str, Any] | None:
+    from augment.report.compare import compare_sets
+    from jobs.quality import build_extractor
+    from jobs.sweep import sweep_rows, sweep_samples
+
+    settings = config.report
+    got = sweep_samples(config, out, class_names, settings.sweep_per_class, settings.sweep)
+    if got is None:
+        return None
+    knob, results = got
+    first = quality["kinds"][0]
+    extractor = build_extractor(first, quality, domain)
+    resized = {value: (np.stack([to_metric_size(im, real.size, real.channels) for im in images]), labels)
+               for value, (images, labels) in results.items()}
+
+    def compare(real_f: np.ndarray, fake_f: np.ndarray) -> dict[str, Any]:
+        return compare_sets(real_f, fake_f, extractor=first, k=settings.k, kid_subsets=settings.kid_subsets,
+                            kid_subset_size=settings.kid_subset_size, seed=derive_seed(config.seed, _KID))
+
+    return sweep_rows(knob, resized, extractor, domain.probs if domain is not None else None, holdout_f, compare)
 
 
 def _describe(kind: str, quality: dict[str, Any]) -> dict[str, Any]:

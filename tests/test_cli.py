@@ -169,3 +169,11 @@ def test_run_on_a_missing_folder_root_exits_2_with_one_line(tmp_path: Path) -> N
     assert "Traceback" not in done.stderr and done.stdout == ""
     messages = [line for line in done.stderr.splitlines() if line.startswith("synthaug:")]
     assert messages == [f"synthaug: {tmp_path / 'no-such-folder'}: image folder not found (or not a directory)"]
+
+
+def test_report_and_compare_name_what_is_missing(digits_run, tmp_path: Path) -> None:
+    _, out, _ = digits_run  # a finished job whose config switched the report off
+    missing = synthaug("compare", str(out), str(out), cwd=tmp_path)
+    assert missing.returncode == 2 and "report/report.json" in missing.stderr and "synthaug report" in missing.stderr
+    not_a_job = synthaug("report", str(tmp_path), cwd=tmp_path)
+    assert not_a_job.returncode == 2 and "not a synthaug job folder" in not_a_job.stderr

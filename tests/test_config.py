@@ -46,6 +46,23 @@ def test_execution_settings_do_not_change_the_hash() -> None:
     assert a.content_hash() != parse_config(with_("seed", 1)).content_hash()
 
 
+def test_report_presentation_settings_do_not_change_the_hash_but_scoring_ones_do() -> None:
+    a = parse_config(BASE)
+    shown = parse_config(with_("report", {"sweep": [0, 1], "utility": {"steps": 5}, "grid_per_class": 3}))
+    assert a.content_hash() == shown.content_hash()  # rerunning only redoes the report
+    for scoring in ({"k": 3}, {"features": ["random"]}, {"extractor_steps": 10}):
+        assert a.content_hash() != parse_config(with_("report", scoring)).content_hash()
+    assert a.content_hash() != parse_config(with_("filter", {"min_confidence": 0.5})).content_hash()
+
+
+def test_report_and_filter_errors_name_the_field() -> None:
+    assert "report.features[0]: 'fid'" in error_of(with_("report", {"features": ["fid"]}))
+    assert "report.reference.colour" in error_of(with_("report", {"reference": {"kind": "digits", "colour": "rgb"}}))
+    assert "filter.min_confidence: 1.5" in error_of(with_("filter", {"min_confidence": 1.5}))
+    assert "no synthetic rows to filter" in error_of({**with_("filter", {"drop_near_copies": True}),
+                                                      "quota": None, "augment": None})
+
+
 def test_probability_out_of_range_names_the_transform_index() -> None:
     raw = with_("augment", {"transforms": [{"name": "HorizontalFlip"}, {"name": "VerticalFlip"},
                                            {"name": "Transpose", "p": 1.5}]})

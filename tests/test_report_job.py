@@ -140,11 +140,14 @@ def test_a_noise_generator_is_caught(tmp_path: Path) -> None:
         "name": "noise", "seed": 2, "source": {"kind": "digits", "image_size": 16, "color": "gray"},
         "split": {"holdout": 0.2}, "quota": {"per_class": {str(c): 190 for c in range(10)}},
         "generate": {"kind": "cgan", "from_pretrained": str(model)},
-        "report": FAST_REPORT, "output": {"rows_per_shard": 400},
+        "report": {**FAST_REPORT, "sweep": [0, 0.5], "sweep_per_class": 10}, "output": {"rows_per_shard": 400},
     })
     out = tmp_path / "out"
     run_job(config, out)
     report = load(out)
+    assert report["sweep"]["parameter"] == "truncation" and [r["value"] for r in report["sweep"]["rows"]] == [0, 0.5]
+    assert all(0 <= r["precision"] <= 1 and r["confidence"] is not None for r in report["sweep"]["rows"])
+    assert "Sweep over truncation" in (out / "report" / "report.html").read_text()
     mine, floor = report["metrics"]["domain"]["cgan"]["overall"], report["metrics"]["domain"]["floor"]["overall"]
     assert mine["precision"] < 0.5 * floor["precision"]
     assert mine["fd_domain"] > 5 * floor["fd_domain"]

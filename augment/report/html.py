@@ -14,7 +14,12 @@ from typing import Any
 
 import numpy as np
 
-from augment.report.plots import per_class_bars, precision_recall_scatter, sample_grid
+from augment.report.plots import (
+    per_class_bars,
+    precision_recall_scatter,
+    sample_grid,
+    sweep_plot,
+)
 
 STYLE = """
 body { font-family: system-ui, -apple-system, 'Segoe UI', sans-serif; margin: 0 auto; max-width: 1180px;
@@ -245,6 +250,21 @@ def _utility(report: dict[str, Any]) -> str:
     return "\n".join(parts)
 
 
+def _sweep(report: dict[str, Any]) -> str:
+    sweep = report.get("sweep")
+    if not sweep:
+        return ""
+    knob = sweep["parameter"]
+    rows = "".join(f"<tr><td>{_fmt(r['value'], 2)}</td><td>{_fmt(r['precision'])}</td><td>{_fmt(r['recall'])}</td>"
+                   f"<td>{_fmt(r['coverage'])}</td><td>{_fmt(r['fd'])}</td><td>{_fmt(r['confidence'])}</td></tr>"
+                   for r in sweep["rows"])
+    return (f"<h2>Sweep over {html.escape(knob)}</h2><p class='caption'>The same seeds sampled at each value and "
+            "measured against the real holdout (first feature space): fidelity (precision, confidence) against "
+            "diversity (recall, coverage).</p><table><tr><th>" + html.escape(knob) + "</th><th>precision</th>"
+            "<th>recall</th><th>coverage</th><th>FD</th><th>confidence</th></tr>" + rows + "</table>"
+            + _img(sweep_plot(knob, sweep["rows"]), "sweep"))
+
+
 def _gate(report: dict[str, Any]) -> str:
     gate = report.get("filter", {})
     if not gate.get("active"):
@@ -257,7 +277,7 @@ def _gate(report: dict[str, Any]) -> str:
 
 def render_html(report: dict[str, Any], pictures: dict[str, Any], per_class: int = 8) -> str:
     body = [_header(report), _verdicts(report), _grids(report, pictures, per_class), _metric_tables(report),
-            _classifier(report), _utility(report), _gate(report)]
+            _sweep(report), _classifier(report), _utility(report), _gate(report)]
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>synthaug report — "
             f"{html.escape(report['job']['name'])}</title><style>{STYLE}</style></head><body>"
             + "\n".join(body) + "</body></html>\n")

@@ -72,6 +72,21 @@ def per_class_bars(class_names: list[str], series: dict[str, list[float | None]]
     return _png(fig)
 
 
+def sweep_plot(parameter: str, rows: list[dict[str, Any]]) -> bytes:
+    """Precision, recall, coverage and confidence against the swept generator knob."""
+    fig, ax = _figure(6.5, 3.6)
+    values = [row["value"] for row in rows]
+    for key, style in (("precision", "o-"), ("recall", "s-"), ("coverage", "^-"), ("confidence", "d--")):
+        ys = [np.nan if row.get(key) is None else row[key] for row in rows]
+        ax.plot(values, ys, style, label=key)
+    ax.set_xlabel(parameter + (" (0 = off)" if parameter == "truncation" else " w"))
+    ax.set_ylim(-0.02, 1.05)
+    ax.set_title(f"Fidelity vs diversity over {parameter}")
+    ax.grid(alpha=0.3)
+    ax.legend(frameon=False, fontsize=9, ncol=4, loc="lower center", bbox_to_anchor=(0.5, 1.1))
+    return _png(fig)
+
+
 def precision_recall_scatter(points: dict[str, dict[str, tuple[float, float]]], title: str) -> bytes:
     """Per-class (recall, precision) points, one marker per set; the class name labels each."""
     fig, ax = _figure(5.0, 4.4)
