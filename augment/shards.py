@@ -20,9 +20,10 @@ import json
 import os
 import uuid
 from collections import Counter
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence, get_args
+from typing import Any, get_args
 
 import numpy as np
 import pyarrow as pa
@@ -224,7 +225,8 @@ class ShardEntry:
                 "source_counts": dict(sorted(self.source_counts.items()))}
 
 
-def _sha256_file(path: Path) -> str:
+def file_sha256(path: Path) -> str:
+    """sha256 of a file, read in 1 MiB pieces (shards, model files)."""
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -279,7 +281,7 @@ def _entry(path: Path, table: pa.Table) -> ShardEntry:
     return ShardEntry(
         file=path.name,
         rows=table.num_rows,
-        sha256=_sha256_file(path),
+        sha256=file_sha256(path),
         class_counts=dict(sorted(Counter(label_names).items())),
         source_counts=dict(sorted(Counter(table.column("source").to_pylist()).items())),
     )
@@ -395,7 +397,7 @@ def verify_shards(shard_dir: Path) -> list[str]:
         if not path.is_file():
             problems.append(f"{entry.file}: missing")
             continue
-        digest = _sha256_file(path)
+        digest = file_sha256(path)
         if digest != entry.sha256:
             problems.append(f"{entry.file}: sha256 {digest} does not match the manifest's {entry.sha256}")
         try:

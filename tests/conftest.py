@@ -43,3 +43,15 @@ def shard_rows(folder: Path) -> list[tuple[str, bytes]]:
     table = pq.read_table(folder, columns=["id", "image"])
     images = (cell["bytes"] for cell in table.column("image").to_pylist())
     return sorted(zip(table.column("id").to_pylist(), images))
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread() -> Iterator[None]:
+    """Two shared cores: two OpenMP threads next to a busy neighbour spin-wait and run several
+    times slower; one thread is fast and keeps determinism checks like-for-like."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

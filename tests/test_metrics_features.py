@@ -4,7 +4,6 @@ inception on tiny TorchScript stand-ins)."""
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator
 from functools import lru_cache
 from pathlib import Path
 
@@ -32,14 +31,7 @@ from augment.metrics.features import (
 SHORT = {"steps": 150, "width": 16, "feature_dim": 64}  # >= 0.95 on digits in ~2 s on one core
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread() -> Iterator[None]:
-    # Two shared cores: two OpenMP threads next to a busy neighbour spin-wait and run
-    # several times slower; one thread is fast and keeps the determinism checks like-for-like.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @lru_cache(maxsize=1)

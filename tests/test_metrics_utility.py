@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from functools import lru_cache
 
 import numpy as np
 import pytest
-import torch
 
 from augment.images import resize_image
 from augment.metrics.utility import (
@@ -20,13 +18,7 @@ from augment.metrics.utility import (
 SHORT = {"steps": 150, "width": 16, "feature_dim": 64}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread() -> Iterator[None]:
-    # Two shared cores: one torch thread avoids OpenMP spin-waiting next to a busy neighbour.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @lru_cache(maxsize=1)

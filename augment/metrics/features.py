@@ -38,6 +38,7 @@ from augment.metrics.classifier import (
     preprocessing,
     train_classifier,
 )
+from augment.shards import file_sha256
 
 ExtractorName = Literal["domain", "random", "inception"]
 DEFAULT_WEAK_THRESHOLD = 0.8
@@ -69,14 +70,6 @@ def state_sha256(model: torch.nn.Module) -> str:
 
 def _state_bytes(model: torch.nn.Module) -> bytes:
     return save({k: v.detach().contiguous() for k, v in model.state_dict().items()})
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 class _CNNExtractor:
