@@ -32,6 +32,9 @@ def test_collapse_noise_copies_and_wrong_class_are_named() -> None:
 
 
 def test_fair_between_the_thresholds_and_none_without_samples() -> None:
-    assert judge(metrics(fd_domain=30.0), FLOOR, "fd_domain")["grade"] == "fair"
+    off = judge(metrics(fd_domain=30.0), FLOOR, "fd_domain")
+    assert off["grade"] == "fair" and "features off real: FD_DOMAIN 3.0x" in off["line"]
+    narrow = judge(metrics(recall=0.5), FLOOR, "fd_domain")
+    assert narrow["grade"] == "fair" and "less diverse than real: recall 0.50 vs real 0.80" in narrow["line"]
     assert judge({}, FLOOR, "fd_domain")["grade"] == "none"
     assert judge(metrics(n_synthetic=0), FLOOR, "fd_domain")["line"] == "no synthetic samples"

@@ -32,6 +32,9 @@ def compare_sets(real: np.ndarray, fake: np.ndarray, *, extractor: str, k: int, 
                  near_copy_threshold: float | None = None) -> dict[str, Any]:
     """FD, KID, precision/recall/density/coverage and realism of `fake` against `real`.
 
+    FD and the k-NN numbers move with the set sizes, so a larger `fake` is subsampled (seeded)
+    to `len(real)` for them (equal sizes, as Naeem et al. 2020 recommend): the floor and every
+    synthetic source are then measured alike. Realism and near copies use every sample.
     With `train` (real training features) and a threshold, also the fraction of `fake`
     closer to a training image than the threshold (near copies)."""
     result: dict[str, Any] = {"n_real": len(real), "n_synthetic": len(fake)}
@@ -39,21 +42,27 @@ def compare_sets(real: np.ndarray, fake: np.ndarray, *, extractor: str, k: int, 
     if len(real) < MIN_SET or len(fake) < MIN_SET:
         return {**result, key: None, "kid_mean": None, "kid_std": None, "precision": None, "recall": None,
                 "density": None, "coverage": None, "realism_median": None, "near_copy_fraction": None}
+    every_fake = fake
+    if len(fake) > len(real):
+        pick = np.random.default_rng(seed).choice(len(fake), size=len(real), replace=False)
+        fake = fake[np.sort(pick)]
+    result["n_compared"] = len(fake)
     real64, fake64 = np.asarray(real, np.float64), np.asarray(fake, np.float64)
     result[key] = float(frechet_distance(gaussian_stats(real64), gaussian_stats(fake64)))
-    size = min(kid_subset_size, len(real), len(fake))
+    # Subsets of at most half the smaller set, so that they differ and the std means something.
+    size = max(2, min(kid_subset_size, min(len(real), len(fake)) // 2))
     result["kid_mean"], result["kid_std"] = (float(v) for v in kid(real64, fake64, subsets=kid_subsets,
                                                                      subset_size=size, seed=seed))
     neighbours = min(k, len(real) - 1, len(fake) - 1)
     if neighbours >= 1:
         result.update({name: float(v) for name, v in prdc(real, fake, k=neighbours).items()})
         radii = kth_neighbour_radii(real, neighbours)
-        result["realism_median"] = float(np.median(realism_scores(real, radii, fake)))
+        result["realism_median"] = float(np.median(realism_scores(real, radii, every_fake)))
     else:
         result.update(precision=None, recall=None, density=None, coverage=None, realism_median=None)
     result["near_copy_fraction"] = None
     if train is not None and near_copy_threshold is not None and len(train):
-        nearest, _ = nearest_neighbours(np.asarray(fake, np.float32), np.asarray(train, np.float32))
+        nearest, _ = nearest_neighbours(np.asarray(every_fake, np.float32), np.asarray(train, np.float32))
         result["near_copy_fraction"] = float(np.mean(nearest <= near_copy_threshold))
     return result
 

@@ -18,6 +18,8 @@ from augment.report.plots import (
     per_class_bars,
     precision_recall_scatter,
     sample_grid,
+    sweep_label,
+    sweep_order,
     sweep_plot,
 )
 
@@ -255,9 +257,9 @@ def _sweep(report: dict[str, Any]) -> str:
     if not sweep:
         return ""
     knob = sweep["parameter"]
-    rows = "".join(f"<tr><td>{_fmt(r['value'], 2)}</td><td>{_fmt(r['precision'])}</td><td>{_fmt(r['recall'])}</td>"
+    rows = "".join(f"<tr><td>{sweep_label(knob, r['value'])}</td><td>{_fmt(r['precision'])}</td><td>{_fmt(r['recall'])}</td>"
                    f"<td>{_fmt(r['coverage'])}</td><td>{_fmt(r['fd'])}</td><td>{_fmt(r['confidence'])}</td></tr>"
-                   for r in sweep["rows"])
+                   for r in sweep_order(knob, sweep["rows"]))
     return (f"<h2>Sweep over {html.escape(knob)}</h2><p class='caption'>The same seeds sampled at each value and "
             "measured against the real holdout (first feature space): fidelity (precision, confidence) against "
             "diversity (recall, coverage).</p><table><tr><th>" + html.escape(knob) + "</th><th>precision</th>"

@@ -66,24 +66,36 @@ def per_class_bars(class_names: list[str], series: dict[str, list[float | None]]
     ax.set_title(title)
     ax.set_ylabel(ylabel)
     ax.grid(axis="y", alpha=0.3)
-    if len(series) > 1:  # above the axes, so it never hides a bar
-        ax.legend(frameon=False, fontsize=9, ncol=len(series), loc="lower center", bbox_to_anchor=(0.5, 1.08))
-        ax.set_title(title, pad=28)
+    if len(series) > 1:  # below the axes, so it never hides a bar or the title
+        ax.legend(frameon=False, fontsize=9, ncol=len(series), loc="upper center", bbox_to_anchor=(0.5, -0.12))
     return _png(fig)
 
 
+def sweep_order(parameter: str, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Rows from most diverse to most faithful: guidance ascending; truncation off (0) first,
+    then descending (a smaller truncation keeps z nearer the mode)."""
+    if parameter == "truncation":
+        return sorted(rows, key=lambda r: -np.inf if not r["value"] else -r["value"])
+    return sorted(rows, key=lambda r: r["value"])
+
+
+def sweep_label(parameter: str, value: float) -> str:
+    return "off" if parameter == "truncation" and not value else f"{value:g}"
+
+
 def sweep_plot(parameter: str, rows: list[dict[str, Any]]) -> bytes:
-    """Precision, recall, coverage and confidence against the swept generator knob."""
+    """Precision, recall, coverage and confidence at each swept value of the generator knob."""
     fig, ax = _figure(6.5, 3.6)
-    values = [row["value"] for row in rows]
+    rows = sweep_order(parameter, rows)
+    x = np.arange(len(rows))
     for key, style in (("precision", "o-"), ("recall", "s-"), ("coverage", "^-"), ("confidence", "d--")):
-        ys = [np.nan if row.get(key) is None else row[key] for row in rows]
-        ax.plot(values, ys, style, label=key)
-    ax.set_xlabel(parameter + (" (0 = off)" if parameter == "truncation" else " w"))
+        ax.plot(x, [np.nan if row.get(key) is None else row[key] for row in rows], style, label=key)
+    ax.set_xticks(x, [sweep_label(parameter, row["value"]) for row in rows])
+    ax.set_xlabel(f"{parameter} (towards fidelity →)")
     ax.set_ylim(-0.02, 1.05)
     ax.set_title(f"Fidelity vs diversity over {parameter}")
     ax.grid(alpha=0.3)
-    ax.legend(frameon=False, fontsize=9, ncol=4, loc="lower center", bbox_to_anchor=(0.5, 1.1))
+    ax.legend(frameon=False, fontsize=9, ncol=4, loc="upper center", bbox_to_anchor=(0.5, -0.2))
     return _png(fig)
 
 

@@ -14,7 +14,8 @@ from typing import Any
 
 # A number is a problem when it falls below this share of the floor's value.
 LOW_PRECISION, LOW_RECALL = 0.5, 0.5
-# FD above this multiple of the floor makes an otherwise good set "fair".
+# Below this share of the floor's precision/recall, or FD above FD_FAIR times the floor's: "fair".
+FAIR_SHARE = 0.8
 FD_FAIR = 2.0
 LOW_CONFIDENCE = 0.5
 NEAR_COPY_SHARE = 0.05
@@ -28,23 +29,30 @@ def _ratio(value: float | None, floor: float | None) -> float | None:
 
 def judge(metrics: dict[str, Any], floor: dict[str, Any] | None, distance_key: str,
           confidence: float | None = None, copies_expected: bool = False) -> dict[str, Any]:
-    """{"grade": good|fair|poor, "problems": [...], "line": "..."} for one class or overall.
+    """{"grade": good|fair|poor|none, "problems": [...], "line": "..."} for a class or overall.
 
-    "poor" needs a named problem (precision, recall, near copies, confidence); a large FD
-    alone only makes it "fair": FD moves with anything, including harmless augmentation.
+    poor: a named problem (precision or recall below half the floor's, near copies, low
+    confidence). fair: a weaker shortfall (precision or recall below FAIR_SHARE of the
+    floor's, or FD above FD_FAIR times the floor's; FD alone never makes "poor": it moves
+    with anything, harmless augmentation included). good: none of these.
     `copies_expected` (classical augmentation: children are transforms of training images)
     reports near copies as a note, not a problem."""
     if not metrics or metrics.get("n_synthetic", 0) == 0:
         return {"grade": "none", "problems": [], "line": "no synthetic samples"}
     floor = floor or {}
-    problems, notes = [], []
-    precision, recall = metrics.get("precision"), metrics.get("recall")
-    p_ratio, r_ratio = _ratio(precision, floor.get("precision")), _ratio(recall, floor.get("recall"))
-    if p_ratio is not None and p_ratio < LOW_PRECISION:
-        problems.append(f"unrealistic: precision {precision:.2f} vs real {floor['precision']:.2f}")
-    if r_ratio is not None and r_ratio < LOW_RECALL:
-        problems.append(f"low diversity (mode collapse?): recall {recall:.2f} vs real {floor['recall']:.2f}")
-    fd_ratio = _ratio(metrics.get(distance_key), floor.get(distance_key))
+    problems, shortfalls, notes = [], [], []
+    for name, label in (("precision", "less realistic than real"), ("recall", "less diverse than real")):
+        value, ref = metrics.get(name), floor.get(name)
+        ratio = _ratio(value, ref)
+        if ratio is None:
+            continue
+        said = f"{name} {value:.2f} vs real {ref:.2f}"
+        if ratio < (LOW_PRECISION if name == "precision" else LOW_RECALL):
+            problems.append(("unrealistic: " if name == "precision" else "low diversity (mode collapse?): ") + said)
+        elif ratio < FAIR_SHARE:
+            shortfalls.append(f"{label}: {said}")
+        else:
+            notes.append(said)
     near = metrics.get("near_copy_fraction")
     if near is not None and near > NEAR_COPY_SHARE:
         if copies_expected:
@@ -53,15 +61,18 @@ def judge(metrics: dict[str, Any], floor: dict[str, Any] | None, distance_key: s
             problems.append(f"copies training images: {near:.0%} near copies")
     if confidence is not None and confidence < LOW_CONFIDENCE:
         problems.append(f"often not its class: classifier confidence {confidence:.2f}")
+    fd_ratio = _ratio(metrics.get(distance_key), floor.get(distance_key))
     if fd_ratio is not None:
-        notes.insert(0, f"{distance_key.upper()} {fd_ratio:.1f}x the real-vs-real floor")
-    if recall is not None and floor.get("recall") is not None and not any("recall" in p for p in problems):
-        notes.append(f"recall {recall:.2f} vs real {floor['recall']:.2f}")
-    grade = "poor" if problems else ("fair" if fd_ratio is not None and fd_ratio > FD_FAIR else "good")
+        fd_said = f"{distance_key.upper()} {fd_ratio:.1f}x the real-vs-real floor"
+        if fd_ratio > FD_FAIR:
+            shortfalls.append(f"features off real: {fd_said}")
+        else:
+            notes.insert(0, fd_said)
     if problems:
-        line = f"{grade}: " + "; ".join(problems) + (f" ({notes[0]})" if fd_ratio is not None else "")
+        grade, said = "poor", problems + shortfalls
+    elif shortfalls:
+        grade, said = "fair", shortfalls
     else:
-        summary = {"good": "close to real and covers it",
-                   "fair": "covers real, but its features are visibly off real"}[grade]
-        line = f"{grade}: {summary}" + (f" ({', '.join(notes)})" if notes else "")
+        grade, said = "good", ["close to real and covers it"]
+    line = f"{grade}: " + "; ".join(said) + (f" ({', '.join(notes)})" if notes else "")
     return {"grade": grade, "problems": problems, "line": line}
