@@ -258,7 +258,7 @@ class UtilityConfig(_Strict):
     """Train the same small model on real / synthetic / both; test on the real holdout."""
 
     enabled: bool = True
-    steps: int = Field(400, ge=1, le=1_000_000, description="optimizer steps per trained model")
+    steps: int = Field(300, ge=1, le=1_000_000, description="optimizer steps per trained model")
     segmentation: bool = Field(True, description="also a small segmenter (mIoU) when the rows carry masks")
 
 
@@ -275,9 +275,9 @@ class ReportConfig(_Strict):
         None, description="real images to compare against when the job's own source is synthetic (a simulator)")
     k: int = Field(5, ge=1, le=100, description="neighbours for precision/recall/density/coverage and realism")
     max_per_source: int = Field(5000, ge=50, description="rows per synthetic source the metrics look at")
-    extractor_steps: int = Field(600, ge=1, le=1_000_000, description="training steps of the domain CNN")
+    extractor_steps: int = Field(400, ge=1, le=1_000_000, description="training steps of the domain CNN")
     input_size: int | None = Field(None, ge=8, le=1024,
-                                   description="the domain/random CNN's input size (default: min(image, 64))")
+                                   description="the domain/random CNN's input size (default: min(image, 32))")
     kid_subsets: int = Field(50, ge=1, le=10_000)
     kid_subset_size: int = Field(1000, ge=2)
     near_copy_quantile: float = Field(0.01, gt=0.0, lt=0.5,

@@ -25,8 +25,6 @@ from augment.images import decode_png
 from augment.seeding import derive_seed
 from jobs.config import JobConfig
 from jobs.quality import (
-    QUALITY_JSON,
-    REFERENCE_DIR,
     RealImages,
     RealSide,
     resize_mask,
@@ -386,8 +384,3 @@ def _json_default(value: Any) -> Any:
     if isinstance(value, np.ndarray):
         return value.tolist()
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
-
-
-def quality_saved(out: Path) -> dict[str, Any] | None:
-    path = out / REFERENCE_DIR / QUALITY_JSON
-    return json.loads(path.read_text()) if path.is_file() else None

@@ -239,8 +239,7 @@ class JobRunner:
             self._real = real_side(self.config, listed, rejected)
         return self._real
 
-    def report(self, listed: ListedSource, rejected: dict[str, Any], class_names: list[str],
-               quality: dict[str, Any] | None) -> Path | None:
+    def report(self, listed: ListedSource, rejected: dict[str, Any], class_names: list[str]) -> Path | None:
         """Metrics of the published shards against the real side; report.json + report.html."""
         from jobs.quality import prepare_reference
         from jobs.report import build_report, write_report
@@ -252,9 +251,9 @@ class JobRunner:
             log.warning("report skipped: %s", error)
             self._stage("report", status="skipped", reason=str(error))
             return None
-        if quality is None:
-            quality = prepare_reference(self.config, self.out, real.train, real.holdout, len(class_names),
-                                        real.channels, real.size)
+        # Reuses the saved reference when it was made with these settings, else remakes it.
+        quality = prepare_reference(self.config, self.out, real.train, real.holdout, len(class_names),
+                                    real.channels, real.size)
         usable = next(r for r in listed.train if r.id not in rejected)
         own_tag = None if self.config.report.reference is not None else listed.source.load(usable).source
         report, synthetic = build_report(self.config, self.out, real, quality, class_names, own_tag)
@@ -412,7 +411,7 @@ class JobRunner:
             self._contact_sheet(folders[every[0].split] / every[0].file, plan.class_names)
         # 6. The report reads what was published; it never changes a shard.
         if config.report.enabled:
-            self.report(listed, rejected, plan.class_names, quality)
+            self.report(listed, rejected, plan.class_names)
         train_rows = sum(s.rows for s in plan.train)
         holdout_rows = sum(s.rows for s in plan.holdout)
         self._save_job(status="complete")
@@ -487,9 +486,7 @@ def report_job(out: Path, *, address: str | None = None) -> Path | None:
         started_ray = init_ray(address, config.execution.num_cpus)
         quiet_data_context()
         try:
-            from jobs.report import quality_saved
-
-            return runner.report(listed, rejected, listed.class_names, quality_saved(out))
+            return runner.report(listed, rejected, listed.class_names)
         finally:
             if started_ray:
                 import ray
