@@ -116,12 +116,14 @@ def _grids(report: dict[str, Any], pictures: dict[str, Any], per_class: int) -> 
     if not pictures["synthetic"]:
         if not len(real[0]):
             return ""
-        if not (real[1] >= 0).any():  # unlabelled frames: a few rows of them
-            shown = real[0][: per_class * 4]
-            real, names = (shown, np.arange(len(shown)) // per_class), [f"frames {i + 1}" for i in range(4)]
-        png = sample_grid(real, (real[0][:0], real[1][:0]), names, per_class)
-        return f'<h2>Samples</h2><div class="grid">{_img(png, "real samples")}</div>' \
-               f'<p class="caption">One row per class: real training images.</p>'
+        caption, cell = "One row per class: training images.", 48
+        if not (real[1] >= 0).any():  # unlabelled frames: a few rows of them, larger
+            per_row = 4
+            shown = real[0][: per_row * 3]
+            real, names = (shown, np.arange(len(shown)) // per_row), ["", "", ""]
+            per_class, caption, cell = per_row, "Frames of this job (no class labels), at the metric size.", 96
+        png = sample_grid(real, (real[0][:0], real[1][:0]), names, per_class, cell=cell)
+        return f'<h2>Samples</h2><div class="grid">{_img(png, "samples")}</div><p class="caption">{caption}</p>'
     parts = ["<h2>Samples: real (left) beside synthetic (right)</h2>"]
     for tag, synthetic in pictures["synthetic"].items():
         labelled = synthetic[1] >= 0
@@ -143,6 +145,9 @@ def _metric_tables(report: dict[str, Any]) -> str:
               "floor</span> (real train against the same holdout, same feature space). Precision = fidelity, "
               "recall/coverage = diversity (k-NN manifolds, Kynkäänniemi 2019; Naeem 2020); realism ≥ 1 lies inside "
               "the real manifold; near copies: closer to a training image than the near-copy threshold.</p>")]
+    if not any(block for block in report["metrics"].values()):
+        return parts[0] + "<p>Nothing to compare: " + html.escape(
+            "; ".join(report.get("notes", [])) or "no real holdout or no synthetic rows") + ".</p>"
     for kind, block in report["metrics"].items():
         floor = block.get("floor")
         key = "fid" if kind == "inception" else f"fd_{kind}"
