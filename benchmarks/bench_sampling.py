@@ -1,7 +1,7 @@
 """Diffusion sampling: the service (`run_job` from a saved model) against a bare diffusers loop.
 
 Both sample the same saved model with the same batch size, scheduler (DDIM or DPM-Solver++,
-"trailing" timesteps on the model's training noise schedule), steps and guidance w, and
+timesteps spaced as `augment.generators.diffusion.timestep_spacing` says, on the model's training noise schedule), steps and guidance w, and
 do the same work per image: one forward of batch 2B (conditional + null class) per step,
 the classifier-free guidance combination, `scheduler.step`, uint8 conversion and PNG
 encoding (`augment.images.encode_png`).
@@ -105,11 +105,16 @@ def make_scheduler(folder: Path, name: str) -> Any:
     """The sampling scheduler on the saved training noise schedule, as the service builds it."""
     from diffusers import DDIMScheduler, DPMSolverMultistepScheduler
 
+    from diffusers import DDPMScheduler
+
+    from augment.generators.diffusion import timestep_spacing
+
+    spacing = timestep_spacing(DDPMScheduler.from_pretrained(folder))
     if name == "ddim":
-        return DDIMScheduler.from_pretrained(folder, timestep_spacing="trailing")
+        return DDIMScheduler.from_pretrained(folder, timestep_spacing=spacing, clip_sample=False)
     if name == "dpm++":
         return DPMSolverMultistepScheduler.from_pretrained(folder, algorithm_type="dpmsolver++", solver_order=2,
-                                                           timestep_spacing="trailing")
+                                                           timestep_spacing=spacing)
     raise SystemExit(f"--scheduler: {name!r} is not ddim or dpm++")
 
 

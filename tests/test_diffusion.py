@@ -230,3 +230,21 @@ def test_ddim_sampling_does_not_clip_the_x0_estimate() -> None:
     train = build_train_scheduler(DiffusionConfig())
     assert train.config.clip_sample  # the training config keeps diffusers' default...
     assert not make_sampling_scheduler(train, "ddim").config.clip_sample  # ...sampling does not clip
+
+
+@pytest.mark.parametrize("name", ["ddim", "dpm++", "ddpm"])
+def test_epsilon_models_never_start_sampling_at_zero_snr(name: str) -> None:
+    """From t = T-1 on the cosine schedule (ᾱ ≈ 2e-9) an epsilon model's x0 estimate blows up
+    and samples saturate; v-prediction models may start there."""
+    import dataclasses
+
+    from augment.generators.diffusion import DiffusionConfig, build_train_scheduler, make_sampling_scheduler
+
+    train = build_train_scheduler(DiffusionConfig())
+    sampler = make_sampling_scheduler(train, name)
+    sampler.set_timesteps(25)
+    assert float(train.alphas_cumprod[int(sampler.timesteps[0])]) > 1e-3
+    v_train = build_train_scheduler(dataclasses.replace(DiffusionConfig(), prediction_type="v_prediction"))
+    v_sampler = make_sampling_scheduler(v_train, name)
+    v_sampler.set_timesteps(25)
+    assert int(v_sampler.timesteps[0]) == v_train.config.num_train_timesteps - 1
