@@ -109,6 +109,7 @@ class RealSide:
     size: int
     channels: int
     origin: str  # "source" or "report.reference (<kind>)"
+    own_tag: str | None  # the `source` tag of the job's own rows; None: every row is compared
 
 
 def subsample(records: list[SourceRecord], limit: int, seed: int, stream: int) -> list[SourceRecord]:
@@ -125,8 +126,8 @@ def real_side(config: JobConfig, listed: Any, rejected: dict[str, Any]) -> RealS
     usable = [r for r in listed.train if r.id not in rejected]
     if not usable:
         raise ValueError("report: no usable training records to compare against")
-    first = listed.source.load(usable[0]).image
-    channels, size = int(first.shape[2]), metric_size(config, first)
+    first = listed.source.load(usable[0])
+    channels, size = int(first.image.shape[2]), metric_size(config, first.image)
     limit = config.report.max_per_source
     reference = config.report.reference
     if reference is None:
@@ -143,7 +144,9 @@ def real_side(config: JobConfig, listed: Any, rejected: dict[str, Any]) -> RealS
     if len(train) <= config.report.k:
         raise ValueError(f"report: {len(train)} real training images from the {origin}; report.k="
                          f"{config.report.k} needs more")
-    return RealSide(train, held, size, channels, origin)
+    # Against the job's own source, its rows are the real side; against a reference, all rows are compared.
+    own_tag = first.source if reference is None else None
+    return RealSide(train, held, size, channels, origin, own_tag)
 
 
 def metric_size(config: JobConfig, first_image: np.ndarray) -> int:
@@ -217,12 +220,22 @@ def prepare_reference(config: JobConfig, out: Path, real_train: RealImages, real
     return quality
 
 
+def load_domain(quality: dict[str, Any]) -> Any:
+    """The saved domain classifier, or None when the real side has no labels."""
+    from augment.metrics.features import DomainExtractor
+
+    return DomainExtractor.load(Path(quality["dir"]) / DOMAIN_DIR) if quality["domain"] else None
+
+
+def load_extractor(quality: dict[str, Any], kind: str) -> Any:
+    """Feature space `kind` as the saved reference defines it (loads only what it needs)."""
+    return build_extractor(kind, quality, load_domain(quality) if kind == "domain" else None)
+
+
 def load_scorer(quality: dict[str, Any]) -> Any:
     """The row scorer a shard worker builds once from the saved reference."""
-    from augment.metrics.features import DomainExtractor
     from augment.metrics.scoring import RealReference, RowScorer
 
-    folder = Path(quality["dir"])
-    domain = DomainExtractor.load(folder / DOMAIN_DIR) if quality["domain"] else None
+    domain = load_domain(quality)
     extractor = build_extractor(quality["kinds"][0], quality, domain)
-    return RowScorer(extractor, RealReference.load(folder), classifier=domain)
+    return RowScorer(extractor, RealReference.load(Path(quality["dir"])), classifier=domain)

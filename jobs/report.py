@@ -27,6 +27,8 @@ from jobs.config import JobConfig
 from jobs.quality import (
     RealImages,
     RealSide,
+    load_domain,
+    load_extractor,
     resize_mask,
     to_metric_size,
 )
@@ -98,11 +100,7 @@ class EmbedWorker:
     def __init__(self, quality: dict[str, Any], kind: str, images: list[Any]) -> None:
         import ray
 
-        from augment.metrics.features import DomainExtractor
-        from jobs.quality import DOMAIN_DIR, build_extractor
-
-        domain = DomainExtractor.load(Path(quality["dir"]) / DOMAIN_DIR) if kind == "domain" else None
-        self.extractor = build_extractor(kind, quality, domain)
+        self.extractor = load_extractor(quality, kind)
         self.images = ray.get(images[0])  # wrapped in a list so Ray hands over the reference
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -156,24 +154,22 @@ def _labelled(rows: RealImages | SyntheticRows) -> np.ndarray:
     return rows.labels >= 0
 
 
-def build_report(config: JobConfig, out: Path, real: RealSide, quality: dict[str, Any], class_names: list[str],
-                 own_tag: str | None) -> tuple[dict[str, Any], dict[str, SyntheticRows]]:
+def build_report(config: JobConfig, out: Path, real: RealSide, quality: dict[str, Any],
+                 class_names: list[str]) -> tuple[dict[str, Any], dict[str, SyntheticRows]]:
     """Every number of the report, and the synthetic rows it looked at (for the pictures)."""
     from augment.metrics.distribution import inception_score
-    from augment.metrics.features import DomainExtractor
     from augment.metrics.scoring import RealReference
     from augment.report.compare import compare_per_class, distance_key
     from augment.report.verdict import judge
-    from jobs.quality import DOMAIN_DIR
 
     started = time.monotonic()
     settings = config.report
     workers = config.execution.num_workers
-    synthetic = read_synthetic(out / "shards", own_tag, real.size, real.channels, settings.max_per_source,
+    synthetic = read_synthetic(out / "shards", real.own_tag, real.size, real.channels, settings.max_per_source,
                                config.seed)
     log.info("report: real %d train / %d holdout; synthetic %s", len(real.train), len(real.holdout),
              {k: len(v.images) for k, v in synthetic.items()} or "none")
-    domain = DomainExtractor.load(Path(quality["dir"]) / DOMAIN_DIR) if quality["domain"] else None
+    domain = load_domain(quality)
     reference = RealReference.load(Path(quality["dir"]))
     report: dict[str, Any] = {
         "schema": REPORT_SCHEMA,
@@ -210,7 +206,7 @@ def build_report(config: JobConfig, out: Path, real: RealSide, quality: dict[str
         if kind == quality["kinds"][0] and len(holdout_f):
             first_holdout = holdout_f
         synthetic_f = dict(zip(synthetic, features[2:]))
-        describe = domain.describe() if kind == "domain" else _describe(kind, quality)
+        describe = (domain if kind == "domain" else load_extractor(quality, kind)).describe()
         report["extractors"][kind] = describe
         common = {"extractor": kind, "k": settings.k, "kid_subsets": settings.kid_subsets,
                   "kid_subset_size": settings.kid_subset_size, "seed": derive_seed(config.seed, _KID),
@@ -286,12 +282,6 @@ def _sweep(config: JobConfig, out: Path, real: RealSide, quality: dict[str, Any]
                             kid_subset_size=settings.kid_subset_size, seed=derive_seed(config.seed, _KID))
 
     return sweep_rows(knob, resized, extractor, domain.probs if domain is not None else None, holdout_f, compare)
-
-
-def _describe(kind: str, quality: dict[str, Any]) -> dict[str, Any]:
-    from jobs.quality import build_extractor
-
-    return build_extractor(kind, quality).describe()
 
 
 def _is(fn: Any, probs: np.ndarray, seed: int) -> dict[str, float]:

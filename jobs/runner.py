@@ -254,9 +254,7 @@ class JobRunner:
         # Reuses the saved reference when it was made with these settings, else remakes it.
         quality = prepare_reference(self.config, self.out, real.train, real.holdout, len(class_names),
                                     real.channels, real.size)
-        usable = next(r for r in listed.train if r.id not in rejected)
-        own_tag = None if self.config.report.reference is not None else listed.source.load(usable).source
-        report, synthetic = build_report(self.config, self.out, real, quality, class_names, own_tag)
+        report, synthetic = build_report(self.config, self.out, real, quality, class_names)
         path = write_report(report, self.out, real, synthetic, self.config.report.grid_per_class)
         self._stage("report", status="done", path=str(path), seconds=report["seconds"])
         log.info("report: %s", path.with_name("report.html"))

@@ -18,7 +18,6 @@ import numpy as np
 
 from augment.metrics.knn import (
     kth_neighbour_radii,
-    memorisation,
     nearest_neighbours,
     realism_scores,
 )
@@ -115,11 +114,3 @@ def gate_reasons(scores: RowScores, *, min_realism: float | None, min_confidence
         if drop_near_copies and scores.near_copy[i]:
             reasons[i].append("near_copy")
     return reasons
-
-
-def memorisation_summary(synthetic_nearest: np.ndarray, reference: RealReference,
-                         holdout_nearest: np.ndarray | None) -> dict[str, Any] | None:
-    """Near copies among the synthetic rows, against the holdout-to-train distances."""
-    if holdout_nearest is None or not len(holdout_nearest) or not len(synthetic_nearest):
-        return None
-    return memorisation(synthetic_nearest, holdout_nearest, quantile=reference.near_copy_quantile)
