@@ -8,7 +8,9 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import signal
 import sys
+import threading
 import traceback
 from pathlib import Path
 
@@ -66,6 +68,22 @@ def _simulate_config(args: argparse.Namespace):
     return config
 
 
+def _keep_traceback(out: Path) -> str:
+    """Write the traceback to OUT/error.log; where that is impossible, to stderr."""
+    log_path = out / "error.log"
+    try:
+        log_path.write_text(traceback.format_exc())
+    except OSError:
+        traceback.print_exc(file=sys.stderr)
+        return "traceback above"
+    return f"traceback in {log_path}"
+
+
+def _terminated(signum: int, frame: object) -> None:
+    """SIGTERM unwinds like Ctrl-C: the lock is released and Ray shut down on the way out."""
+    raise KeyboardInterrupt
+
+
 def _run(args: argparse.Namespace) -> int:
     from jobs.config import load_config
     from jobs.runner import CONTACT_SHEET_FILE, JobFailed, run_job, summarize_rejections
@@ -80,10 +98,7 @@ def _run(args: argparse.Namespace) -> int:
         print(f"synthaug: job failed: {error}", file=sys.stderr)
         return EXIT_FAILED
     except Exception as error:  # noqa: BLE001 - the CLI turns any failure into one line + a log file
-        log_path = out / "error.log"
-        if out.is_dir():
-            log_path.write_text(traceback.format_exc())
-        print(f"synthaug: job failed: {type(error).__name__}: {error} (traceback in {log_path})", file=sys.stderr)
+        print(f"synthaug: job failed: {type(error).__name__}: {error} ({_keep_traceback(out)})", file=sys.stderr)
         return EXIT_FAILED
     counts = ", ".join(f"{name}={n}" for name, n in sorted(result.class_counts.items()))
     resumed = f", {result.resumed_shards} kept from an earlier run" if result.resumed_shards else ""
@@ -139,6 +154,8 @@ def _compare(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     args = _parser().parse_args(argv)
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _terminated)
     try:
         if args.command in ("run", "simulate"):
             return _run(args)

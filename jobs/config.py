@@ -12,7 +12,6 @@ import json
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from augment.errors import ConfigError
@@ -360,6 +359,12 @@ class JobConfig(_Strict):
 # --- loading --------------------------------------------------------------------------
 
 
+def _short_repr(value: Any, limit: int = 80) -> str:
+    """The offending value as written, cut short: a hostile config may hold a huge one."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit - 5]}... ({len(text):,} characters)"
+
+
 def format_validation_error(error: ValidationError, where: str) -> str:
     """One line per problem: `field.path[i].name: value — message`."""
     lines = []
@@ -370,7 +375,7 @@ def format_validation_error(error: ValidationError, where: str) -> str:
         for part in loc:
             path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
         value = item.get("input")
-        shown = "" if isinstance(value, dict) else f"{value!r} — "
+        shown = "" if isinstance(value, dict) else f"{_short_repr(value)} — "
         message = item["msg"].removeprefix("Value error, ")
         lines.append(f"{path or '(top level)'}: {shown}{message}")
     return f"{where}: invalid config\n  " + "\n  ".join(lines)
@@ -408,21 +413,14 @@ def parse_config(raw: Any, *, where: str = "config", base: Path | None = None) -
 
 
 def load_config(path: Path, *, source_overrides: dict[str, Any] | None = None) -> JobConfig:
-    """Read a YAML config with `safe_load` (python tags are refused) and validate it.
+    """Read a YAML config (safe, bounded: see `jobs.config_yaml`) and validate it.
 
     `source_overrides` (command-line flags) replace keys of `source` before validation,
     so they are checked, hashed and recorded like the rest of the config.
     """
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: config file not found") from None
-    except (OSError, UnicodeDecodeError) as error:
-        raise ConfigError(f"{path}: cannot read config: {error}") from None
-    try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as error:
-        raise ConfigError(f"{path}: not valid YAML (python tags are not allowed): {error}") from None
+    from jobs.config_yaml import read_yaml
+
+    raw = read_yaml(path)
     if source_overrides and isinstance(raw, dict) and isinstance(raw.get("source"), dict):
         raw["source"].update(source_overrides)
     return parse_config(raw, where=str(path), base=path.resolve().parent)

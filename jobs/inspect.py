@@ -44,10 +44,15 @@ def inspect_job(out: Path) -> tuple[str, list[str]]:
         raise ConfigError(f"{out}: no such job folder")
     sections, problems = [], []
     job_file = out / "job.json"
+    job: dict = {}
     if job_file.exists():
         job = json.loads(job_file.read_text())
         sections.append(f"job {job['config'].get('name')!r}  status={job.get('status')}  "
                         f"config_hash={job.get('config_hash', '')[:12]}")
+        if job.get("status") != "complete":
+            # A failed or unfinished job may hold a partial set: say so, whatever its shards look like.
+            cause = f": {job['error']}" if job.get("error") else ""
+            problems.append(f"the job is {job.get('status')!r}, not complete{cause}")
     found_any = False
     for split in ("shards", "holdout"):
         folder = out / split
@@ -63,7 +68,7 @@ def inspect_job(out: Path) -> tuple[str, list[str]]:
         counts = _cross_counts(folder, files)
         sections.append(_table(f"\n{split}/ ({len(files)} shards)", counts, manifest.class_names))
         problems += [f"{split}/{p}" for p in verify_shards(folder)]
-    if not found_any:
+    if not found_any and not job:
         raise ConfigError(f"{out}: holds no shards/ folder; is it a synthaug job folder?")
     rejected = out / "rejected.jsonl"
     if rejected.exists():

@@ -59,6 +59,9 @@ class JobLock:
                         f"if it is not, delete {self.path}"
                     ) from None
                 continue
+            except OSError as error:  # a read-only or foreign folder: a usage error, not a crash
+                raise ConfigError(f"{self.path.parent}: cannot write the job lock: {error.strerror or error}") \
+                    from None
             with os.fdopen(fd, "w") as handle:
                 json.dump(me, handle)
             self.held = True

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import Literal
+from typing import Literal, overload
 
 import numpy as np
 
@@ -26,6 +27,13 @@ Split = Literal["train", "holdout"]
 _SPLIT, _PARENTS, _CHILD = 1, 2, 3
 
 
+# A job's plan stays small whatever the quota: children and generated samples are
+# described by index ranges and expanded where a shard is made. These bound what one job
+# may ask for (the message names the limit) before anything is planned or started.
+MAX_PLANNED_ROWS = 10_000_000
+MAX_SHARD_ROWS = 100_000
+
+
 @dataclass(frozen=True)
 class ChildSpec:
     id: str
@@ -33,9 +41,42 @@ class ChildSpec:
 
 
 @dataclass(frozen=True)
+class ChildRange(Sequence[ChildSpec]):
+    """A parent's synthetic children, described rather than listed.
+
+    Child m has id `f"{prefix}{m}"` and the seed of plan index `first + m * stride`, so a
+    plan of millions of rows costs a few numbers per parent, and each seed is computed
+    where the child is made.
+    """
+
+    prefix: str
+    job_seed: int
+    length: int
+    first: int
+    stride: int
+
+    def __len__(self) -> int:
+        return self.length
+
+    @overload
+    def __getitem__(self, index: int) -> ChildSpec: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[ChildSpec]: ...
+
+    def __getitem__(self, index: int | slice) -> ChildSpec | list[ChildSpec]:
+        if isinstance(index, slice):
+            return [self[m] for m in range(*index.indices(self.length))]
+        if not -self.length <= index < self.length:
+            raise IndexError(index)
+        m = index % self.length
+        return ChildSpec(f"{self.prefix}{m}", derive_seed(self.job_seed, _CHILD, self.first + m * self.stride))
+
+
+@dataclass(frozen=True)
 class ParentSpec:
     record: SourceRecord
-    children: tuple[ChildSpec, ...]
+    children: ChildRange
 
 
 @dataclass(frozen=True)
@@ -48,12 +89,59 @@ class GeneratedSpec:
 
 
 @dataclass(frozen=True)
+class GeneratedRun:
+    """`count` consecutive samples of one class: the j-th of the class, plan index `first + m`."""
+
+    generator: str
+    class_name: str
+    label: int
+    job_seed: int
+    first_j: int
+    first: int
+    count: int
+
+    def spec(self, m: int) -> GeneratedSpec:
+        j = self.first_j + m
+        return GeneratedSpec(f"{self.generator}/{self.class_name}/{j:06d}", self.label,
+                             derive_seed(self.job_seed, _CHILD, self.first + m))
+
+
+@dataclass(frozen=True)
+class Generated(Sequence[GeneratedSpec]):
+    """A shard's class-conditional samples as runs; indexing and slicing expand them."""
+
+    runs: tuple[GeneratedRun, ...] = ()
+
+    def __len__(self) -> int:
+        return sum(run.count for run in self.runs)
+
+    @overload
+    def __getitem__(self, index: int) -> GeneratedSpec: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[GeneratedSpec]: ...
+
+    def __getitem__(self, index: int | slice) -> GeneratedSpec | list[GeneratedSpec]:
+        if isinstance(index, slice):
+            return [self[m] for m in range(*index.indices(len(self)))]
+        total = len(self)
+        if not -total <= index < total:
+            raise IndexError(index)
+        m = index % total
+        for run in self.runs:
+            if m < run.count:
+                return run.spec(m)
+            m -= run.count
+        raise IndexError(index)
+
+
+@dataclass(frozen=True)
 class ShardSpec:
     split: Split
     file: str
     parents: tuple[ParentSpec, ...]
     include_real: bool
-    generated: tuple[GeneratedSpec, ...] = ()
+    generated: Generated = Generated()
 
     @property
     def rows(self) -> int:
@@ -65,11 +153,8 @@ class ShardSpec:
     @staticmethod
     def from_json(text: str) -> ShardSpec:
         raw = json.loads(text)
-        parents = tuple(
-            ParentSpec(SourceRecord(**p["record"]), tuple(ChildSpec(**c) for c in p["children"]))
-            for p in raw["parents"]
-        )
-        generated = tuple(GeneratedSpec(**g) for g in raw.get("generated", ()))
+        parents = tuple(ParentSpec(SourceRecord(**p["record"]), ChildRange(**p["children"])) for p in raw["parents"])
+        generated = Generated(tuple(GeneratedRun(**run) for run in raw["generated"]["runs"]))
         return ShardSpec(raw["split"], raw["file"], parents, raw["include_real"], generated)
 
 
@@ -96,15 +181,21 @@ def split_records(
     return train, held
 
 
+def _class_index(quota: QuotaConfig, class_names: list[str]) -> dict[str, int]:
+    index = {name: i for i, name in enumerate(class_names)}
+    for name in quota.per_class or {}:
+        if name not in index:
+            raise ConfigError(f"quota.per_class: unknown class {name!r} (classes: {', '.join(class_names)})")
+    return index
+
+
 def synthetic_counts(quota: QuotaConfig, real: dict[int, int], class_names: list[str]) -> dict[int, int]:
     """Synthetic samples to make per class so that real + synthetic meets the quota."""
     present = {c: n for c, n in real.items() if n > 0}
     if quota.per_class is not None:
-        index = {name: i for i, name in enumerate(class_names)}
+        index = _class_index(quota, class_names)
         counts: dict[int, int] = {}
         for name, target in quota.per_class.items():
-            if name not in index:
-                raise ConfigError(f"quota.per_class: unknown class {name!r} (classes: {', '.join(class_names)})")
             have = present.get(index[name], 0)
             if target > 0 and have == 0:
                 raise ConfigError(f"quota.per_class[{name!r}]: {target} asked, but the class has no usable training samples")
@@ -125,35 +216,38 @@ def synthetic_counts(quota: QuotaConfig, real: dict[int, int], class_names: list
 
 def assign_children(
     train: list[SourceRecord], counts: dict[int, int], seed: int, source_name: str
-) -> dict[str, tuple[ChildSpec, ...]]:
+) -> dict[str, ChildRange]:
     """Spread each class's synthetic count over its parents (seeded permutation, round robin).
 
-    A child's seed derives from (job seed, its index in the plan); its id from the parent.
+    The class's j-th sample goes to the parent at position j mod P of the permutation, with
+    plan index (samples of earlier classes) + j; so a parent's children form an arithmetic
+    progression of plan indices, stored as a `ChildRange`. Ids derive from the parent.
     """
     by_label: dict[int, list[SourceRecord]] = {}
     for record in sorted(train, key=lambda r: r.id):
         if record.label is not None:
             by_label.setdefault(record.label, []).append(record)
-    children: dict[str, list[ChildSpec]] = {}
-    sample_index = 0
+    children: dict[str, ChildRange] = {}
+    offset = 0
     for label in sorted(counts):
         parents = by_label.get(label, [])
-        if counts[label] and not parents:
-            raise ConfigError(f"quota: class {label} needs {counts[label]} synthetic samples but has no parents")
+        wanted = counts[label]
+        if wanted and not parents:
+            raise ConfigError(f"quota: class {label} needs {wanted} synthetic samples but has no parents")
         order = np.random.default_rng(derive_seed(seed, _PARENTS, label)).permutation(len(parents))
-        for j in range(counts[label]):
-            parent = parents[int(order[j % len(parents)])]
-            siblings = children.setdefault(parent.id, [])
-            child_id = f"{parent.id}~{source_name}{len(siblings)}"
-            siblings.append(ChildSpec(child_id, derive_seed(seed, _CHILD, sample_index)))
-            sample_index += 1
-    return {pid: tuple(kids) for pid, kids in children.items()}
+        for position in range(min(len(parents), wanted)):
+            parent = parents[int(order[position])]
+            count = -(-(wanted - position) // len(parents))  # j = position, position + P, ... < wanted
+            children[parent.id] = ChildRange(f"{parent.id}~{source_name}", seed, count, offset + position,
+                                             len(parents))
+        offset += wanted
+    return children
 
 
 def pack_shards(
     split: Split,
     parents: list[SourceRecord],
-    children: dict[str, tuple[ChildSpec, ...]],
+    children: dict[str, ChildRange],
     *,
     rows_per_shard: int,
     include_real: bool,
@@ -170,7 +264,7 @@ def pack_shards(
         current, rows = [], 0
 
     for record in sorted(parents, key=lambda r: r.id):
-        kids = children.get(record.id, ())
+        kids = children.get(record.id) or ChildRange(f"{record.id}~", 0, 0, 0, 1)
         n = int(include_real) + len(kids)
         if n == 0:
             continue
@@ -185,19 +279,72 @@ def pack_shards(
 def plan_generated(
     counts: dict[int, int], seed: int, generator_name: str, class_names: list[str], *, rows_per_shard: int
 ) -> list[ShardSpec]:
-    """Shards of class-conditional samples: no parents; ids and seeds from (class, index)."""
-    specs: list[GeneratedSpec] = []
-    sample_index = 0
+    """Shards of class-conditional samples: no parents; ids and seeds from (class, index).
+
+    Samples are numbered class by class (plan index) and cut into shards of
+    `rows_per_shard`; a shard holds one run per class it touches.
+    """
+    shards: list[ShardSpec] = []
+    runs: list[GeneratedRun] = []
+    room = rows_per_shard
+
+    def close() -> None:
+        nonlocal runs, room
+        if runs:
+            shards.append(ShardSpec("train", f"{generator_name}-{len(shards):05d}.parquet", (), False,
+                                    Generated(tuple(runs))))
+        runs, room = [], rows_per_shard
+
+    index = 0
     for label in sorted(counts):
-        for j in range(counts[label]):
-            specs.append(GeneratedSpec(f"{generator_name}/{class_names[label]}/{j:06d}", label,
-                                       derive_seed(seed, _CHILD, sample_index)))
-            sample_index += 1
-    return [
-        ShardSpec("train", f"{generator_name}-{k:05d}.parquet", (), False,
-                  tuple(specs[start:start + rows_per_shard]))
-        for k, start in enumerate(range(0, len(specs), rows_per_shard))
-    ]
+        j = 0
+        while j < counts[label]:
+            take = min(room, counts[label] - j)
+            runs.append(GeneratedRun(generator_name, class_names[label], label, seed, j, index, take))
+            j, index, room = j + take, index + take, room - take
+            if room == 0:
+                close()
+    close()
+    return shards
+
+
+def check_plan_size(counts: dict[int, int], real: dict[int, int], class_names: list[str], *, rows: int,
+                    class_conditional: bool) -> None:
+    """Refuse, before anything is planned, a quota no job should hold: more than
+    `MAX_PLANNED_ROWS` rows in all (`rows` real ones plus the synthetic), or (classical:
+    a parent shares its shard with its children) more children per image than a shard holds."""
+    total = rows + sum(counts.values())
+    if total > MAX_PLANNED_ROWS:
+        raise ConfigError(f"quota: the job would write {total:,} rows; one job writes at most {MAX_PLANNED_ROWS:,} "
+                          "(split it into several jobs with different seeds)")
+    if class_conditional:
+        return
+    for label, wanted in sorted(counts.items()):
+        parents = real.get(label, 0)
+        per_parent = -(-wanted // parents) if parents else 0
+        if per_parent + 1 > MAX_SHARD_ROWS:
+            raise ConfigError(
+                f"quota: class {class_names[label]!r} needs {wanted:,} synthetic samples from {parents:,} training "
+                f"images, {per_parent:,} from each; an image and its children share a shard of at most "
+                f"{MAX_SHARD_ROWS:,} rows (lower the quota or add real images)")
+
+
+def precheck_quota(quota: QuotaConfig | None, class_names: list[str], train: list[SourceRecord],
+                   holdout_rows: int, *, include_real: bool, class_conditional: bool) -> None:
+    """The quota checks that need no pixels, run on the listed records before Ray starts:
+    unknown class names and sizes no job may hold. Rejected records only lower the real
+    counts, which can only raise the synthetic count per image, so nothing refused here
+    would pass after the scan."""
+    if quota is None:
+        return
+    real = dict(Counter(r.label for r in train if r.label is not None))
+    if quota.per_class is not None:
+        index = _class_index(quota, class_names)
+        counts = {index[name]: max(target - real.get(index[name], 0), 0) for name, target in quota.per_class.items()}
+    else:
+        counts = synthetic_counts(quota, real, class_names)
+    check_plan_size(counts, real, class_names, rows=len(train) * int(include_real) + holdout_rows,
+                    class_conditional=class_conditional)
 
 
 @dataclass(frozen=True)
@@ -239,8 +386,10 @@ def make_plan(
     """
     real = Counter(r.label for r in train if r.label is not None)
     counts = {} if quota is None else synthetic_counts(quota, dict(real), class_names)
+    check_plan_size(counts, dict(real), class_names, rows=len(train) * int(include_real) + len(holdout),
+                    class_conditional=class_conditional)
     if class_conditional:
-        children: dict[str, tuple[ChildSpec, ...]] = {}
+        children: dict[str, ChildRange] = {}
         generated = plan_generated(counts, seed, source_name, class_names, rows_per_shard=rows_per_shard)
     else:
         children = assign_children(train, counts, seed, source_name)

@@ -72,7 +72,7 @@ def test_validate_refuses_a_python_tag_without_running_it(tmp_path: Path) -> Non
     """)
     done = synthaug("validate", str(config), cwd=tmp_path)
     assert done.returncode == 2
-    assert str(config) in done.stderr and "python tags are not allowed" in done.stderr
+    assert str(config) in done.stderr and "python/object/apply:os.system' is not allowed" in done.stderr
     assert "Traceback" not in done.stderr
     assert not marker.exists()
 
