@@ -5,6 +5,12 @@ be bad into an `InputRejected` with a reason (so one broken file is skipped, nev
 and turns every accepted file into one array layout: uint8 HxWx3 (`color="rgb"`) or
 uint8 HxWx1 (`color="gray"`).
 
+Files are read with `read_regular_file`: only regular files (symlinks to them are
+followed; a FIFO, socket or device is refused *before* it is opened, so a FIFO named
+``x.png`` cannot hang a worker), and only up to a size bound checked before reading
+(`max_file_bytes`: what a `max_pixels` image can need), so a 1.5 GB sparse file is
+refused without being read.
+
 Checks, in order: an empty file; bytes Pillow cannot identify; a pixel count
 (width * height from the header) above `max_pixels`, checked *before* any pixel is
 decoded (a decompression bomb); pixel data that is truncated or corrupt (pixels are
@@ -29,6 +35,8 @@ Mode rule (how a file's pixel mode becomes the target colour):
 from __future__ import annotations
 
 import io
+import os
+import stat
 import struct
 import warnings
 import zlib
@@ -43,6 +51,15 @@ from augment.errors import InputRejected
 Color = Literal["rgb", "gray"]
 COLORS: tuple[str, ...] = ("rgb", "gray")
 DEFAULT_MAX_PIXELS = 40_000_000
+# Bound on an image file's size, checked before reading it. The widest pixel among modes
+# we decode is 8 bytes (16-bit RGBA / CMYK); stored uncompressed (TIFF, BMP, PNG with
+# stored deflate blocks) a frame takes about that per pixel, and compression only makes it
+# smaller. The headroom covers headers, palettes, row padding and metadata (ICC profiles,
+# EXIF, XMP, PNG text chunks) and the later frames of small animations (only the first is
+# used). The bound is generous on purpose: it only refuses absurd files (GB-sized, sparse)
+# without reading them; `max_pixels` stays the real limit, checked on the header.
+MAX_BYTES_PER_PIXEL = 8
+FILE_HEADROOM_BYTES = 16 * 2**20
 
 # Modes Pillow converts directly to RGB / L.
 _PLAIN_MODES = {"1", "L", "P", "RGB", "CMYK", "YCbCr", "LAB", "HSV"}
@@ -146,6 +163,73 @@ def decode_image(
         return _to_array(image, color, path)
 
 
+def max_file_bytes(max_pixels: int) -> int:
+    """The largest image file accepted for a `max_pixels` limit (see MAX_BYTES_PER_PIXEL)."""
+    return MAX_BYTES_PER_PIXEL * max_pixels + FILE_HEADROOM_BYTES
+
+
+def format_bytes(size: int) -> str:
+    """A byte count for messages: '1.6 GB', '336.8 MB', '512 bytes' (decimal units)."""
+    for unit, scale in (("GB", 10**9), ("MB", 10**6), ("kB", 10**3)):
+        if size >= scale:
+            return f"{size / scale:.1f} {unit}"
+    return f"{size} bytes"
+
+
+_FILE_TYPES = (
+    (stat.S_ISDIR, "directory"),
+    (stat.S_ISFIFO, "FIFO"),
+    (stat.S_ISSOCK, "socket"),
+    (stat.S_ISCHR, "character device"),
+    (stat.S_ISBLK, "block device"),
+)
+
+
+def _check_regular(info: os.stat_result, name: str, max_bytes: int, bound: str) -> None:
+    if not stat.S_ISREG(info.st_mode):
+        kind = next((k for test, k in _FILE_TYPES if test(info.st_mode)), "unknown type")
+        if kind == "directory":
+            raise InputRejected(name, "is a directory, not a file")
+        raise InputRejected(name, f"not a regular file ({kind})")
+    if info.st_size > max_bytes:
+        raise InputRejected(name, f"file too large: {format_bytes(info.st_size)}, more than {bound}")
+
+
+def read_regular_file(path: Path, *, name: str, max_bytes: int, bound: str | None = None) -> bytes:
+    """The bytes of the regular file at `path` (symlinks followed), at most `max_bytes`.
+
+    Raises `InputRejected(name, reason)` for a missing file, a directory, anything that is
+    not a regular file (FIFO, socket, device), or a file larger than `max_bytes`; `bound`
+    says what the limit is ("the 336.8 MB a 40,000,000-pixel image can need"). The type and
+    size are checked with stat() before opening (opening a FIFO would block until a writer
+    comes) and again with fstat() on the opened file (it may have been swapped in between);
+    O_NONBLOCK is a last guard: a FIFO opened that way returns at once.
+    """
+    bound = bound or f"the {format_bytes(max_bytes)} limit"
+    try:
+        _check_regular(os.stat(path), name, max_bytes, bound)
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except FileNotFoundError:
+        raise InputRejected(name, "file not found") from None
+    except OSError as exc:
+        raise InputRejected(name, f"cannot read file: {exc.strerror or exc}") from None
+    try:
+        with os.fdopen(fd, "rb") as handle:
+            _check_regular(os.fstat(handle.fileno()), name, max_bytes, bound)
+            data = handle.read(max_bytes + 1)  # +1: a file that grew since fstat is seen
+    except OSError as exc:
+        raise InputRejected(name, f"cannot read file: {exc.strerror or exc}") from None
+    if len(data) > max_bytes:
+        raise InputRejected(name, f"file too large: more than {bound}")
+    return data
+
+
+def image_file_bound(max_pixels: int) -> tuple[int, str]:
+    """(max_file_bytes, how to say it) for an image read under `max_pixels`."""
+    limit = max_file_bytes(max_pixels)
+    return limit, f"the {format_bytes(limit)} a {max_pixels:,}-pixel image can need"
+
+
 def load_image_file(
     path: Path,
     *,
@@ -156,9 +240,11 @@ def load_image_file(
 ) -> np.ndarray:
     """Read and decode the image at `path` (absolute, or relative to `root`).
 
-    Refuses a path that resolves (symlinks followed) outside `root`, a missing file and a
-    directory. `name` is the path reported in `InputRejected` (default: `path` relative to
-    `root` when it is under it, else `path` as given).
+    Refuses a path that resolves (symlinks followed) outside `root`, a missing file, a
+    directory, anything but a regular file (a FIFO, a device) and a file larger than
+    `max_file_bytes(max_pixels)` (see `read_regular_file`). `name` is the path reported in
+    `InputRejected` (default: `path` relative to `root` when it is under it, else `path`
+    as given).
     """
     path = Path(path)
     root = Path(root)
@@ -173,14 +259,8 @@ def load_image_file(
     real = path.resolve()
     if not real.is_relative_to(real_root):
         raise InputRejected(name, f"path escapes the dataset root {root} (resolves to {real})")
-    if not real.exists():
-        raise InputRejected(name, "file not found")
-    if real.is_dir():
-        raise InputRejected(name, "is a directory, not an image file")
-    try:
-        data = real.read_bytes()
-    except OSError as exc:
-        raise InputRejected(name, f"cannot read file: {exc.strerror or exc}") from None
+    limit, bound = image_file_bound(max_pixels)
+    data = read_regular_file(real, name=name, max_bytes=limit, bound=bound)
     return decode_image(data, path=name, color=color, max_pixels=max_pixels)
 
 

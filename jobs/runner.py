@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
+import signal
 import sys
 import threading
 import time
@@ -22,7 +24,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from augment.errors import ConfigError
+from augment.errors import ConfigError, reason_kind
 from augment.shards import (
     MANIFEST_NAME,
     ShardEntry,
@@ -32,7 +34,7 @@ from augment.shards import (
 from augment.sources.base import SourceRecord
 from jobs.config import JobConfig
 from jobs.lock import LOCK_NAME, JobLock
-from jobs.plan import Plan, ShardSpec, make_plan, split_records
+from jobs.plan import Plan, ShardSpec, make_plan, precheck_quota, split_records
 from jobs.sources import build_source
 
 log = logging.getLogger("synthaug")
@@ -77,6 +79,18 @@ def _write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
     tmp.replace(path)
+
+
+def make_out(out: Path) -> None:
+    """Create the job folder, or say plainly why it cannot be (a usage error, exit 2)."""
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out}: exists and is not a folder")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise ConfigError(f"--out {out}: cannot create the job folder: {error.strerror or error}") from None
+    if not os.access(out, os.W_OK | os.X_OK):
+        raise ConfigError(f"--out {out}: the job folder is not writable")
 
 
 def prepare_out(out: Path, config: JobConfig, overwrite: bool) -> dict[str, Any] | None:
@@ -130,6 +144,13 @@ def list_source(config: JobConfig) -> ListedSource:
     if not records:
         raise ConfigError(f"source: the {config.source.kind} source has no records")
     train, holdout = split_records(records, config.split.holdout, config.seed)
+    # Quota mistakes (unknown class, a size no job may hold) are found here, before Ray starts.
+    precheck_quota(config.quota, source.class_names, train, len(holdout), include_real=config.output.include_real,
+                   class_conditional=config.generate is not None)
+    if config.generate is not None:
+        from jobs.generators import sample_kwargs
+
+        sample_kwargs(config.generate, source.class_names)
     log.info("source: %d records, %d classes; split %d train / %d holdout",
              len(records), len(source.class_names), len(train), len(holdout))
     return ListedSource(source.class_names, records, train, holdout, bool(getattr(source, "trusted", False)), source)
@@ -355,6 +376,10 @@ class JobRunner:
         with open(self.out / REJECTED_FILE, "w") as handle:
             handle.writelines(json.dumps(row) + "\n" for row in rejected_rows)
         self._stage("scan", records=len(records), rejected=len(rejected))
+        if not any(r.id not in rejected for r in train):
+            raise ConfigError(
+                f"source: none of the {len(train)} training records is usable, nothing to write; "
+                f"{summarize_rejections(rejected_rows)}")
 
         # 3. Plan shards over the usable records.
         plan = make_plan(
@@ -425,24 +450,37 @@ class JobRunner:
         )
 
 
+def _init_ray_keeping_sigterm(address: str | None, num_cpus: int | None) -> bool:
+    """`init_ray`, then give SIGTERM back to Python: Ray's core worker installs a C++
+    handler in the driver that aborts the process, which would leave the job lock and a
+    "running" job.json behind instead of unwinding like Ctrl-C."""
+    from jobs.ray_compat import init_ray
+
+    handler = signal.getsignal(signal.SIGTERM)
+    started = init_ray(address, num_cpus)
+    if callable(handler) and threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, handler)
+    return started
+
+
 def run_job(config: JobConfig, out: Path, *, address: str | None = None, overwrite: bool = False) -> JobResult:
     """Run `config` into `out` (resuming if it holds the same job)."""
-    from jobs.ray_compat import init_ray, quiet_data_context
+    from jobs.ray_compat import quiet_data_context
 
     out = out.resolve()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.mkdir(exist_ok=True)
+    make_out(out)
     with JobLock(out):
         previous = prepare_out(out, config, overwrite)
         listed = list_source(config)
         runner = JobRunner(config, out)
-        started_ray = init_ray(address, config.execution.num_cpus)
+        started_ray = _init_ray_keeping_sigterm(address, config.execution.num_cpus)
         quiet_data_context()
         try:
             return runner.run(previous, listed)
-        except BaseException:
+        except BaseException as error:
             if runner.job:
-                runner._save_job(status="failed")
+                status = "interrupted" if isinstance(error, KeyboardInterrupt) else "failed"
+                runner._save_job(status=status, error=f"{type(error).__name__}: {error}"[:2000])
             raise
         finally:
             if started_ray:
@@ -452,9 +490,11 @@ def run_job(config: JobConfig, out: Path, *, address: str | None = None, overwri
 
 
 def summarize_rejections(rejected: list[dict[str, str]]) -> str:
+    """One line: how many records were rejected, grouped by the kind of reason."""
     if not rejected:
         return "rejected: none"
-    reasons = Counter(row["reason"].split(":")[0] for row in rejected)
+    # Grouped by kind, not by raw text: "annotation 1: ..." and "annotation 2: ..." are one kind.
+    reasons = Counter(reason_kind(row["reason"]) for row in rejected)
     parts = ", ".join(f"{n} {reason}" for reason, n in reasons.most_common(4))
     return f"rejected {len(rejected)} records ({parts}); see {REJECTED_FILE}"
 
@@ -462,7 +502,7 @@ def summarize_rejections(rejected: list[dict[str, str]]) -> str:
 def report_job(out: Path, *, address: str | None = None) -> Path | None:
     """Recompute OUT/report/ for the shards a finished job published (they stay untouched)."""
     from jobs.config import parse_config
-    from jobs.ray_compat import init_ray, quiet_data_context
+    from jobs.ray_compat import quiet_data_context
 
     out = out.resolve()
     job_file = out / JOB_FILE
@@ -481,7 +521,7 @@ def report_job(out: Path, *, address: str | None = None) -> Path | None:
             rejected = {row["id"]: row for row in rows}
         runner = JobRunner(config, out)
         runner.job = previous
-        started_ray = init_ray(address, config.execution.num_cpus)
+        started_ray = _init_ray_keeping_sigterm(address, config.execution.num_cpus)
         quiet_data_context()
         try:
             return runner.report(listed, rejected, listed.class_names)

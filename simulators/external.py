@@ -21,7 +21,10 @@ not mapped make the record rejected (``unknown="reject"``) or get the class
 Records: id ``external/<stem relative to the frames folder, POSIX>``, ref the frame's
 path relative to ``root``, label None (a frame has no single class). Entries starting
 with '.' are skipped, symlinked sub-folders are not followed, and `load` refuses frames
-and label images that resolve outside ``root``. Two frames with the same stem (``a.png``
+and label images that resolve outside ``root``, that are not regular files (a FIFO named
+``x.png``) or that are larger than a ``max_pixels`` image can need. A frame whose file
+name is not valid UTF-8 is listed with its bytes escaped in its id and ref and rejected
+("file name is not valid UTF-8"). Two frames with the same stem (``a.png``
 and ``a.jpg``) make the layout ambiguous: `ConfigError`.
 
 `load` returns the frame (uint8 HxWx3) and its mask (uint16 HxW class ids), resized to
@@ -46,11 +49,13 @@ from augment.images import (
     # values, not `decode_image`'s colour conversion.
     _open_checked,
     _uint16_gray,
+    image_file_bound,
     load_image_file,
+    read_regular_file,
     resize_image,
 )
 from augment.sample import Sample
-from augment.sources.base import ListedRecordsSource, SourceRecord, check_class_name
+from augment.sources.base import ListedRecordsSource, SourceRecord, check_class_name, listed_name
 from augment.sources.folder import walk_files
 
 FRAME_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"})
@@ -197,11 +202,13 @@ class ExternalFramesSource(ListedRecordsSource):
             extensions = ", ".join(sorted(FRAME_EXTENSIONS))
             raise ConfigError(f"{frames_dir}: frames folder has no image files ({extensions})")
         by_id: dict[str, SourceRecord] = {}
+        self._refused: dict[str, str] = {}
         for file in files:
-            stem = file.relative_to(frames_dir).with_suffix("").as_posix()
-            record = SourceRecord(
-                id=f"external/{stem}", label=None, ref=file.relative_to(self.root).as_posix()
-            )
+            stem, _ = listed_name(file.relative_to(frames_dir).with_suffix("").as_posix())
+            ref, refused = listed_name(file.relative_to(self.root).as_posix())
+            record = SourceRecord(id=f"external/{stem}", label=None, ref=ref)
+            if refused is not None:
+                self._refused[ref] = refused
             if record.id in by_id:
                 raise ConfigError(
                     f"{frames_dir}: frames {by_id[record.id].ref!r} and {record.ref!r} "
@@ -254,6 +261,7 @@ class ExternalFramesSource(ListedRecordsSource):
         return keys, values
 
     def load(self, record: SourceRecord) -> Sample:
+        self._check_refused(record)
         name = record.ref
         try:
             rel = PurePosixPath(name).relative_to(self._frames)
@@ -289,7 +297,7 @@ class ExternalFramesSource(ListedRecordsSource):
     def _find_label(self, name: str, label_rel: PurePosixPath) -> Path:
         """The label file of a frame: `label_rel`, with a '.png' suffix in any case."""
         exact = self.root / label_rel
-        if exact.is_file():
+        if exact.exists():  # not only regular files: `_read_label` says what else it is
             return exact
         folder = exact.parent
         stem = label_rel.stem
@@ -313,10 +321,11 @@ class ExternalFramesSource(ListedRecordsSource):
             raise InputRejected(
                 name, f"label {where} escapes the dataset root {self.root} (resolves to {real})"
             )
+        limit, bound = image_file_bound(self.max_pixels)
         try:
-            data = real.read_bytes()
-        except OSError as exc:
-            raise InputRejected(name, f"cannot read label {where}: {exc.strerror or exc}") from None
+            data = read_regular_file(real, name=where, max_bytes=limit, bound=bound)
+        except InputRejected as exc:
+            raise InputRejected(name, f"label {where}: {exc.reason}") from None
         try:
             with _open_checked(data, where, self.max_pixels) as label:
                 if label.format != "PNG":

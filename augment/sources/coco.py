@@ -25,10 +25,22 @@ from typing import Any
 import numpy as np
 import pycocotools.mask as mask_utils
 
-from augment.errors import ConfigError, InputRejected
-from augment.images import DEFAULT_MAX_PIXELS, Color, check_color, load_image_file
+from augment.errors import ConfigError, InputRejected, is_valid_unicode
+from augment.images import (
+    DEFAULT_MAX_PIXELS,
+    Color,
+    check_color,
+    format_bytes,
+    load_image_file,
+    read_regular_file,
+)
 from augment.sample import Box, Sample
 from augment.sources.base import ListedRecordsSource, SourceRecord, check_class_name
+
+
+# The largest COCO-format files in use (LVIS v1 train, 1.1 GB) fit; parsing a bigger JSON
+# document needs tens of GB of memory, so such a file is refused before it is read.
+MAX_ANNOTATIONS_BYTES = 2 * 2**30
 
 
 @dataclass(frozen=True)
@@ -119,9 +131,14 @@ class CocoSource(ListedRecordsSource):
         if not self.images_root.is_dir():
             raise ConfigError(f"{self.images_root}: COCO images folder not found (or not a directory)")
         try:
-            document = json.loads(self.annotations_path.read_text(encoding="utf-8"))
-        except OSError as exc:
-            raise ConfigError(f"{where}: cannot read COCO annotations: {exc.strerror or exc}") from None
+            data = read_regular_file(
+                self.annotations_path, name=where, max_bytes=MAX_ANNOTATIONS_BYTES,
+                bound=f"the {format_bytes(MAX_ANNOTATIONS_BYTES)} limit for COCO annotation files",
+            )
+        except InputRejected as exc:
+            raise ConfigError(f"{where}: cannot read COCO annotations: {exc.reason}") from None
+        try:
+            document = json.loads(data.decode("utf-8"))
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise ConfigError(f"{where}: not valid JSON: {exc}") from None
         if not isinstance(document, dict):
@@ -172,6 +189,9 @@ class CocoSource(ListedRecordsSource):
             image_id = entry.get("id") if isinstance(entry, dict) else None
             if not (_is_int(image_id) or (isinstance(image_id, str) and image_id)):
                 raise ConfigError(f"{where}: images[{i}] needs an integer or string 'id'")
+            if isinstance(image_id, str) and not is_valid_unicode(image_id):
+                # JSON's "\udcff" escapes decode to lone surrogates: no valid record id.
+                raise ConfigError(f"{where}: images[{i}]: id {image_id!r} is not valid Unicode text")
             if image_id in entries:
                 raise ConfigError(f"{where}: images[{i}]: duplicate image id {image_id!r}")
             entries[image_id] = entry
@@ -214,6 +234,8 @@ class CocoSource(ListedRecordsSource):
         file_name = entry.get("file_name")
         if not isinstance(file_name, str) or not file_name:
             raise InputRejected(record.id, "image entry has no 'file_name'")
+        if not is_valid_unicode(file_name):  # "\udcff" escapes in the JSON text
+            raise InputRejected(file_name, "file_name is not valid Unicode text (lone surrogate escapes)")
         pure = PurePosixPath(file_name.replace("\\", "/"))
         windows = PureWindowsPath(file_name)
         if pure.is_absolute() or windows.is_absolute() or windows.drive or ".." in pure.parts:

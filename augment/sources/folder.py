@@ -7,6 +7,11 @@
 Class names are the sorted sub-folder names; entries starting with '.' are ignored
 everywhere. Symlinked files are listed, but `load` refuses any that resolve outside
 `root`; symlinked sub-folders inside a class folder are not followed.
+
+Every listed file becomes a record, and `load` (through `load_image_file`) rejects what is
+not a usable image: a FIFO or device named like an image, an oversized file. A file name
+that is not valid UTF-8 is listed under a readable id with its bytes escaped
+(``cat/g\\xff.png``) and rejected as "file name is not valid UTF-8" (see `listed_name`).
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ from augment.images import (
     resize_image,
 )
 from augment.sample import Sample
-from augment.sources.base import ListedRecordsSource, SourceRecord, check_class_name
+from augment.sources.base import ListedRecordsSource, SourceRecord, check_class_name, listed_name
 
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"})
 
@@ -69,18 +74,27 @@ class ImageFolderSource(ListedRecordsSource):
         if not class_dirs:
             raise ConfigError(f"{self.root}: no class folders (expected one sub-folder per class)")
         self._class_names = [check_class_name(p.name, str(p)) for p in class_dirs]
-        records: list[SourceRecord] = []
+        records: dict[str, SourceRecord] = {}
+        self._refused: dict[str, str] = {}
         for label, class_dir in enumerate(class_dirs):
             files = walk_files(class_dir)
             if not files:
                 extensions = ", ".join(sorted(IMAGE_EXTENSIONS))
                 raise ConfigError(f"{class_dir}: class folder has no image files ({extensions})")
             for file in files:
-                rel = file.relative_to(self.root).as_posix()
-                records.append(SourceRecord(id=rel, label=label, ref=rel))
-        self._records = sorted(records, key=lambda r: r.id)
+                rel, refused = listed_name(file.relative_to(self.root).as_posix())
+                if rel in records:  # only an escaped name can meet a real one
+                    raise ConfigError(
+                        f"{self.root}: two files are listed as {rel!r} (one name is not valid UTF-8 "
+                        "and reads like the other once its bytes are escaped); rename one"
+                    )
+                if refused is not None:
+                    self._refused[rel] = refused
+                records[rel] = SourceRecord(id=rel, label=label, ref=rel)
+        self._records = sorted(records.values(), key=lambda r: r.id)
 
     def load(self, record: SourceRecord) -> Sample:
+        self._check_refused(record)
         image = load_image_file(
             Path(record.ref),
             root=self.root,

@@ -5,13 +5,25 @@ Reads the columns directly with pyarrow (no dependency on the shard writer): `id
 of `bytes` and `path`), `label`, `label_name`, `boxes`. Class names and schema version come
 from the file's key-value metadata key `synthaug`. Listing reads only `id` and `label`;
 `load` reads one row group at a time and keeps the last one for the next record.
+
+A folder with a `_manifest.json` (written last by a job: it is the only truth of what
+exists) is read as the manifest says: exactly the files it lists, each checked against
+its `sha256` and `rows` before any row is used (a changed shard is a `ConfigError` naming
+the file and both hashes); `*.parquet` files it does not list are ignored with a warning,
+like every reader of the format does. A single file inside such a folder must be listed.
+Without a manifest every `*.parquet` file is read unchecked. Only regular files are read.
 """
 
 from __future__ import annotations
 
 import bisect
+import hashlib
 import itertools
 import json
+import logging
+import os
+import re
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -20,27 +32,135 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from augment.errors import ConfigError, InputRejected
-from augment.images import decode_png
+from augment.images import decode_png, format_bytes, read_regular_file
 from augment.sample import Box, Sample
 from augment.sources.base import SourceRecord, check_class_name
 
 SCHEMA_VERSION = 1
 METADATA_KEY = b"synthaug"
 _REQUIRED_COLUMNS = ("id", "image")
+MANIFEST_NAME = "_manifest.json"  # the name augment.shards writes
+# A manifest lists ~200 bytes per shard: 256 MiB is over a million shards.
+MAX_MANIFEST_BYTES = 256 * 2**20
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+
+log = logging.getLogger("synthaug")
+
+# (path, device, inode, size, mtime) -> sha256: a process builds a source more than once
+# (the driver lists it, each Ray worker rebuilds it), an unchanged file is hashed once.
+_verified: dict[tuple[str, int, int, int, int], str] = {}
 
 
-def _shard_files(path: Path) -> list[Path]:
-    if path.is_file():
-        return [path]
-    if not path.is_dir():
-        raise ConfigError(f"{path}: Parquet source not found")
-    files = sorted(
-        p for p in path.iterdir()
-        if p.is_file() and p.suffix == ".parquet" and not p.name.startswith(("_", "."))
-    )
-    if not files:
-        raise ConfigError(f"{path}: no *.parquet files")
-    return files
+def _regular_file(path: Path) -> os.stat_result:
+    """stat() of `path` (symlinks followed); `ConfigError` unless it is a regular file."""
+    try:
+        info = os.stat(path)
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: Parquet source not found") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    if not stat.S_ISREG(info.st_mode):
+        kind = "FIFO" if stat.S_ISFIFO(info.st_mode) else "socket or device"
+        raise ConfigError(f"{path}: not a regular file ({kind})")
+    return info
+
+
+def _sha256(path: Path) -> str:
+    """sha256 of a regular file, read in 1 MiB pieces (never blocks on a FIFO)."""
+    info = _regular_file(path)
+    key = (str(path.resolve()), info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns)
+    if key in _verified:
+        return _verified[key]
+    digest = hashlib.sha256()
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+        with os.fdopen(fd, "rb") as handle:
+            if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
+                raise ConfigError(f"{path}: not a regular file")
+            for chunk in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(chunk)
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    _verified[key] = digest.hexdigest()
+    return _verified[key]
+
+
+def _read_manifest(folder: Path) -> dict[str, tuple[int, str]] | None:
+    """{file: (rows, sha256)} from `folder/_manifest.json`; None when there is none."""
+    path = folder / MANIFEST_NAME
+    if not os.path.lexists(path):
+        return None
+    try:
+        data = read_regular_file(path, name=str(path), max_bytes=MAX_MANIFEST_BYTES,
+                                 bound=f"the {format_bytes(MAX_MANIFEST_BYTES)} limit for a manifest")
+        doc = json.loads(data.decode("utf-8"))
+    except InputRejected as exc:
+        raise ConfigError(f"{path}: cannot read the shard manifest: {exc.reason}") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"{path}: the shard manifest is not valid JSON: {exc}") from None
+    shards = doc.get("shards") if isinstance(doc, dict) else None
+    if not isinstance(shards, list):
+        raise ConfigError(f"{path}: the shard manifest has no 'shards' list")
+    entries: dict[str, tuple[int, str]] = {}
+    for i, entry in enumerate(shards):
+        file = entry.get("file") if isinstance(entry, dict) else None
+        rows = entry.get("rows") if isinstance(entry, dict) else None
+        digest = entry.get("sha256") if isinstance(entry, dict) else None
+        plain = isinstance(file, str) and file and Path(file).name == file and not file.startswith(".")
+        if not (plain and isinstance(rows, int) and not isinstance(rows, bool) and rows >= 0
+                and isinstance(digest, str) and _SHA256.match(digest)):
+            raise ConfigError(
+                f"{path}: shards[{i}] needs 'file' (a plain file name), 'rows' (an integer >= 0) "
+                f"and 'sha256' (64 hex digits), got {entry!r}"
+            )
+        if file in entries:
+            raise ConfigError(f"{path}: shards[{i}]: {file!r} is listed twice")
+        entries[file] = (rows, digest)
+    return entries
+
+
+def _shard_files(path: Path) -> list[tuple[Path, tuple[int, str] | None]]:
+    """The files to read, each with the (rows, sha256) its manifest promises (or None)."""
+    if path.is_dir():
+        manifest = _read_manifest(path)
+        present = sorted(
+            p for p in path.iterdir()
+            if p.suffix == ".parquet" and not p.name.startswith(("_", ".")) and not p.is_dir()
+        )
+        if manifest is None:
+            if not present:
+                raise ConfigError(f"{path}: no *.parquet files")
+            return [(p, None) for p in present]
+        unlisted = [p.name for p in present if p.name not in manifest]
+        if unlisted:
+            log.warning("%s: ignoring %d *.parquet files not in %s (the manifest is the only truth "
+                        "of what exists): %s", path, len(unlisted), MANIFEST_NAME, ", ".join(unlisted[:5]))
+        if not manifest:
+            raise ConfigError(f"{path / MANIFEST_NAME}: the shard manifest lists no shards")
+        for name in manifest:
+            if not os.path.lexists(path / name):
+                raise ConfigError(f"{path / name}: listed in {MANIFEST_NAME} but missing")
+        return [(path / name, expected) for name, expected in sorted(manifest.items())]
+    _regular_file(path)
+    manifest = _read_manifest(path.parent)
+    if manifest is None:
+        return [(path, None)]
+    if path.name not in manifest:
+        raise ConfigError(
+            f"{path}: not listed in {path.parent / MANIFEST_NAME} (the manifest is the only truth "
+            "of what exists in its folder)"
+        )
+    return [(path, manifest[path.name])]
+
+
+def _check_sha256(file: Path, want: str) -> None:
+    """`ConfigError` naming both hashes unless `file` is what its manifest published."""
+    got = _sha256(file)
+    if got != want:
+        raise ConfigError(
+            f"{file}: sha256 {got} does not match {want} listed in {MANIFEST_NAME} "
+            "(the shard changed after it was published)"
+        )
 
 
 def _class_names_of(schema: pa.Schema, file: Path) -> list[str]:
@@ -75,7 +195,10 @@ class ParquetSource:
         self._num_rows: dict[str, int] = {}
         records: list[SourceRecord] = []
         where_of: dict[str, str] = {}
-        for file in _shard_files(self.path):
+        for file, expected in _shard_files(self.path):
+            _regular_file(file)
+            if expected is not None:  # before any byte of it is parsed as Parquet
+                _check_sha256(file, expected[1])
             try:
                 schema = pq.read_schema(file)
             except (OSError, pa.ArrowException) as exc:
@@ -101,9 +224,14 @@ class ParquetSource:
             except (OSError, pa.ArrowException) as exc:
                 raise ConfigError(f"{file}: cannot read the Parquet footer: {exc}") from None
             sizes = [metadata.row_group(g).num_rows for g in range(metadata.num_row_groups)]
+            if expected is not None and sum(sizes) != expected[0]:
+                raise ConfigError(f"{file}: {sum(sizes)} rows, but {MANIFEST_NAME} lists {expected[0]}")
             self._group_starts[file.name] = [0, *itertools.accumulate(sizes)][:-1]
             self._num_rows[file.name] = sum(sizes)
-            ids = table.column("id").to_pylist()
+            try:
+                ids = table.column("id").to_pylist()
+            except UnicodeDecodeError as exc:  # Parquet does not promise valid UTF-8 strings
+                raise ConfigError(f"{file}: column 'id' holds text that is not valid UTF-8 ({exc})") from None
             labels = table.column("label").to_pylist() if "label" in columns else [None] * len(ids)
             self._files[file.name] = file
             for row, (record_id, label) in enumerate(zip(ids, labels)):
@@ -151,7 +279,10 @@ class ParquetSource:
                     self._cache = (name, group, parquet.read_row_group(group))
             except (OSError, pa.ArrowException) as exc:
                 raise InputRejected(ref, f"cannot read shard row: {exc}") from None
-        return self._cache[2].slice(row - starts[group], 1).to_pylist()[0]
+        try:
+            return self._cache[2].slice(row - starts[group], 1).to_pylist()[0]
+        except UnicodeDecodeError as exc:
+            raise InputRejected(ref, f"shard row holds text that is not valid UTF-8 ({exc})") from None
 
     def load(self, record: SourceRecord) -> Sample:
         ref = record.ref
