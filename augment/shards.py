@@ -3,8 +3,9 @@
 A shard is a plain Parquet file: any reader (pyarrow, pandas, DuckDB, Ray Data, Hugging
 Face `datasets`) reads it without this package. Images and label maps are PNG bytes in the
 `datasets` Image layout (struct of `bytes` and a string `path`, always null here); the
-file's key-value metadata holds the class names and schema version (`synthaug`) and the
-`datasets` features (`huggingface`), so `datasets` decodes images and class names.
+file's key-value metadata holds the class names and schema version (`synthaug`), the
+`datasets` features (`huggingface`), so `datasets` decodes images and class names, and the
+`pandas` metadata, so pandas reads the nullable `seed` and `label` as exact `Int64`, not float64.
 
 Shards are published atomically (temporary name, fsync, rename) and byte-deterministic for
 the same rows. The manifest `_manifest.json`, written last, is the only truth of what
@@ -79,6 +80,45 @@ def _hf_features(class_names: list[str]) -> dict[str, Any]:
     }
 
 
+# Columns pandas should read as its nullable `Int64`: real rows have no seed and unlabelled rows
+# no label, and without this pandas turns an int64 column with nulls into float64, which rounds
+# seeds above 2**53 (most of them: seeds are uniform 63-bit). height and width are never null.
+_PANDAS_NULLABLE_INT = ("label", "seed")
+
+
+def _pandas_logical_type(arrow_type: pa.DataType) -> str:
+    """The `pandas_type` pyarrow would record for a column (pyarrow.pandas_compat.get_logical_type)."""
+    if pa.types.is_string(arrow_type):
+        return "unicode"
+    if pa.types.is_integer(arrow_type):
+        return str(arrow_type)
+    if pa.types.is_list(arrow_type):
+        return f"list[{_pandas_logical_type(arrow_type.value_type)}]"
+    return "object"
+
+
+def _pandas_metadata(schema: pa.Schema) -> dict[str, Any]:
+    """The `pandas` metadata key: no index, and `numpy_type` Int64 for the nullable integer columns.
+
+    pyarrow's to_pandas (so pd.read_parquet, and readers built on it) reads `numpy_type` and
+    builds those columns as `Int64`, keeping every seed exact and nulls as <NA>. Written here
+    rather than by pa.Schema.from_pandas so the bytes do not depend on the installed pandas or
+    pyarrow version (from_pandas records both).
+    """
+    columns = []
+    for f in schema:
+        if f.name in _PANDAS_NULLABLE_INT:
+            numpy_type = "Int64"
+        elif pa.types.is_integer(f.type):
+            numpy_type = str(f.type)
+        else:
+            numpy_type = "object"
+        columns.append({"name": f.name, "field_name": f.name, "pandas_type": _pandas_logical_type(f.type),
+                        "numpy_type": numpy_type, "metadata": None})
+    return {"index_columns": [], "column_indexes": [], "columns": columns, "attributes": {},
+            "creator": {"library": "synthaug", "version": f"shard schema {SCHEMA_VERSION}"}}
+
+
 def _check_class_names(class_names: list[str]) -> list[str]:
     if not isinstance(class_names, (list, tuple)) or not all(isinstance(n, str) for n in class_names):
         raise ValueError(f"class_names must be a list of strings, got {class_names!r}")
@@ -114,6 +154,7 @@ def shard_schema(class_names: list[str]) -> pa.Schema:
     meta = {
         b"synthaug": json.dumps({"schema_version": SCHEMA_VERSION, "class_names": class_names}),
         b"huggingface": json.dumps({"info": {"features": _hf_features(class_names)}}),
+        b"pandas": json.dumps(_pandas_metadata(schema)),
     }
     return schema.with_metadata(meta)
 
@@ -267,6 +308,9 @@ def write_shard(table: pa.Table, path: Path) -> ShardEntry:
     if path.suffix != ".parquet":
         raise ValueError(f"shard path must end in .parquet, got {str(path)!r}")
     shard_metadata(table.schema)  # refuse tables that are not version-1 shards
+    # pandas' reading of the nullable integers, also for tables that did not come from shard_schema
+    metadata = {**table.schema.metadata, b"pandas": json.dumps(_pandas_metadata(table.schema)).encode()}
+    table = table.replace_schema_metadata(metadata)
 
     def write(f: Any) -> None:
         pq.write_table(table, f, row_group_size=ROW_GROUP_ROWS, compression=PARQUET_COMPRESSION,

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 import torch
@@ -152,6 +153,29 @@ print("ok", len(df))
                          env=env, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "ok 70"
+
+
+def test_pandas_reads_seeds_and_labels_exactly(tmp_path: Path):
+    # real rows have no seed; synthetic seeds are 63-bit, beyond float64's 2**53 integers
+    samples = make_samples(8)
+    seeds = [None, 2**63 - 1, None, 2**53 + 1, 0, 2**62 + 3, None, 2**53 - 1]
+    for sample, seed in zip(samples, seeds, strict=True):
+        sample.seed = seed
+        if seed is None:
+            sample.source, sample.generator, sample.parent_id = "real", None, None
+    labels = [s.label for s in samples]
+    assert None in labels
+    table = samples_to_table(samples, CLASSES)
+    # a table that lost the `pandas` key (e.g. copied from elsewhere) gets it back on write
+    bare = table.replace_schema_metadata({k: v for k, v in table.schema.metadata.items() if k != b"pandas"})
+    paths = [tmp_path / "a.parquet", tmp_path / "b.parquet"]
+    assert write_shard(table, paths[0]).sha256 == write_shard(bare, paths[1]).sha256
+    for df in (pd.read_parquet(paths[0]), pq.read_table(paths[1]).to_pandas()):
+        for column, want in (("seed", seeds), ("label", labels)):
+            assert str(df[column].dtype) == "Int64", (column, df[column].dtype)
+            got = [None if pd.isna(v) else int(v) for v in df[column]]
+            assert got == want, column
+        assert str(df["height"].dtype) == "int32" and df["id"].tolist() == [s.id for s in samples]
 
 
 def test_hugging_face_datasets_decodes_images_and_class_names(shard_dir: Path, tmp_path_factory, monkeypatch):
