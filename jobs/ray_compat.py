@@ -6,8 +6,12 @@ In Ray 2.60 `map_batches(concurrency=)` is deprecated in favour of
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import subprocess
+import sys
+from collections.abc import Iterator
 from typing import Any
 
 import ray
@@ -36,9 +40,13 @@ def quiet_data_context() -> None:
 def init_ray(address: str | None, num_cpus: int | None) -> bool:
     """Join `address` (or $RAY_ADDRESS), else start an embedded local Ray.
 
-    The embedded Ray starts no dashboard. Its core processes (GCS, raylet) listen where
-    Ray puts them (the node address; `_node_ip_address="127.0.0.1"` is rewritten to it
-    by Ray itself), guarded by Ray's token authentication, on by default since 2.5x.
+    The embedded Ray starts no dashboard and is a loopback-only node: every server of it
+    (GCS, raylet and its object manager, driver and worker gRPC servers, runtime-env and
+    dashboard agents, metrics exporter) listens on 127.0.0.1 (see `embedded_ray_kwargs`).
+    Ray's token authentication stays on (on by default since 2.5x). Joining a cluster
+    changes nothing of Ray's own network setup. Not Ray's and not covered: in a Ray Train
+    fit with 2+ workers, rank 0's torch.distributed TCPStore listens on [::] (torch binds
+    it to the wildcard address whatever MASTER_ADDR is).
     Returns True when this call started Ray (so the caller shuts it down).
     """
     if ray.is_initialized():
@@ -48,12 +56,151 @@ def init_ray(address: str | None, num_cpus: int | None) -> bool:
     if address:
         ray.init(address=address, **common)
     else:
-        # address="local" always starts a fresh Ray, never a `ray start` cluster that
-        # happens to run on this machine.
-        ray.init(
-            address="local",
-            num_cpus=num_cpus,
-            include_dashboard=False,
-            **common,
-        )
+        start_embedded_ray(num_cpus, **common)
     return True
+
+
+def start_embedded_ray(num_cpus: int | None, **init_kwargs: Any) -> None:
+    """Start the embedded Ray: a fresh single-machine node (address="local" never joins a
+    `ray start` cluster that happens to run here) whose servers listen on 127.0.0.1 only,
+    plus the reaper of its agents. `init_kwargs` go to `ray.init` (logging and the like)."""
+    with _single_machine_node():
+        ray.init(**embedded_ray_kwargs(num_cpus), **init_kwargs)
+    start_raylet_reaper()
+
+
+LOOPBACK = "127.0.0.1"
+
+
+def embedded_ray_kwargs(num_cpus: int | None) -> dict[str, Any]:
+    """`ray.init` arguments of the embedded single-machine Ray (use within
+    `_single_machine_node()`): no dashboard, node address 127.0.0.1.
+
+    Ray binds every server of a node to loopback when, and only when, the node's address is
+    a loopback address (Ray 2.60: `GrpcServer(..., listen_to_localhost_only=<node ip is
+    localhost>)` in gcs_server, raylet and core workers; `dashboard/agent.py` and
+    `dashboard/modules/reporter/reporter_agent.py` test `is_localhost(ip)`; the runtime-env
+    agent binds the node address itself). Otherwise they listen on 0.0.0.0/[::].
+    """
+    return {
+        "address": "local",
+        "num_cpus": num_cpus,
+        "include_dashboard": False,
+        "_node_ip_address": LOOPBACK,
+    }
+
+
+@contextlib.contextmanager
+def _single_machine_node() -> Iterator[None]:
+    """Keep `_node_ip_address="127.0.0.1"` as it is while `ray.init` starts the node.
+
+    On Linux `ray.init` replaces a loopback `_node_ip_address` by this machine's LAN address
+    (`services.resolve_ip_for_localhost` -> `get_node_ip_address`, which keeps loopback only
+    when `ray_constants.ENABLE_RAY_CLUSTER` is false: the $RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER
+    switch, read once when ray is imported, false by default on macOS/Windows). The flag is
+    read at call time, so it is lowered for the duration of the call only; nothing is put
+    in the environment, so neither Ray's processes nor a later cluster join see it. Once the
+    node runs, `get_node_ip_address()` answers the node's own address (127.0.0.1).
+    """
+    try:
+        from ray._private import ray_constants as constants
+    except ImportError:
+        constants = None
+    if constants is None or not hasattr(constants, "ENABLE_RAY_CLUSTER"):
+        yield  # another Ray layout: `_node_ip_address` alone
+        return
+    before = constants.ENABLE_RAY_CLUSTER
+    constants.ENABLE_RAY_CLUSTER = False
+    try:
+        yield
+    finally:
+        constants.ENABLE_RAY_CLUSTER = before
+
+
+# Run by `start_raylet_reaper` (python -S: nothing imported but os/sys/time/signal).
+_REAPER = r"""
+import os, signal, sys, time
+
+def stat(pid):
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            fields = f.read().rsplit(b")", 1)[1].split()
+    except OSError:
+        return None
+    return fields[0], int(fields[1]), int(fields[19])  # state, ppid, start time
+
+raylet = int(sys.argv[1])
+born = stat(raylet)
+children = {}
+tick = 0
+while born is not None:
+    now = stat(raylet)
+    if now is None or now[2] != born[2] or now[0] in (b"Z", b"X"):
+        break
+    if tick % 10 == 0:  # the agents start with the raylet; a /proc scan costs a few ms
+        for name in os.listdir("/proc"):
+            if name.isdigit() and int(name) not in children:
+                info = stat(int(name))
+                if info is not None and info[1] == raylet:
+                    children[int(name)] = info[2]
+    tick += 1
+    time.sleep(0.5)
+for pid, start in children.items():
+    info = stat(pid)
+    if info is not None and info[2] == start:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass
+"""
+
+
+def start_raylet_reaper() -> subprocess.Popen | None:
+    """Kill what the embedded raylet started once the raylet is gone.
+
+    After a `kill -9` of the driver, the kernel kills gcs_server and raylet at once (Ray
+    sets PR_SET_PDEATHSIG on them) and the workers exit within a second, but the dashboard
+    and runtime-env agents see the raylet die, then try for 60 s to tell the dead GCS
+    (`report_raylet_error_logs` -> `publish_error_to_driver(..., timeout 60)` in
+    ray/_private/process_watcher.py and ray/_private/utils.py) before exiting, still
+    listening meanwhile. This small process (no Ray import) notes the raylet's children
+    while the raylet runs and SIGKILLs those still alive when it ends (on a clean
+    `ray.shutdown()` there are none left). Linux only (/proc); elsewhere nothing is started.
+    """
+    if not sys.platform.startswith("linux"):
+        return None
+    raylet = _child_named("raylet")
+    if raylet is None:
+        return None
+    _reapers[:] = [r for r in _reapers if r.poll() is None]  # collect the finished ones
+    reaper = subprocess.Popen(
+        [sys.executable, "-S", "-c", _REAPER, str(raylet)],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,  # a Ctrl-C to the terminal's group must not stop it first
+    )
+    _reapers.append(reaper)  # referenced, so no "still running" ResourceWarning on collection
+    return reaper
+
+
+_reapers: list[subprocess.Popen] = []
+
+
+def _child_named(comm: str) -> int | None:
+    """The newest child process of this one named `comm` (Linux /proc), or None."""
+    me, best = os.getpid(), None
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat", "rb") as f:
+                head, _, rest = f.read().rpartition(b")")
+        except OSError:
+            continue
+        fields = rest.split()
+        if head.split(b"(", 1)[-1] == comm.encode() and int(fields[1]) == me:
+            start = int(fields[19])
+            if best is None or start > best[0]:
+                best = (start, int(name))
+    return None if best is None else best[1]

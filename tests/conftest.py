@@ -16,9 +16,9 @@ REPO = Path(__file__).resolve().parent.parent
 def ray_session() -> Iterator[None]:
     import ray
 
-    from jobs.ray_compat import quiet_data_context
+    from jobs.ray_compat import quiet_data_context, start_embedded_ray
 
-    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="WARNING")
+    start_embedded_ray(2, logging_level="WARNING")  # loopback-only, like the CLI's
     quiet_data_context()
     yield
     ray.shutdown()
