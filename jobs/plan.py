@@ -32,6 +32,7 @@ _SPLIT, _PARENTS, _CHILD = 1, 2, 3
 # may ask for (the message names the limit) before anything is planned or started.
 MAX_PLANNED_ROWS = 10_000_000
 MAX_SHARD_ROWS = 100_000
+MAX_SHARDS = 100_000  # files per split folder; also the Ray Data items of the write stage
 
 
 @dataclass(frozen=True)
@@ -309,14 +310,20 @@ def plan_generated(
 
 
 def check_plan_size(counts: dict[int, int], real: dict[int, int], class_names: list[str], *, rows: int,
-                    class_conditional: bool) -> None:
+                    rows_per_shard: int, class_conditional: bool) -> None:
     """Refuse, before anything is planned, a quota no job should hold: more than
-    `MAX_PLANNED_ROWS` rows in all (`rows` real ones plus the synthetic), or (classical:
-    a parent shares its shard with its children) more children per image than a shard holds."""
+    `MAX_PLANNED_ROWS` rows in all (`rows` real ones plus the synthetic), more than
+    `MAX_SHARDS` shards, or (classical: a parent shares its shard with its children) more
+    children per image than a shard holds."""
     total = rows + sum(counts.values())
     if total > MAX_PLANNED_ROWS:
         raise ConfigError(f"quota: the job would write {total:,} rows; one job writes at most {MAX_PLANNED_ROWS:,} "
                           "(split it into several jobs with different seeds)")
+    shards = -(-total // rows_per_shard)
+    if shards > MAX_SHARDS:
+        raise ConfigError(f"output.rows_per_shard: {rows_per_shard} rows a shard makes {shards:,} shards of "
+                          f"{total:,} rows; a job writes at most {MAX_SHARDS:,} (raise rows_per_shard to at least "
+                          f"{-(-total // MAX_SHARDS):,})")
     if class_conditional:
         return
     for label, wanted in sorted(counts.items()):
@@ -330,21 +337,20 @@ def check_plan_size(counts: dict[int, int], real: dict[int, int], class_names: l
 
 
 def precheck_quota(quota: QuotaConfig | None, class_names: list[str], train: list[SourceRecord],
-                   holdout_rows: int, *, include_real: bool, class_conditional: bool) -> None:
+                   holdout_rows: int, *, include_real: bool, rows_per_shard: int, class_conditional: bool) -> None:
     """The quota checks that need no pixels, run on the listed records before Ray starts:
     unknown class names and sizes no job may hold. Rejected records only lower the real
     counts, which can only raise the synthetic count per image, so nothing refused here
     would pass after the scan."""
-    if quota is None:
-        return
     real = dict(Counter(r.label for r in train if r.label is not None))
-    if quota.per_class is not None:
+    counts: dict[int, int] = {}  # no quota: a copy of the source
+    if quota is not None and quota.per_class is not None:
         index = _class_index(quota, class_names)
         counts = {index[name]: max(target - real.get(index[name], 0), 0) for name, target in quota.per_class.items()}
-    else:
+    elif quota is not None:
         counts = synthetic_counts(quota, real, class_names)
     check_plan_size(counts, real, class_names, rows=len(train) * int(include_real) + holdout_rows,
-                    class_conditional=class_conditional)
+                    rows_per_shard=rows_per_shard, class_conditional=class_conditional)
 
 
 @dataclass(frozen=True)
@@ -387,7 +393,7 @@ def make_plan(
     real = Counter(r.label for r in train if r.label is not None)
     counts = {} if quota is None else synthetic_counts(quota, dict(real), class_names)
     check_plan_size(counts, dict(real), class_names, rows=len(train) * int(include_real) + len(holdout),
-                    class_conditional=class_conditional)
+                    rows_per_shard=rows_per_shard, class_conditional=class_conditional)
     if class_conditional:
         children: dict[str, ChildRange] = {}
         generated = plan_generated(counts, seed, source_name, class_names, rows_per_shard=rows_per_shard)

@@ -146,7 +146,7 @@ def list_source(config: JobConfig) -> ListedSource:
     train, holdout = split_records(records, config.split.holdout, config.seed)
     # Quota mistakes (unknown class, a size no job may hold) are found here, before Ray starts.
     precheck_quota(config.quota, source.class_names, train, len(holdout), include_real=config.output.include_real,
-                   class_conditional=config.generate is not None)
+                   rows_per_shard=config.output.rows_per_shard, class_conditional=config.generate is not None)
     if config.generate is not None:
         from jobs.generators import sample_kwargs
 

@@ -152,6 +152,13 @@ def test_more_children_per_image_than_a_shard_holds_is_refused() -> None:
                   seed=0, rows_per_shard=512, include_real=True)
 
 
+def test_more_shards_than_a_job_may_write_is_refused_with_the_rows_per_shard_to_use() -> None:
+    with pytest.raises(ConfigError, match=r"output.rows_per_shard: 1 rows a shard makes 200,000 shards .*"
+                                          r"\(raise rows_per_shard to at least 2\)"):
+        make_plan(class_names=["a"], train=_records({0: 10}), holdout=[], quota=QuotaConfig(per_class={"a": 200_000}),
+                  seed=0, rows_per_shard=1, include_real=True, source_name="diffusion", class_conditional=True)
+
+
 @pytest.mark.parametrize("class_conditional", [False, True])
 def test_the_plan_stays_the_same_size_whatever_the_quota(class_conditional: bool) -> None:
     """Children and generated samples are ranges: a plan's JSON does not grow with the quota."""
