@@ -150,6 +150,8 @@ def fit_generator(config: GenerateConfig, *, shape: Any, seed: int, images: np.n
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
+    from jobs.ray_compat import train_torch_config
+
     model_dir = folder / "model"
     if model_dir.is_dir():
         log.info("fit %s: already done (%s)", config.kind, model_dir)
@@ -176,6 +178,7 @@ def fit_generator(config: GenerateConfig, *, shape: Any, seed: int, images: np.n
         scaling_config=ScalingConfig(num_workers=config.train_workers, use_gpu=config.num_gpus_per_worker > 0,
                                      resources_per_worker=_worker_resources(config)),
         run_config=RunConfig(storage_path=str(folder / "ray_train"), name=f"fit_{config.kind}"),
+        torch_config=train_torch_config(),  # on the embedded Ray, rank 0's TCPStore on 127.0.0.1 only
     )
     trainer.fit()
     if not model_dir.is_dir():

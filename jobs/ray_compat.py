@@ -7,8 +7,12 @@ In Ray 2.60 `map_batches(concurrency=)` is deprecated in favour of
 from __future__ import annotations
 
 import contextlib
+import datetime
+import functools
+import ipaddress
 import logging
 import os
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -44,9 +48,9 @@ def init_ray(address: str | None, num_cpus: int | None) -> bool:
     (GCS, raylet and its object manager, driver and worker gRPC servers, runtime-env and
     dashboard agents, metrics exporter) listens on 127.0.0.1 (see `embedded_ray_kwargs`).
     Ray's token authentication stays on (on by default since 2.5x). Joining a cluster
-    changes nothing of Ray's own network setup. Not Ray's and not covered: in a Ray Train
-    fit with 2+ workers, rank 0's torch.distributed TCPStore listens on [::] (torch binds
-    it to the wildcard address whatever MASTER_ADDR is).
+    changes nothing of Ray's own network setup. Ray Train fits get `train_torch_config()`,
+    whose rank 0 TCPStore listens on 127.0.0.1 on the embedded node (torch alone would
+    bind it to the wildcard address whatever MASTER_ADDR is).
     Returns True when this call started Ray (so the caller shuts it down).
     """
     if ray.is_initialized():
@@ -204,3 +208,144 @@ def _child_named(comm: str) -> int | None:
             if best is None or start > best[0]:
                 best = (start, int(name))
     return None if best is None else best[1]
+
+
+# --- Ray Train's torch process group on a loopback node -----------------------------------
+#
+# Ray Train's `_TorchBackend.on_start` (ray/train/torch/config.py, Ray 2.60) takes rank 0's
+# `get_address_and_port()` (the node address, a free port) as MASTER_ADDR/MASTER_PORT and
+# has every worker call `dist.init_process_group(init_method="env://")`. Torch's rendezvous
+# then makes rank 0 host the TCPStore (`_create_c10d_store`: `TCPStore(hostname, port,
+# is_master=rank == 0, multi_tenant=True)`), and a store server that torch binds itself
+# listens on the wildcard address ([::]) whatever `hostname` is. Torch listens on a socket
+# the caller bound instead when given `master_listen_fd`. So on a loopback node rank 0 binds
+# 127.0.0.1 itself, hosts the store on that socket, and every rank passes its store to
+# `init_process_group(store=...)`; the gloo/NCCL sockets were on the node address already.
+
+
+def train_torch_config() -> Any:
+    """`TorchTrainer(torch_config=...)`: Ray's `TorchConfig()`, except that when every Train
+    worker runs on a loopback node (the embedded Ray) rank 0's torch.distributed TCPStore
+    listens on 127.0.0.1 instead of [::]. Elsewhere (a real cluster, a backend other than
+    gloo/NCCL, another Ray layout) Ray's own setup runs unchanged."""
+    classes = _loopback_torch_classes()
+    if classes is None:
+        from ray.train.torch import TorchConfig
+
+        return TorchConfig()
+    return classes[0]()
+
+
+def __getattr__(name: str) -> Any:
+    """`LoopbackTorchConfig` and `_LoopbackTorchBackend`, built on first use: they subclass
+    Ray Train's torch classes, and importing those (torch with them) costs seconds that jobs
+    without a generator should not pay. Ray pickles them by name, so Ray Train's controller
+    and workers find them here too."""
+    if name in ("LoopbackTorchConfig", "_LoopbackTorchBackend"):
+        classes = _loopback_torch_classes()
+        if classes is not None:
+            return classes[0] if name == "LoopbackTorchConfig" else classes[1]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+@functools.cache
+def _loopback_torch_classes() -> tuple[type, type] | None:
+    """(LoopbackTorchConfig, _LoopbackTorchBackend), or None in a Ray without the names used."""
+    try:
+        from ray.train._internal.worker_group import WorkerGroup as V1WorkerGroup
+        from ray.train.torch.config import TorchConfig, _set_torch_distributed_env_vars, _TorchBackend
+    except ImportError:
+        return None
+
+    class _LoopbackTorchBackend(_TorchBackend):
+        def on_start(self, worker_group: Any, backend_config: Any) -> None:
+            backend = backend_config.backend or _default_torch_backend(worker_group)
+            if (backend_config.init_method not in ("env", "tcp") or not _gloo_or_nccl(backend)
+                    or not all(_is_loopback(a) for a in worker_group.execute(_node_address))):
+                super().on_start(worker_group, backend_config)
+                return
+            world_size = len(worker_group)
+            port = worker_group.execute_single(0, _open_loopback_store, world_size, backend_config.timeout_s)
+            # What the "env" method sets, for code that reads them (there is no store to create).
+            worker_group.execute(_set_master_env, LOOPBACK, port)
+            if not isinstance(worker_group, V1WorkerGroup):  # as Ray does: V1 sets them later
+                worker_group.execute(_set_torch_distributed_env_vars)
+            ray.get([worker_group.execute_single_async(rank, _join_loopback_process_group, backend, rank,
+                                                       world_size, port, backend_config.timeout_s)
+                     for rank in range(world_size)])
+
+    class LoopbackTorchConfig(TorchConfig):
+        @property
+        def backend_cls(self) -> type:
+            return _LoopbackTorchBackend
+
+    for cls in (LoopbackTorchConfig, _LoopbackTorchBackend):
+        cls.__qualname__ = cls.__name__  # pickled by reference: `__getattr__` above answers it
+    return LoopbackTorchConfig, _LoopbackTorchBackend
+
+
+def _default_torch_backend(worker_group: Any) -> str:
+    """Ray's choice when `TorchConfig.backend` is None (V2's TorchTrainer fills it in first)."""
+    resources = worker_group.get_resources_per_worker()
+    if resources.get("GPU", 0) > 0:
+        return "nccl"
+    return "tpu_dist" if resources.get("TPU", 0) > 0 else "gloo"
+
+
+def _gloo_or_nccl(backend: str) -> bool:
+    """"gloo", "nccl" or a device list of them ("cpu:gloo,cuda:nccl")."""
+    return all(part.rpartition(":")[2] in ("gloo", "nccl") for part in backend.split(","))
+
+
+def _is_loopback(address: str) -> bool:
+    try:
+        return ipaddress.ip_address(address).is_loopback
+    except ValueError:  # a host name
+        return False
+
+
+def _node_address() -> str:
+    return ray.util.get_node_ip_address()
+
+
+def _set_master_env(address: str, port: int) -> None:
+    os.environ["MASTER_ADDR"] = address
+    os.environ["MASTER_PORT"] = str(port)
+
+
+_loopback_store: Any = None  # rank 0's store server, from `_open_loopback_store` to its process group
+
+
+def _open_loopback_store(world_size: int, timeout_s: float) -> int:
+    """On rank 0: host a TCPStore on a socket bound to 127.0.0.1; returns its port."""
+    global _loopback_store
+    import torch.distributed as dist
+
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.bind((LOOPBACK, 0))
+        port = sock.getsockname()[1]
+    except OSError:
+        sock.close()
+        raise
+    # The store's server owns the descriptor from here on (listens on it, closes it).
+    _loopback_store = dist.TCPStore(LOOPBACK, port, world_size, is_master=True,
+                                    timeout=datetime.timedelta(seconds=timeout_s), wait_for_workers=False,
+                                    master_listen_fd=sock.detach())
+    return port
+
+
+def _join_loopback_process_group(backend: str, world_rank: int, world_size: int, port: int,
+                                 timeout_s: float) -> None:
+    """`_setup_torch_process_group` with a given store: rank 0's own, a client elsewhere."""
+    global _loopback_store
+    import torch.distributed as dist
+
+    timeout = datetime.timedelta(seconds=timeout_s)
+    if world_rank == 0:
+        store, _loopback_store = _loopback_store, None  # the process group keeps it alive
+    else:
+        store = dist.TCPStore(LOOPBACK, port, world_size, is_master=False, timeout=timeout)
+    if "nccl" in backend and not {"TORCH_NCCL_ASYNC_ERROR_HANDLING", "TORCH_NCCL_BLOCKING_WAIT"} & set(os.environ):
+        os.environ["TORCH_NCCL_ASYNC_ERROR_HANDLING"] = "1"  # as Ray: fail on a timed-out collective
+    dist.init_process_group(backend=backend, store=store, rank=world_rank, world_size=world_size, timeout=timeout)

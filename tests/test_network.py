@@ -348,3 +348,145 @@ def test_a_cli_job_listens_on_loopback_only(tmp_path: Path) -> None:
     assert {"gcs_server", "raylet"} <= names, sorted(sockets)
     assert any(name.startswith("ray::") for name in names), sorted(sockets)
     assert exposed(sockets) == []
+
+
+# --- Ray Train's torch setup (no Ray started) ------------------------------------------
+
+
+class FakeWorkerGroup:
+    """Runs what a Train backend sends its workers here; `addresses` are their node addresses."""
+
+    def __init__(self, addresses: list[str]) -> None:
+        self.addresses = addresses
+
+    def __len__(self) -> int:
+        return len(self.addresses)
+
+    def get_resources_per_worker(self) -> dict:
+        return {"CPU": 1}
+
+    def execute(self, func, *args, **kwargs) -> list:
+        if func.__name__ == "_node_address":
+            return list(self.addresses)
+        raise AssertionError(f"{func.__name__} sent to the workers of a node that is not loopback")
+
+
+@pytest.mark.parametrize("addresses, backend", [
+    (["10.0.0.5", "10.0.0.6"], "gloo"),  # a cluster
+    (["127.0.0.1", "10.0.0.6"], "nccl"),  # one worker elsewhere
+    (["127.0.0.1", "127.0.0.1"], "hccl"),  # a backend left to Ray
+])
+def test_the_train_torch_config_leaves_ray_alone_off_a_loopback_node(
+        monkeypatch: pytest.MonkeyPatch, addresses: list[str], backend: str) -> None:
+    from ray.train.torch.config import _TorchBackend
+
+    from jobs.ray_compat import train_torch_config
+
+    config = train_torch_config()
+    config.backend = backend
+    calls = []
+    monkeypatch.setattr(_TorchBackend, "on_start", lambda self, group, conf: calls.append((group, conf)))
+    group = FakeWorkerGroup(addresses)
+    config.backend_cls().on_start(group, config)
+    assert calls == [(group, config)]
+
+
+def test_the_loopback_store_listens_on_127_0_0_1_and_serves_a_process_group() -> None:
+    import torch
+    import torch.distributed as dist
+
+    from jobs.ray_compat import _join_loopback_process_group, _open_loopback_store
+
+    me = psutil.Process()
+
+    def listeners(port: int) -> set[str]:
+        return {conn.laddr.ip for conn in me.net_connections(kind="tcp")
+                if conn.status == psutil.CONN_LISTEN and conn.laddr.port == port}
+
+    port = _open_loopback_store(1, 30)
+    try:
+        assert listeners(port) == {"127.0.0.1"}
+        _join_loopback_process_group("gloo", 0, 1, port, 30)
+        values = torch.ones(3)
+        dist.all_reduce(values)
+        assert values.tolist() == [1.0, 1.0, 1.0]
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+    assert listeners(port) == set()
+
+
+# --- a Ray Train fit with two workers (DDP over gloo) --------------------------------------
+
+FIT_DRIVER = """
+import os, sys
+from pathlib import Path
+
+import numpy as np
+from pydantic import TypeAdapter
+
+import jobs.fit
+from jobs.config import GenerateConfig
+from jobs.generators import DataShape
+from jobs.ray_compat import init_ray
+
+out = Path(sys.argv[1])
+
+def noting_the_store(loop):
+    # Runs on each Train worker, where `jobs.fit.train_loop_per_worker` is the real loop.
+    import ray.train
+    rank = ray.train.get_context().get_world_rank()
+    (out / f"rank-{rank}").write_text(f"{os.getpid()} {os.environ['MASTER_ADDR']} {os.environ['MASTER_PORT']}")
+    jobs.fit.train_loop_per_worker(loop)
+
+jobs.fit.train_loop_per_worker = noting_the_store  # what fit_generator hands to TorchTrainer
+init_ray(None, 2)
+config = TypeAdapter(GenerateConfig).validate_python({
+    "kind": "cgan", "train_workers": 2, "checkpoint_every": 2,
+    "fit": {"steps": 4, "batch_size": 16, "g_channels": 8, "d_channels": 8, "z_dim": 8}})
+rng = np.random.default_rng(0)
+images = rng.integers(0, 256, (64, 8, 8, 1), dtype=np.uint8)
+labels = np.arange(64) % 2
+jobs.fit.fit_generator(config, shape=DataShape(8, 1, ("a", "b")), seed=0, images=images, labels=labels,
+                       folder=out / "cgan")
+import ray
+ray.shutdown()
+print("DONE", flush=True)
+"""
+
+
+@pytest.mark.slow
+def test_a_two_worker_fit_listens_on_loopback_only(tmp_path: Path) -> None:
+    """Rank 0 hosts torch.distributed's TCPStore on MASTER_PORT from the process group's setup
+    to its end; torch would bind it to [::] (see `jobs.ray_compat.train_torch_config`)."""
+    err = tmp_path / "stderr"
+    sockets: set[Socket] = set()
+    members: dict[int, tuple[float, str]] = {}
+    with open(err, "w") as stderr:
+        driver = subprocess.Popen([sys.executable, "-c", FIT_DRIVER, str(tmp_path)], cwd=REPO, env=cli_env(),
+                                  stdout=subprocess.PIPE, stderr=stderr, text=True, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 300
+        while driver.poll() is None and time.monotonic() < deadline:
+            processes = tree(driver.pid)
+            record(processes, members)
+            sockets |= listening(processes)
+            time.sleep(0.05)  # the store lives a few seconds
+        assert driver.poll() == 0, err.read_text()[-3000:]
+        assert "DONE" in driver.stdout.read()
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+            driver.wait()
+        driver.stdout.close()
+        kill_members(members)
+    assert (tmp_path / "cgan" / "model").is_dir()
+    ranks = {path.name: path.read_text().split() for path in tmp_path.glob("rank-*")}
+    assert sorted(ranks) == ["rank-0", "rank-1"]
+    pid, address, port = ranks["rank-0"]
+    assert {address for _, address, _ in ranks.values()} == {"127.0.0.1"}
+    # Not a vacuous pass: rank 0's store was seen listening.
+    store = {s for s in sockets if s[1] == int(pid) and s[2] == "tcp" and s[4] == int(port)}
+    assert store, f"no listening socket on MASTER_PORT {port} of rank 0 ({pid}) seen: {sorted(sockets)}"
+    print(f"rank 0's TCPStore: {sorted({(ip, port) for *_, ip, port in store})}")
+    assert exposed(sockets) == []
