@@ -76,7 +76,8 @@ def fitted_diffusion(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
-@pytest.mark.parametrize("kind", ["cgan", "diffusion"])
+# The diffusion case takes ~90 s on 2 cores; it runs with the slow set (same resume code).
+@pytest.mark.parametrize("kind", ["cgan", pytest.param("diffusion", marks=pytest.mark.slow)])
 def test_an_interrupted_fit_resumes_from_its_last_state(kind: str, request: pytest.FixtureRequest,
                                                         tmp_path: Path) -> None:
     """A job whose fit stopped halfway (state saved, no model) finishes to the same bytes."""

@@ -108,6 +108,7 @@ class _TinyInception(torch.nn.Module):
         return torch.nn.functional.adaptive_avg_pool2d(x[:, :1], 4).flatten(1)
 
 
+@pytest.mark.slow  # ~90 s on 2 cores: three extractors over a whole job
 def test_three_feature_spaces_and_compare_side_by_side(classical: Path, tmp_path: Path) -> None:
     inception = tmp_path / "inception.pt"
     torch.jit.script(_TinyInception()).save(str(inception))
