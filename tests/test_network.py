@@ -100,6 +100,17 @@ def record(processes: list[psutil.Process], members: dict[int, tuple[float, str]
             continue
 
 
+def watch(process: subprocess.Popen, seconds: float, interval: float, sockets: set[Socket],
+          members: dict[int, tuple[float, str]]) -> None:
+    """Sample the listening sockets and members of `process`'s tree until it ends (or `seconds`)."""
+    deadline = time.monotonic() + seconds
+    while process.poll() is None and time.monotonic() < deadline:
+        processes = tree(process.pid)
+        record(processes, members)
+        sockets |= listening(processes)
+        time.sleep(interval)
+
+
 # --- init_ray's two branches (no Ray started) --------------------------------------------
 
 
@@ -332,12 +343,7 @@ def test_a_cli_job_listens_on_loopback_only(tmp_path: Path) -> None:
         job = subprocess.Popen(cli_command("run", str(config), "--out", str(tmp_path / "out")), cwd=REPO,
                                env=cli_env(), stdout=subprocess.DEVNULL, stderr=stderr, start_new_session=True)
     try:
-        deadline = time.monotonic() + 540
-        while job.poll() is None and time.monotonic() < deadline:
-            processes = tree(job.pid)
-            record(processes, members)
-            sockets |= listening(processes)
-            time.sleep(0.3)
+        watch(job, 540, 0.3, sockets, members)
         assert job.poll() == 0, err.read_text()[-3000:]
     finally:
         if job.poll() is None:
@@ -466,12 +472,7 @@ def test_a_two_worker_fit_listens_on_loopback_only(tmp_path: Path) -> None:
         driver = subprocess.Popen([sys.executable, "-c", FIT_DRIVER, str(tmp_path)], cwd=REPO, env=cli_env(),
                                   stdout=subprocess.PIPE, stderr=stderr, text=True, start_new_session=True)
     try:
-        deadline = time.monotonic() + 300
-        while driver.poll() is None and time.monotonic() < deadline:
-            processes = tree(driver.pid)
-            record(processes, members)
-            sockets |= listening(processes)
-            time.sleep(0.05)  # the store lives a few seconds
+        watch(driver, 300, 0.05, sockets, members)  # the store lives a few seconds
         assert driver.poll() == 0, err.read_text()[-3000:]
         assert "DONE" in driver.stdout.read()
     finally:
