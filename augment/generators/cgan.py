@@ -310,6 +310,10 @@ class ClassConditionalGAN:
         self.generator = generator.to(self.device).eval()
         self.checkpoint_sha256 = checkpoint_sha256
 
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        return self.config.class_names or tuple(str(i) for i in range(self.config.num_classes))
+
     @classmethod
     def fit(cls, images: np.ndarray, labels: np.ndarray, config: CGANConfig, **kwargs: Any) -> ClassConditionalGAN:
         """Train with `cgan_train.fit_cgan` and wrap the EMA generator for sampling."""

@@ -266,6 +266,7 @@ class ClassConditionalDiffusion:
         if guidance is None:
             return [self.default_guidance] * len(labels)
         if isinstance(guidance, dict):
+            guidance = {int(c): float(w) for c, w in guidance.items()}  # JSON keys arrive as strings
             unknown = sorted(set(guidance) - set(range(self.num_classes)))
             if unknown:
                 raise ValueError(f"guidance given for unknown classes {unknown} (num_classes={self.num_classes})")

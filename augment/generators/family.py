@@ -1,0 +1,169 @@
+"""A generator family: the unit of extension for every way of making synthetic rows.
+
+A family declares, in one class (see ../shared/DESIGN.md, "Family"):
+
+- `name`: the config's `kind`, the shards' `source` value, the report's source key and
+  the folder under `OUT/checkpoints/`;
+- `Fit`: its hyperparameters, both the config's `fit:` section and the model's
+  constructor config; `Sample`: the `sample:` section, the keyword arguments of its
+  sampler's `sample` (pydantic models, so they validate, hash and serialize like the rest
+  of the config);
+- `request`: what one sample request carries: class ids (`"class"`), a parent record whose
+  labels the new row keeps (`"parent"`), or a label map (`"label_map"`);
+- how to fit (`new_state` / `load_state` / `train` / `sampler`, driven by the job's trainer
+  under Ray Train), how to load a saved model (`from_pretrained`);
+- `sweep_knob`: the `sample:` field the report sweeps for its fidelity/diversity plot.
+
+The job finds families through `jobs.registry` (the `synthaug.generators` entry-point group
+plus `register`); nothing outside a family branches on its name.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar, Literal, Protocol
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict
+
+from augment.generators.base import SampleRequest
+from augment.sample import Sample
+
+RequestKind = Literal["class", "parent", "label_map"]
+REQUEST_KINDS: tuple[RequestKind, ...] = ("class", "parent", "label_map")
+LogFn = Callable[..., None]  # on_log(step, *losses, steps_per_second)
+
+
+class Hyperparameters(BaseModel):
+    """Base of a family's `Fit` and `Sample` models: unknown keys are errors, values frozen."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class NoHyperparameters(Hyperparameters):
+    """For a family with nothing to set in a section."""
+
+
+@dataclass(frozen=True)
+class DataShape:
+    """What a fit learns from the data rather than from the config."""
+
+    image_size: int
+    channels: int
+    class_names: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class TrainingData:
+    """The usable training records as arrays: images uint8 N×H×W×C, labels int64 N (-1: none),
+    masks uint16 N×H×W when every record has one (label-map families need them)."""
+
+    images: np.ndarray
+    labels: np.ndarray
+    masks: np.ndarray | None = None
+
+
+class Sampler(Protocol):
+    """A fitted (or loaded) generator: samples are a pure function of weights, request and seeds."""
+
+    class_names: tuple[str, ...]
+    checkpoint_sha256: str | None
+
+    def sample(self, request: SampleRequest, **kwargs: Any) -> list[Sample]: ...
+
+    def save_pretrained(self, directory: Path) -> None: ...
+
+
+class TrainState(Protocol):
+    step: int
+
+    def save_training_state(self, directory: Path) -> None: ...
+
+
+class Family(ABC):
+    """Subclass, set the class attributes, implement the abstract methods, register."""
+
+    name: ClassVar[str]
+    request: ClassVar[RequestKind]
+    Fit: ClassVar[type[Hyperparameters]] = NoHyperparameters
+    Sample: ClassVar[type[Hyperparameters]] = NoHyperparameters
+    sweep_knob: ClassVar[str | None] = None
+    description: ClassVar[str] = ""
+
+    def __init__(self, fit: Hyperparameters, shape: DataShape, seed: int) -> None:
+        self.fit, self.shape, self.seed = fit, shape, seed
+
+    # -- fitting (the job's trainer calls these on every Ray Train worker) -----------------
+
+    @property
+    def steps(self) -> int:
+        """Optimizer steps of the fit (`fit.steps`)."""
+        return int(getattr(self.fit, "steps", 0))
+
+    @abstractmethod
+    def new_state(self, data: TrainingData, device: Any, rank: int) -> TrainState:
+        """A fresh training state, initialised from `self.seed` (never the global RNG)."""
+
+    @abstractmethod
+    def load_state(self, directory: Path, device: Any) -> TrainState:
+        """A state written by `state.save_training_state` (safetensors + JSON, no pickles)."""
+
+    @abstractmethod
+    def train(self, data: TrainingData, state: TrainState, until: int, on_log: LogFn, rank: int,
+              log_every: int) -> TrainState:
+        """Continue training to step `until`; `on_log(step, *losses, steps_per_second)`."""
+
+    def prepare_ddp(self, state: TrainState, prepare: Callable[[Any], Any]) -> None:
+        """Wrap the trained modules for DDP (`ray.train.torch.prepare_model`); default: nothing to wrap."""
+
+    @abstractmethod
+    def sampler(self, state: TrainState) -> Sampler:
+        """The trained model, ready to sample and `save_pretrained`."""
+
+    # -- loading and sampling --------------------------------------------------------------
+
+    @classmethod
+    @abstractmethod
+    def from_pretrained(cls, directory: Path, device: str = "cpu") -> Sampler:
+        """A folder written by `save_pretrained`; must refuse pickles (`refuse_pickles`)."""
+
+    @classmethod
+    def sample_kwargs(cls, sample: Hyperparameters, class_names: list[str]) -> dict[str, Any]:
+        """The sampler's keyword arguments for the `sample:` section (JSON-able: they cross Ray)."""
+        return sample.model_dump(mode="json")
+
+    @classmethod
+    def sweep_kwargs(cls, kwargs: dict[str, Any], value: float) -> dict[str, Any]:
+        """`kwargs` with the swept knob set to `value`."""
+        return {**kwargs, str(cls.sweep_knob): value}
+
+    @classmethod
+    def batch_size(cls, kwargs: dict[str, Any]) -> int:
+        """Requests per sampler call, so progress moves within a shard."""
+        return int(kwargs.get("batch_size", 64))
+
+
+def check_family(family: type[Family]) -> None:
+    """Raise ValueError naming what a family class lacks."""
+    where = f"{family.__module__}.{family.__qualname__}"
+    if not (isinstance(family, type) and issubclass(family, Family)):
+        raise ValueError(f"{where}: not a subclass of augment.generators.family.Family")
+    name = getattr(family, "name", None)
+    if not isinstance(name, str) or not name.replace("_", "").isalnum() or not name[:1].isalpha() \
+            or name != name.lower() or len(name) > 32:
+        raise ValueError(f"{where}: name must be a lower-case identifier of at most 32 characters, got {name!r}")
+    if name in ("real", "classical", "simulator"):
+        raise ValueError(f"{where}: name {name!r} is reserved for rows that are not generated")
+    if getattr(family, "request", None) not in REQUEST_KINDS:
+        raise ValueError(f"{where}: request must be one of {REQUEST_KINDS}, got {getattr(family, 'request', None)!r}")
+    for section in ("Fit", "Sample"):
+        model = getattr(family, section)
+        if not (isinstance(model, type) and issubclass(model, Hyperparameters)):
+            raise ValueError(f"{where}: {section} must subclass augment.generators.family.Hyperparameters")
+    if family.sweep_knob is not None and family.sweep_knob not in family.Sample.model_fields:
+        raise ValueError(f"{where}: sweep_knob {family.sweep_knob!r} is not a field of {family.Sample.__name__}")
+    if getattr(family, "__abstractmethods__", None):
+        raise ValueError(f"{where}: does not implement {sorted(family.__abstractmethods__)}")
