@@ -123,6 +123,14 @@ def validate_transform(name: str, params: dict, p: float | None) -> None:
     _build(name, params, p)
 
 
+def check_geometric(name: str) -> None:
+    """Raise ValueError unless `name` moves pixels (a DualTransform: masks follow it); label-map
+    steps augment masks by such transforms alone, since a colour change means nothing to a map."""
+    if not issubclass(_transform_class(name), A.DualTransform):
+        raise ValueError(f"{name}: changes pixel values only; a label map is augmented by geometric transforms "
+                         "(Affine, HorizontalFlip, RandomResizedCrop, ...)")
+
+
 def _spec_parts(spec: Any, index: int) -> tuple[str, dict, float | None]:
     if not isinstance(spec, dict):
         raise ValueError(f"transforms[{index}]: expected a mapping with 'name', got {spec!r}")

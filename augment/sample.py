@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
 
 import numpy as np
 
-SourceKind = Literal[
-    "real", "classical", "diffusion", "cgan", "cyclegan", "cycada", "spade", "controlnet", "simulator"
-]
+# Where a row came from: "real", "simulator", "classical", or the name of the generator
+# family that made it (diffusion, cgan, ... and families users register).
+SourceKind = str
 
 
 @dataclass(frozen=True)

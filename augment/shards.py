@@ -24,21 +24,20 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, get_args
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from augment.images import decode_png, encode_png
-from augment.sample import Box, GeneratorInfo, Sample, Scores, SourceKind
+from augment.sample import Box, GeneratorInfo, Sample, Scores
 
 SCHEMA_VERSION = 1
 MANIFEST_NAME = "_manifest.json"
 ROW_GROUP_ROWS = 64
 """Fixed so identical tables give identical bytes; small so readers can fetch rows lazily."""
 PARQUET_COMPRESSION = "zstd"
-SOURCES: tuple[str, ...] = get_args(SourceKind)
 _PNG_COLUMNS = ("image", "mask", "instances", "depth")
 # Statistics (for readers' row-group filters) only on small columns, not on PNG bytes.
 _STATISTICS_COLUMNS = ["id", "height", "width", "label", "label_name", "source", "seed", "parent_id"]
@@ -188,8 +187,9 @@ def samples_to_table(samples: Sequence[Sample], class_names: list[str], *,
         if s.label is not None and not 0 <= s.label < len(class_names):
             raise ValueError(f"sample {s.id!r}: label {s.label!r} is not an index into "
                              f"{len(class_names)} class names")
-        if s.source not in SOURCES:
-            raise ValueError(f"sample {s.id!r}: source {s.source!r} is not one of {SOURCES}")
+        if not (isinstance(s.source, str) and s.source.replace("_", "").isalnum()):
+            raise ValueError(f"sample {s.id!r}: source {s.source!r} is not a family name (real, classical, "
+                             "simulator or a generator family's name)")
         if s.image.ndim != 3 or s.image.dtype != np.uint8 or s.image.shape[2] not in (1, 3):
             raise ValueError(f"sample {s.id!r}: image must be uint8 HxWx1 or HxWx3, "
                              f"got {s.image.dtype} {s.image.shape}")
@@ -456,13 +456,3 @@ def verify_shards(shard_dir: Path) -> list[str]:
         if path.name not in listed:
             problems.append(f"{path.name}: not in manifest (ignored by readers)")
     return problems
-
-
-def __getattr__(name: str) -> Any:
-    # The PyTorch readers live in augment.shard_dataset so that writing shards never
-    # imports torch; `from augment.shards import ShardDataset` still works.
-    if name in {"ShardDataset", "ShardIterableDataset", "collate_items"}:
-        from augment import shard_dataset
-
-        return getattr(shard_dataset, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

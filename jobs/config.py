@@ -10,11 +10,22 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SerializeAsAny,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from augment.errors import ConfigError
+from augment.generators.family import Family, Hyperparameters, NoHyperparameters
 from simulators.digits import DigitsControls
 from simulators.street import StreetControls
 
@@ -117,7 +128,7 @@ SourceConfig = Annotated[
     Field(discriminator="kind"),
 ]
 # Discriminator values pydantic puts into error paths; dropped so paths read source.controls.fov.
-_UNION_TAGS = {"digits", "folder", "coco", "parquet", "simulator", "street", "external", "diffusion", "cgan"}
+_UNION_TAGS = {"digits", "folder", "coco", "parquet", "simulator", "street", "external"}
 
 
 class SplitConfig(_Strict):
@@ -175,77 +186,111 @@ class TransformConfig(_Strict):
 
 
 class AugmentConfig(_Strict):
+    """Classical augmentation: children of the source records, or of one step's rows (`after`)."""
+
     transforms: list[TransformConfig] = Field(min_length=1)
+    after: str | None = Field(None, description="a generate step's kind: augment its rows instead of the "
+                                                "source records")
+    share: float | None = Field(None, gt=0.0, le=1.0, description="part of each class's synthetic rows, next to "
+                                                                  "class-conditional steps (default: an equal split)")
 
 
-# --- class-conditional generators -------------------------------------------------------
+# --- generation steps ------------------------------------------------------------------
 
 
-class DiffusionFitConfig(_Strict):
-    """DDPM training with label dropout for classifier-free guidance (CPU-sized defaults)."""
+class StepConfig(_Strict):
+    """One generation step: a registered family (`kind`, see `jobs.registry`) and what it gets.
 
-    steps: int = Field(2000, ge=0, le=10_000_000)
-    batch_size: int = Field(64, ge=1, le=65_536)
-    lr: float = Field(1e-3, gt=0, le=1.0)
-    warmup_steps: int = Field(100, ge=0)
-    block_out_channels: list[int] = Field(default_factory=lambda: [32, 64, 64], min_length=1, max_length=6)
-    layers_per_block: int = Field(1, ge=1, le=4)
-    attention: bool = True
-    p_uncond: float = Field(0.1, ge=0.0, lt=1.0)
-    ema_decay: float = Field(0.999, gt=0.0, lt=1.0)
-    bf16: bool = Field(True, description="bf16 autocast on CUDA (ignored on CPU)")
+    - class-conditional families share the quota's synthetic rows per class: a `share` of
+      them, or their own `per_class` counts;
+    - parent families (domain transfer) make `per_parent` rows from every usable training
+      record and keep its labels;
+    - label-map families make `per_parent` rows from every record's mask (`maps: source`) or
+      from the mask moved by geometric `transforms` (`maps: augmented`).
+    """
 
-
-class DiffusionSampleConfig(_Strict):
-    scheduler: Literal["ddim", "dpm++"] = "ddim"
-    steps: int = Field(25, ge=1, le=1000)
-    guidance: float = Field(2.0, ge=0.0, le=50.0, description="w in (1 + w)·ε(x, c) − w·ε(x)")
-    guidance_per_class: dict[str, Annotated[float, Field(ge=0.0, le=50.0)]] = Field(default_factory=dict)
-    batch_size: int = Field(64, ge=1, le=65_536)
-
-
-class CGANFitConfig(_Strict):
-    """Projection discriminator + hinge loss (Miyato & Koyama 2018)."""
-
-    steps: int = Field(2000, ge=0, le=10_000_000)
-    batch_size: int = Field(64, ge=1, le=65_536)
-    z_dim: int = Field(64, ge=2, le=1024)
-    g_channels: int = Field(16, ge=4, le=1024)
-    d_channels: int = Field(16, ge=4, le=1024)
-    lr_g: float = Field(2e-4, gt=0, le=1.0)
-    lr_d: float = Field(2e-4, gt=0, le=1.0)
-    n_critic: int = Field(1, ge=1, le=10)
-    ema_decay: float = Field(0.999, gt=0.0, lt=1.0)
-    diffaugment: list[Literal["translation", "cutout"]] = Field(
-        default_factory=list, description="DiffAugment policy for D (Zhao et al. 2020): small data collapses without")
-    mode_seeking: float = Field(0.0, ge=0.0, le=100.0, description="MSGAN weight (Mao et al. 2019); 0: off")
-
-
-class CGANSampleConfig(_Strict):
-    truncation: float | None = Field(None, gt=0.0, description="resample |z| components above this; none: off")
-    batch_size: int = Field(256, ge=1, le=65_536)
-
-
-class _GenerateConfig(_Strict):
+    kind: str
+    share: float | None = Field(None, gt=0.0, le=1.0, description="class-conditional: part of each class's "
+                                                                  "synthetic rows (default: an equal split)")
+    per_class: dict[str, Annotated[int, Field(ge=0)]] | None = Field(
+        None, description="class-conditional: this step's own synthetic rows per class name")
+    per_parent: int = Field(1, ge=1, le=1000, description="parent / label-map: rows made from each training record")
+    maps: Literal["source", "augmented"] = Field("source", description="label-map: the record's mask as it is, or "
+                                                                       "moved by `transforms`")
+    transforms: list[TransformConfig] | None = Field(None, description="label-map with maps: augmented: geometric "
+                                                                       "albumentations transforms")
     from_pretrained: Path | None = Field(None, description="a local saved generator: sample it, skip the fit")
     train_workers: int = Field(1, ge=1, le=1024, description="Ray Train workers (DDP)")
-    num_gpus_per_worker: float = Field(0.0, ge=0.0)
     checkpoint_every: int = Field(250, ge=1, description="steps between saved states and sample grids")
+    # The family's own models (validated by `_family_section`); absent means all defaults.
+    fit: SerializeAsAny[Hyperparameters] = Field(None, validate_default=True)  # type: ignore[assignment]
+    sample: SerializeAsAny[Hyperparameters] = Field(None, validate_default=True)  # type: ignore[assignment]
+
+    @model_validator(mode="before")
+    @classmethod
+    def _moved_keys(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "num_gpus_per_worker" in data:
+            raise ValueError("num_gpus_per_worker moved to execution.num_gpus_per_worker (one setting for "
+                             "fitting, sampling and augmenting)")
+        return data
+
+    @field_validator("kind")
+    @classmethod
+    def _registered(cls, kind: str) -> str:
+        from jobs.registry import get_family
+
+        get_family(kind)
+        return kind
+
+    @field_validator("fit", "sample", mode="wrap")
+    @classmethod
+    def _family_section(cls, value: Any, handler: Any, info: ValidationInfo) -> Hyperparameters:
+        from jobs.registry import get_family
+
+        kind = info.data.get("kind")
+        if kind is None:  # the kind itself was refused; that error is enough
+            return NoHyperparameters()
+        model = getattr(get_family(kind), "Fit" if info.field_name == "fit" else "Sample")
+        if isinstance(value, model):
+            return value
+        return model.model_validate({} if value is None else value)
+
+    @property
+    def family(self) -> type[Family]:
+        from jobs.registry import get_family
+
+        return get_family(self.kind)
+
+    @model_validator(mode="after")
+    def _fields_fit_the_request(self) -> StepConfig:
+        request = self.family.request
+        # Judged by value, not by what was written: a dumped config (job.json) reads back.
+        defaults = {"share": None, "per_class": None, "per_parent": 1, "maps": "source", "transforms": None}
+        given = {key for key, default in defaults.items() if getattr(self, key) != default}
+        allowed = {"class": {"share", "per_class"}, "parent": {"per_parent"},
+                   "label_map": {"per_parent", "maps", "transforms"}}[request]
+        for key in sorted(given - allowed):
+            raise ValueError(f"{key}: not for a {request.replace('_', '-')} step ({self.kind}); "
+                             f"it takes {', '.join(sorted(allowed))}")
+        if self.share is not None and self.per_class is not None:
+            raise ValueError("give share or per_class, not both")
+        if request == "label_map":
+            if (self.maps == "augmented") != bool(self.transforms):
+                raise ValueError("maps: augmented needs transforms (geometric), and transforms need maps: augmented")
+            from augment.classical import check_geometric
+
+            for transform in self.transforms or []:
+                check_geometric(transform.name)
+        return self
 
 
-class DiffusionGenerateConfig(_GenerateConfig):
-    kind: Literal["diffusion"]
-    fit: DiffusionFitConfig = DiffusionFitConfig()
-    sample: DiffusionSampleConfig = DiffusionSampleConfig()
-
-
-class CGANGenerateConfig(_GenerateConfig):
-    kind: Literal["cgan"]
-    fit: CGANFitConfig = CGANFitConfig()
-    sample: CGANSampleConfig = CGANSampleConfig()
-
-
-GenerateConfig = Annotated[DiffusionGenerateConfig | CGANGenerateConfig, Field(discriminator="kind")]
+def _steps(value: Any) -> Any:
+    """`generate:` is a list of steps; one mapping (the old single-family spelling) is one step."""
+    if value is None:
+        return []
+    if isinstance(value, dict):
+        return [value]
+    return value
 
 
 # --- quality report and gate -----------------------------------------------------------
@@ -285,8 +330,9 @@ class ReportConfig(_Strict):
     grid_per_class: int = Field(8, ge=1, le=64)
     utility: UtilityConfig = UtilityConfig()
     sweep: list[Annotated[float, Field(ge=0.0, le=50.0)]] = Field(
-        default_factory=list, description="generator jobs: guidance values (diffusion) or truncations (cgan; 0 = "
-                                          "off) to sample and measure, for the fidelity/diversity trade-off")
+        default_factory=list, description="values of each class-conditional step's sweep knob (diffusion: "
+                                          "guidance; cgan: truncation, 0 = off) to sample and measure, for the "
+                                          "fidelity/diversity trade-off")
     sweep_per_class: int = Field(20, ge=2, le=10_000)
 
 
@@ -321,7 +367,8 @@ class ExecutionConfig(_Strict):
 
     num_workers: int = Field(2, ge=1, le=4096)
     num_cpus_per_worker: float = Field(1.0, gt=0)
-    num_gpus_per_worker: float = Field(0.0, ge=0)
+    num_gpus_per_worker: float = Field(0.0, ge=0, description="GPUs of every Ray worker: fit, sampling, "
+                                                               "augmenting")
     num_cpus: int | None = Field(None, ge=1, description="CPUs of the embedded local Ray (default: all)")
 
 
@@ -330,21 +377,51 @@ class JobConfig(_Strict):
     seed: int = Field(0, ge=0, lt=2**63)
     source: SourceConfig
     split: SplitConfig = SplitConfig()
-    quota: QuotaConfig | None = Field(None, description="absent: copy the source, make nothing")
+    quota: QuotaConfig | None = Field(None, description="absent: copy the source (and map it through parent or "
+                                                        "label-map steps)")
+    generate: Annotated[list[StepConfig], BeforeValidator(_steps)] = Field(default_factory=list)
     augment: AugmentConfig | None = None
-    generate: GenerateConfig | None = None
     report: ReportConfig = ReportConfig()
     filter: FilterConfig | None = None
     output: OutputConfig = OutputConfig()
     execution: ExecutionConfig = ExecutionConfig()
 
+    def step(self, kind: str) -> StepConfig:
+        return next(step for step in self.generate if step.kind == kind)
+
+    @property
+    def class_steps(self) -> list[StepConfig]:
+        return [step for step in self.generate if step.family.request == "class"]
+
+    @property
+    def makes_synthetic(self) -> bool:
+        return bool(self.generate) or self.augment is not None
+
     @model_validator(mode="after")
-    def _quota_needs_a_generator(self) -> JobConfig:
-        if self.augment is not None and self.generate is not None:
-            raise ValueError("give either augment (classical) or generate (a class-conditional model), not both")
-        if self.quota is not None and self.augment is None and self.generate is None:
-            raise ValueError("quota asks for synthetic samples, but there is no augment or generate section")
-        if self.filter is not None and self.filter.active and self.augment is None and self.generate is None:
+    def _steps_fit_together(self) -> JobConfig:
+        kinds = [step.kind for step in self.generate]
+        for i, kind in enumerate(kinds):
+            if kind in kinds[:i]:
+                raise ValueError(f"generate[{i}]: a second {kind!r} step; a family makes one step per job "
+                                 "(its name is its rows' source and its checkpoint folder)")
+        class_steps = [f"generate[{i}] ({s.kind})" for i, s in enumerate(self.generate) if s.family.request == "class"]
+        if self.quota is None and class_steps:
+            raise ValueError(f"{', '.join(class_steps)}: a class-conditional step makes rows to a quota, but there "
+                             "is no quota section")
+        if self.quota is not None and not class_steps and self.augment is None:
+            raise ValueError("quota asks for synthetic samples, but there is no augment section or "
+                             "class-conditional generate step")
+        if self.augment is not None and self.augment.after is not None and self.augment.after not in kinds:
+            raise ValueError(f"augment.after: {self.augment.after!r} is not a generate step "
+                             f"(steps: {', '.join(kinds) or 'none'})")
+        shares = [s.share for s in self.class_steps if s.per_class is None]
+        if self.augment is not None:
+            shares.append(self.augment.share)
+        given = sum(x for x in shares if x is not None)
+        if given > 1.0 + 1e-9 or (shares and None not in shares and abs(given - 1.0) > 1e-9):
+            raise ValueError(f"the shares of the synthetic rows add up to {given:g}; they must make 1 "
+                             "(leave one out to give it the rest)")
+        if self.filter is not None and self.filter.active and not self.makes_synthetic:
             raise ValueError("filter: there are no synthetic rows to filter (no augment or generate section)")
         return self
 
@@ -371,7 +448,7 @@ def format_validation_error(error: ValidationError, where: str) -> str:
     for item in error.errors():
         path = ""
         loc = [p for i, p in enumerate(item["loc"])
-               if not (i and item["loc"][0] in ("source", "generate", "report") and p in _UNION_TAGS)]
+               if not (i and item["loc"][0] in ("source", "report") and p in _UNION_TAGS)]
         for part in loc:
             path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
         value = item.get("input")
@@ -387,9 +464,12 @@ _PATH_KEYS = {"source": ("root", "annotations", "images_root", "path"), "generat
 
 def _resolve_paths(raw: dict[str, Any], base: Path) -> dict[str, Any]:
     report = raw.get("report")
-    sections = [(raw.get(name), keys) for name, keys in _PATH_KEYS.items()]
+    sections = [(raw.get(name), keys) for name, keys in _PATH_KEYS.items() if name != "generate"]
     if isinstance(report, dict):  # a reference source takes the same path keys as `source`
         sections.append((report.get("reference"), _PATH_KEYS["source"]))
+    generate = raw.get("generate")
+    for step in generate if isinstance(generate, list) else [generate]:
+        sections.append((step, _PATH_KEYS["generate"]))
     for mapping, keys in sections:
         if not isinstance(mapping, dict):
             continue
@@ -427,7 +507,18 @@ def load_config(path: Path, *, source_overrides: dict[str, Any] | None = None) -
 
 
 def json_schema() -> dict[str, Any]:
-    """JSON Schema of the config file, for editors."""
-    schema = JobConfig.model_json_schema()
+    """JSON Schema of the config file, for editors: one step variant per registered family."""
+    from pydantic import create_model
+
+    from jobs.registry import families
+
+    variants = [create_model(f"{''.join(w.title() for w in name.split('_'))}Step", __base__=StepConfig,
+                             kind=(Literal[name], ...), fit=(family.Fit, family.Fit()),
+                             sample=(family.Sample, family.Sample()),
+                             __doc__=f"{name}: {family.description or family.__doc__ or ''}".strip())
+                for name, family in sorted(families().items())]
+    step = Annotated[Union[tuple(variants)], Field(discriminator="kind")]  # noqa: UP007 (a runtime tuple)
+    documented = create_model("JobConfig", __base__=JobConfig, generate=(list[step], Field(default_factory=list)))
+    schema = documented.model_json_schema()
     schema["title"] = "synthaug job config"
     return schema

@@ -19,8 +19,9 @@ from typing import Any
 import numpy as np
 
 from augment.errors import ConfigError
+from augment.generators.family import DataShape, Family, TrainingData
 from augment.sources.base import SourceRecord
-from jobs.config import GenerateConfig
+from jobs.config import StepConfig
 
 log = logging.getLogger("synthaug")
 
@@ -28,15 +29,26 @@ LATEST = "LATEST"
 GRID_PER_CLASS = 8
 
 
-def load_training_arrays(source: Any, records: list[SourceRecord]) -> tuple[np.ndarray, np.ndarray]:
-    """The usable labelled training images as one uint8 N×H×W×C array (one size required)."""
-    labelled = [r for r in records if r.label is not None]
-    images = [source.load(r).image for r in labelled]
-    shapes = sorted({im.shape for im in images})
+def training_data(source: Any, records: list[SourceRecord], family: type[Family], where: str) -> TrainingData:
+    """The usable training records as arrays (one image size required). Class-conditional
+    families learn from labelled records only; label-map families need every record's mask."""
+    if family.request == "class":
+        records = [r for r in records if r.label is not None]
+    if not records:
+        raise ConfigError(f"{where}: no usable training records to fit {family.name} on")
+    samples = [source.load(r) for r in records]
+    shapes = sorted({s.image.shape for s in samples})
     if len(shapes) != 1:
-        raise ConfigError(f"generate: training images come in {len(shapes)} sizes ({shapes[:3]}...); "
+        raise ConfigError(f"{where}: training images come in {len(shapes)} sizes ({shapes[:3]}...); "
                           "set source.image_size so that they share one")
-    return np.stack(images), np.array([r.label for r in labelled], dtype=np.int64)
+    masks = None
+    if all(s.mask is not None for s in samples):
+        masks = np.stack([s.mask for s in samples])
+    elif family.request == "label_map":
+        missing = next(s.id for s in samples if s.mask is None)
+        raise ConfigError(f"{where}: {family.name} learns from label maps, but record {missing!r} has no mask")
+    labels = np.array([-1 if s.label is None else s.label for s in samples], dtype=np.int64)
+    return TrainingData(np.stack([s.image for s in samples]), labels, masks)
 
 
 def _latest_state(states: Path) -> Path | None:
@@ -85,20 +97,20 @@ def train_loop_per_worker(loop: dict[str, Any]) -> None:
     import ray
     import ray.train
     import ray.train.torch
-    from pydantic import TypeAdapter
 
-    from jobs.generators import DataShape, family_for
+    from jobs.registry import resolve
 
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
     shape = loop["shape"]
-    family = family_for(TypeAdapter(GenerateConfig).validate_python(loop["generate"]),
-                        DataShape(shape["image_size"], shape["channels"], tuple(shape["class_names"])), loop["seed"])
+    family_class = resolve(loop["family"])
+    family = family_class(family_class.Fit.model_validate(loop["fit"]),
+                          DataShape(shape["image_size"], shape["channels"], tuple(shape["class_names"])), loop["seed"])
     device = ray.train.torch.get_device()
-    images, labels = ray.get(loop["data"])
+    data = ray.get(loop["data"])
     states, grids = Path(loop["states"]), Path(loop["grids"])
     latest = _latest_state(states)
-    state = family.load_state(latest, device) if latest else family.new_state(device, rank)
+    state = family.load_state(latest, device) if latest else family.new_state(data, device, rank)
     if world > 1:
         family.prepare_ddp(state, ray.train.torch.prepare_model)
     total, every = int(loop["steps"]), int(loop["checkpoint_every"])
@@ -112,16 +124,17 @@ def train_loop_per_worker(loop: dict[str, Any]) -> None:
         shown = " ".join(f"{v:.4f}" for v in losses)
         # Straight to stderr: Ray Train re-logs print() through the root logger, which
         # showed every line twice on the driver.
-        sys.stderr.write(f"fit {family.kind}: step {step}/{total} loss {shown} {rate:.1f} steps/s ETA {eta:.0f}s\n")
+        sys.stderr.write(f"fit {family.name}: step {step}/{total} loss {shown} {rate:.1f} steps/s ETA {eta:.0f}s\n")
         sys.stderr.flush()
 
     while state.step < total:
         until = min(total, (state.step // every + 1) * every)
-        state = family.train(images, labels, state, until, on_log, rank, log_every=max(1, min(100, every // 4)))
+        state = family.train(data, state, until, on_log, rank, log_every=max(1, min(100, every // 4)))
         if rank == 0:
             _save_state(family, state, states)
-            _sample_grid(family.sampler(state), list(loop["shape"]["class_names"]),
-                         family.grid_kwargs(), grids / f"step-{state.step:08d}.png")
+            if family.request == "class":  # a grid of fixed-seed samples per class
+                _sample_grid(family.sampler(state), list(loop["shape"]["class_names"]),
+                             loop["sample_kwargs"], grids / f"step-{state.step:08d}.png")
         ray.train.report({"step": state.step, "seconds": time.monotonic() - started,
                           "steps_done_here": state.step - first_step})
     if rank == 0:
@@ -132,19 +145,19 @@ def train_loop_per_worker(loop: dict[str, Any]) -> None:
         tmp.replace(model_dir)
 
 
-def _worker_resources(config: GenerateConfig) -> dict[str, float]:
+def _worker_resources(workers: int, num_gpus_per_worker: float) -> dict[str, float]:
     """GPU share per worker, or on CPU the cluster's CPUs split over the workers: Ray sets a
     worker's torch threads to its CPU count, so one CPU each would leave cores idle."""
     import ray
 
-    if config.num_gpus_per_worker > 0:
-        return {"CPU": 1, "GPU": config.num_gpus_per_worker}
+    if num_gpus_per_worker > 0:
+        return {"CPU": 1, "GPU": num_gpus_per_worker}
     cpus = int(ray.cluster_resources().get("CPU", 1))
-    return {"CPU": max(1, cpus // config.train_workers)}
+    return {"CPU": max(1, cpus // workers)}
 
 
-def fit_generator(config: GenerateConfig, *, shape: Any, seed: int, images: np.ndarray, labels: np.ndarray,
-                  folder: Path) -> Path:
+def fit_step(step: StepConfig, *, family_ref: str, shape: DataShape, seed: int, data: TrainingData,
+             sample_kwargs: dict[str, Any], folder: Path, num_gpus_per_worker: float) -> Path:
     """Fit under Ray Train unless `folder/model` exists already; returns the model folder."""
     import ray
     from ray.train import RunConfig, ScalingConfig
@@ -154,33 +167,35 @@ def fit_generator(config: GenerateConfig, *, shape: Any, seed: int, images: np.n
 
     model_dir = folder / "model"
     if model_dir.is_dir():
-        log.info("fit %s: already done (%s)", config.kind, model_dir)
+        log.info("fit %s: already done (%s)", step.kind, model_dir)
         return model_dir
     states, grids = folder / "states", folder / "grids"
     states.mkdir(parents=True, exist_ok=True)
     grids.mkdir(parents=True, exist_ok=True)
     if _latest_state(states):
-        log.info("fit %s: resuming from %s", config.kind, _latest_state(states))
+        log.info("fit %s: resuming from %s", step.kind, _latest_state(states))
     loop = {
-        "generate": config.model_dump(mode="json"),
+        "family": family_ref,
+        "fit": step.fit.model_dump(mode="json"),
         "shape": {"image_size": shape.image_size, "channels": shape.channels, "class_names": list(shape.class_names)},
         "seed": seed,
-        "data": ray.put((images, labels)),
+        "data": ray.put(data),
         "states": str(states),
         "grids": str(grids),
         "model": str(model_dir),
-        "steps": config.fit.steps,
-        "checkpoint_every": config.checkpoint_every,
+        "steps": int(getattr(step.fit, "steps", 0)),
+        "checkpoint_every": step.checkpoint_every,
+        "sample_kwargs": sample_kwargs,
     }
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config=loop,
-        scaling_config=ScalingConfig(num_workers=config.train_workers, use_gpu=config.num_gpus_per_worker > 0,
-                                     resources_per_worker=_worker_resources(config)),
-        run_config=RunConfig(storage_path=str(folder / "ray_train"), name=f"fit_{config.kind}"),
+        scaling_config=ScalingConfig(num_workers=step.train_workers, use_gpu=num_gpus_per_worker > 0,
+                                     resources_per_worker=_worker_resources(step.train_workers, num_gpus_per_worker)),
+        run_config=RunConfig(storage_path=str(folder / "ray_train"), name=f"fit_{step.kind}"),
         torch_config=train_torch_config(),  # on the embedded Ray, rank 0's TCPStore on 127.0.0.1 only
     )
     trainer.fit()
     if not model_dir.is_dir():
-        raise RuntimeError(f"fit {config.kind}: training finished without saving {model_dir}")
+        raise RuntimeError(f"fit {step.kind}: training finished without saving {model_dir}")
     return model_dir

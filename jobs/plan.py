@@ -18,13 +18,16 @@ import numpy as np
 from augment.errors import ConfigError
 from augment.seeding import derive_seed
 from augment.sources.base import SourceRecord
-from jobs.config import QuotaConfig
+from augment.generators.family import RequestKind
+from jobs.config import JobConfig, QuotaConfig
 
 Split = Literal["train", "holdout"]
 
 
-# Stream tags keep the seeds of different random decisions apart.
-_SPLIT, _PARENTS, _CHILD = 1, 2, 3
+# Stream tags keep the seeds of different random decisions apart. Class-conditional rows and
+# classical children share the _CHILD stream on one index line (class steps first, then
+# classical), so a job of one kind draws exactly the seeds it drew before steps existed.
+_SPLIT, _PARENTS, _CHILD, _MAPPED = 1, 2, 3, 4
 
 
 # A job's plan stays small whatever the quota: children and generated samples are
@@ -43,11 +46,12 @@ class ChildSpec:
 
 @dataclass(frozen=True)
 class ChildRange(Sequence[ChildSpec]):
-    """A parent's synthetic children, described rather than listed.
+    """Rows made from one parent, described rather than listed.
 
-    Child m has id `f"{prefix}{m}"` and the seed of plan index `first + m * stride`, so a
-    plan of millions of rows costs a few numbers per parent, and each seed is computed
-    where the child is made.
+    Row m has id `f"{prefix}{m}"` and the seed of index `first + m * stride` on the seed
+    stream `stream`, so a plan of millions of rows costs a few numbers per parent, and
+    each seed is computed where the row is made. Classical children use the _CHILD stream;
+    a parent or label-map step's rows its own (_MAPPED, step number).
     """
 
     prefix: str
@@ -55,6 +59,7 @@ class ChildRange(Sequence[ChildSpec]):
     length: int
     first: int
     stride: int
+    stream: tuple[int, ...] = (_CHILD,)
 
     def __len__(self) -> int:
         return self.length
@@ -71,27 +76,50 @@ class ChildRange(Sequence[ChildSpec]):
         if not -self.length <= index < self.length:
             raise IndexError(index)
         m = index % self.length
-        return ChildSpec(f"{self.prefix}{m}", derive_seed(self.job_seed, _CHILD, self.first + m * self.stride))
+        return ChildSpec(f"{self.prefix}{m}", derive_seed(self.job_seed, *self.stream, self.first + m * self.stride))
+
+    @staticmethod
+    def empty(prefix: str) -> ChildRange:
+        return ChildRange(prefix, 0, 0, 0, 1)
+
+    @staticmethod
+    def from_dict(raw: dict) -> ChildRange:
+        return ChildRange(**{**raw, "stream": tuple(raw.get("stream", (_CHILD,)))})
+
+
+@dataclass(frozen=True)
+class StepRows:
+    """The rows one parent or label-map step makes from a record."""
+
+    kind: str
+    rows: ChildRange
 
 
 @dataclass(frozen=True)
 class ParentSpec:
     record: SourceRecord
     children: ChildRange
+    mapped: tuple[StepRows, ...] = ()
 
 
 @dataclass(frozen=True)
 class GeneratedSpec:
-    """One sample a class-conditional generator makes from nothing but (label, seed)."""
+    """One sample a class-conditional family makes from nothing but (label, seed)."""
 
     id: str
     label: int
     seed: int
+    children: ChildRange
 
 
 @dataclass(frozen=True)
 class GeneratedRun:
-    """`count` consecutive samples of one class: the j-th of the class, plan index `first + m`."""
+    """`count` consecutive samples of one class: the j-th of the class, index `first + m`.
+
+    With classical augmentation after this step, the class's `child_count` children are
+    dealt round robin over its `class_rows` samples: sample j gets children j, j + G, ...
+    (G = class_rows), child i at index `child_first + i`.
+    """
 
     generator: str
     class_name: str
@@ -100,11 +128,32 @@ class GeneratedRun:
     first_j: int
     first: int
     count: int
+    class_rows: int = 0
+    child_count: int = 0
+    child_first: int = 0
+
+    def children_of(self, j: int) -> int:
+        """Classical children of the class's j-th sample."""
+        return len(range(j, self.child_count, self.class_rows)) if self.child_count else 0
+
+    def rows(self) -> int:
+        """Samples plus their children."""
+        return self.count + _children_before(self.first_j + self.count, self) - _children_before(self.first_j, self)
 
     def spec(self, m: int) -> GeneratedSpec:
         j = self.first_j + m
-        return GeneratedSpec(f"{self.generator}/{self.class_name}/{j:06d}", self.label,
-                             derive_seed(self.job_seed, _CHILD, self.first + m))
+        sample_id = f"{self.generator}/{self.class_name}/{j:06d}"
+        children = ChildRange(f"{sample_id}~classical", self.job_seed, self.children_of(j), self.child_first + j,
+                              max(self.class_rows, 1))
+        return GeneratedSpec(sample_id, self.label, derive_seed(self.job_seed, _CHILD, self.first + m), children)
+
+
+def _children_before(j: int, run: GeneratedRun) -> int:
+    """Children of the class's samples 0..j-1: with K = qG + r, samples below r get q + 1."""
+    if not run.child_count:
+        return 0
+    q, r = divmod(run.child_count, run.class_rows)
+    return j * q + min(j, r)
 
 
 @dataclass(frozen=True)
@@ -135,18 +184,27 @@ class Generated(Sequence[GeneratedSpec]):
             m -= run.count
         raise IndexError(index)
 
+    def rows(self) -> int:
+        return sum(run.rows() for run in self.runs)
+
 
 @dataclass(frozen=True)
 class ShardSpec:
+    """One shard's rows. `children_of` names the step whose rows the classical children are
+    made from (None: the source record itself)."""
+
     split: Split
     file: str
     parents: tuple[ParentSpec, ...]
     include_real: bool
     generated: Generated = Generated()
+    children_of: str | None = None
 
     @property
     def rows(self) -> int:
-        return sum(int(self.include_real) + len(p.children) for p in self.parents) + len(self.generated)
+        per_parent = sum(int(self.include_real) + len(p.children) + sum(len(m.rows) for m in p.mapped)
+                         for p in self.parents)
+        return per_parent + self.generated.rows()
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), separators=(",", ":"))
@@ -154,9 +212,43 @@ class ShardSpec:
     @staticmethod
     def from_json(text: str) -> ShardSpec:
         raw = json.loads(text)
-        parents = tuple(ParentSpec(SourceRecord(**p["record"]), ChildRange(**p["children"])) for p in raw["parents"])
+        parents = tuple(ParentSpec(SourceRecord(**p["record"]), ChildRange.from_dict(p["children"]),
+                                   tuple(StepRows(m["kind"], ChildRange.from_dict(m["rows"]))
+                                         for m in p.get("mapped", ())))
+                        for p in raw["parents"])
         generated = Generated(tuple(GeneratedRun(**run) for run in raw["generated"]["runs"]))
-        return ShardSpec(raw["split"], raw["file"], parents, raw["include_real"], generated)
+        return ShardSpec(raw["split"], raw["file"], parents, raw["include_real"], generated, raw.get("children_of"))
+
+
+# -- what the config asks for, as the planner sees it ------------------------------------
+
+
+@dataclass(frozen=True)
+class PlanStep:
+    """A generate step: its family's name and request, and its part of the rows."""
+
+    kind: str
+    request: RequestKind
+    share: float | None = None
+    per_class: dict[str, int] | None = None
+    per_parent: int = 1
+
+
+@dataclass(frozen=True)
+class PlanAugment:
+    """Classical augmentation: its share of the quota, and whose rows it augments."""
+
+    share: float | None = None
+    after: str | None = None
+
+
+CLASSICAL = PlanAugment()
+
+
+def plan_steps(config: JobConfig) -> tuple[tuple[PlanStep, ...], PlanAugment | None]:
+    steps = tuple(PlanStep(s.kind, s.family.request, s.share, s.per_class, s.per_parent) for s in config.generate)
+    augment = None if config.augment is None else PlanAugment(config.augment.share, config.augment.after)
+    return steps, augment
 
 
 def split_records(
@@ -190,46 +282,105 @@ def _class_index(quota: QuotaConfig, class_names: list[str]) -> dict[str, int]:
     return index
 
 
-def synthetic_counts(quota: QuotaConfig, real: dict[int, int], class_names: list[str]) -> dict[int, int]:
-    """Synthetic samples to make per class so that real + synthetic meets the quota."""
+def synthetic_counts(quota: QuotaConfig, real: dict[int, int], class_names: list[str],
+                     mapped: dict[int, int] | None = None, *, strict: bool = True) -> dict[int, int]:
+    """Rows the quota leaves to make per class: target − real − rows of parent/label-map steps.
+
+    `strict=False` (before the scan, when rejected records may still lower the real counts)
+    counts a target below what the class has as zero instead of refusing it."""
+    mapped = mapped or {}
     present = {c: n for c, n in real.items() if n > 0}
+    have = {c: n + mapped.get(c, 0) for c, n in present.items()}
+    what = "real training samples" if not mapped else "real training samples and mapped rows"
     if quota.per_class is not None:
         index = _class_index(quota, class_names)
         counts: dict[int, int] = {}
         for name, target in quota.per_class.items():
-            have = present.get(index[name], 0)
-            if target > 0 and have == 0:
+            c = index[name]
+            if target > 0 and present.get(c, 0) == 0:
                 raise ConfigError(f"quota.per_class[{name!r}]: {target} asked, but the class has no usable training samples")
-            if target < have:
+            if target < have.get(c, 0) and strict:
                 raise ConfigError(
-                    f"quota.per_class[{name!r}]: {target} is below the {have} real training samples of the class "
+                    f"quota.per_class[{name!r}]: {target} is below the {have.get(c, 0)} {what} of the class "
                     "(the quota counts real + synthetic)"
                 )
-            counts[index[name]] = target - have
+            counts[c] = max(target - have.get(c, 0), 0)
         return counts
     if quota.multiplier is not None:
-        return {c: int(round(n * quota.multiplier)) - n for c, n in present.items()}
+        counts = {c: int(round(n * quota.multiplier)) - have[c] for c, n in present.items()}
+        short = {class_names[c]: n for c, n in counts.items() if n < 0}
+        counts = {c: max(n, 0) for c, n in counts.items()}
+        if short and strict:
+            raise ConfigError(f"quota.multiplier: {quota.multiplier} is met by the {what} already "
+                              f"(classes {sorted(short)}); raise it or map fewer rows per parent")
+        return counts
     if not present:
         raise ConfigError("quota.balance: the source has no labelled training samples")
-    largest = max(present.values())
-    return {c: largest - n for c, n in present.items()}
+    largest = max(have.values())
+    return {c: largest - n for c, n in have.items()}
 
 
-def assign_children(
-    train: list[SourceRecord], counts: dict[int, int], seed: int, source_name: str
-) -> dict[str, ChildRange]:
-    """Spread each class's synthetic count over its parents (seeded permutation, round robin).
+def split_quota(counts: dict[int, int], steps: Sequence[PlanStep], augment: PlanAugment | None,
+                class_names: list[str]) -> tuple[dict[str, dict[int, int]], dict[int, int]]:
+    """Each class's synthetic rows dealt to the class-conditional steps and classical augmentation.
 
-    The class's j-th sample goes to the parent at position j mod P of the permutation, with
-    plan index (samples of earlier classes) + j; so a parent's children form an arithmetic
-    progression of plan indices, stored as a `ChildRange`. Ids derive from the parent.
+    `per_class` steps take their own counts first; the rest is split by `share` (unset shares
+    split what the set ones leave, equally), with largest-remainder rounding so the parts add
+    up exactly. Returns ({step kind: {class: rows}}, {class: classical rows})."""
+    participants: list[tuple[str, float | None]] = [(s.kind, s.share) for s in steps
+                                                    if s.request == "class" and s.per_class is None]
+    if augment is not None:
+        participants.append(("", augment.share))  # "" is classical
+    given = sum(share for _, share in participants if share is not None)
+    unset = [name for name, share in participants if share is None]
+    shares = {name: (share if share is not None else max(0.0, 1.0 - given) / len(unset))
+              for name, share in participants}
+    index = {name: i for i, name in enumerate(class_names)}
+    out: dict[str, dict[int, int]] = {s.kind: {} for s in steps if s.request == "class"}
+    classical: dict[int, int] = {}
+    for c in sorted(counts):
+        left = counts[c]
+        for step in steps:
+            if step.request == "class" and step.per_class is not None:
+                unknown = sorted(set(step.per_class) - set(index))
+                if unknown:
+                    raise ConfigError(f"generate ({step.kind}).per_class: unknown classes {unknown} "
+                                      f"(classes: {', '.join(class_names)})")
+                take = step.per_class.get(class_names[c], 0)
+                if take > left:
+                    raise ConfigError(f"generate ({step.kind}).per_class[{class_names[c]!r}]: {take} is more than "
+                                      f"the {left} synthetic rows the quota leaves for the class")
+                out[step.kind][c] = take
+                left -= take
+        if left and not participants:
+            raise ConfigError(f"quota: {left} synthetic rows of class {class_names[c]!r} are left to make, but every "
+                              "class-conditional step has its own per_class; give one a share instead")
+        raw = [(name, left * shares[name]) for name, _ in participants]
+        parts = {name: int(value) for name, value in raw}
+        # Largest remainder: the rows lost to rounding go to the biggest fractions (ties: config order).
+        for name, _ in sorted(raw, key=lambda item: -(item[1] - int(item[1])))[:left - sum(parts.values())]:
+            parts[name] += 1
+        for name, rows in parts.items():
+            if name:
+                out[name][c] = rows
+            else:
+                classical[c] = rows
+    return out, classical
+
+
+def assign_children(train: list[SourceRecord], counts: dict[int, int], seed: int, offset: int = 0
+                    ) -> dict[str, ChildRange]:
+    """Spread each class's classical count over its parents (seeded permutation, round robin).
+
+    The class's j-th child goes to the parent at position j mod P of the permutation, with
+    index (children of earlier classes) + j after `offset`; so a parent's children form an
+    arithmetic progression of indices, stored as a `ChildRange`. Ids derive from the parent.
     """
     by_label: dict[int, list[SourceRecord]] = {}
     for record in sorted(train, key=lambda r: r.id):
         if record.label is not None:
             by_label.setdefault(record.label, []).append(record)
     children: dict[str, ChildRange] = {}
-    offset = 0
     for label in sorted(counts):
         parents = by_label.get(label, [])
         wanted = counts[label]
@@ -239,10 +390,23 @@ def assign_children(
         for position in range(min(len(parents), wanted)):
             parent = parents[int(order[position])]
             count = -(-(wanted - position) // len(parents))  # j = position, position + P, ... < wanted
-            children[parent.id] = ChildRange(f"{parent.id}~{source_name}", seed, count, offset + position,
-                                             len(parents))
+            children[parent.id] = ChildRange(f"{parent.id}~classical", seed, count, offset + position, len(parents))
         offset += wanted
     return children
+
+
+def map_rows(train: list[SourceRecord], steps: Sequence[PlanStep], seed: int) -> dict[str, tuple[StepRows, ...]]:
+    """Every training record's rows from the parent and label-map steps (`per_parent` each)."""
+    mapped: dict[str, tuple[StepRows, ...]] = {}
+    numbered = [(number, step) for number, step in enumerate(steps) if step.request != "class"]
+    if not numbered:
+        return mapped
+    for position, record in enumerate(sorted(train, key=lambda r: r.id)):
+        mapped[record.id] = tuple(
+            StepRows(step.kind, ChildRange(f"{record.id}~{step.kind}", seed, step.per_parent,
+                                           position * step.per_parent, 1, (_MAPPED, number)))
+            for number, step in numbered)
+    return mapped
 
 
 def pack_shards(
@@ -252,24 +416,29 @@ def pack_shards(
     *,
     rows_per_shard: int,
     include_real: bool,
+    mapped: dict[str, tuple[StepRows, ...]] | None = None,
+    children_of: str | None = None,
 ) -> list[ShardSpec]:
-    """Group parents (in id order) with their children into shards of ~rows_per_shard rows."""
+    """Group parents (in id order) with their rows into shards of ~rows_per_shard rows."""
     shards: list[ShardSpec] = []
     current: list[ParentSpec] = []
     rows = 0
+    mapped = mapped or {}
 
     def close() -> None:
         nonlocal current, rows
         if rows:
-            shards.append(ShardSpec(split, f"{split}-{len(shards):05d}.parquet", tuple(current), include_real))
+            shards.append(ShardSpec(split, f"{split}-{len(shards):05d}.parquet", tuple(current), include_real,
+                                    children_of=children_of))
         current, rows = [], 0
 
     for record in sorted(parents, key=lambda r: r.id):
-        kids = children.get(record.id) or ChildRange(f"{record.id}~", 0, 0, 0, 1)
-        n = int(include_real) + len(kids)
+        kids = children.get(record.id) or ChildRange.empty(f"{record.id}~")
+        made = mapped.get(record.id, ())
+        n = int(include_real) + len(kids) + sum(len(m.rows) for m in made)
         if n == 0:
             continue
-        current.append(ParentSpec(record, kids))
+        current.append(ParentSpec(record, kids, made))
         rows += n
         if rows >= rows_per_shard:
             close()
@@ -277,14 +446,16 @@ def pack_shards(
     return shards
 
 
-def plan_generated(
-    counts: dict[int, int], seed: int, generator_name: str, class_names: list[str], *, rows_per_shard: int
-) -> list[ShardSpec]:
-    """Shards of class-conditional samples: no parents; ids and seeds from (class, index).
+def plan_generated(counts: dict[int, int], seed: int, generator_name: str, class_names: list[str], *,
+                   rows_per_shard: int, first: int = 0, children: dict[int, int] | None = None,
+                   child_first: int = 0) -> list[ShardSpec]:
+    """Shards of one class-conditional step's samples: no parents; ids and seeds from (class, index).
 
-    Samples are numbered class by class (plan index) and cut into shards of
-    `rows_per_shard`; a shard holds one run per class it touches.
+    Samples are numbered class by class from index `first` and cut into shards of about
+    `rows_per_shard` rows (a sample and its classical `children` share a shard); a shard
+    holds one run per class it touches.
     """
+    children = children or {}
     shards: list[ShardSpec] = []
     runs: list[GeneratedRun] = []
     room = rows_per_shard
@@ -296,25 +467,38 @@ def plan_generated(
                                     Generated(tuple(runs))))
         runs, room = [], rows_per_shard
 
-    index = 0
+    index, child_index = first, child_first
     for label in sorted(counts):
+        total, kids = counts[label], children.get(label, 0)
+        if kids and not total:
+            raise ConfigError(f"augment.after: {generator_name} makes no samples of class {class_names[label]!r} "
+                              f"to augment ({kids} classical rows asked)")
         j = 0
-        while j < counts[label]:
-            take = min(room, counts[label] - j)
-            runs.append(GeneratedRun(generator_name, class_names[label], label, seed, j, index, take))
-            j, index, room = j + take, index + take, room - take
-            if room == 0:
+        while j < total:
+            # Samples below r = kids mod total carry one child more: cut at that boundary too.
+            per_row = 1 + (kids // total if total else 0)
+            edge = kids % total if total else 0
+            size, stop = (per_row + 1, edge) if j < edge else (per_row, total)
+            take = max(1, min(stop - j, room // size)) if room >= size or not runs else 0
+            if take == 0:
                 close()
+                continue
+            runs.append(GeneratedRun(generator_name, class_names[label], label, seed, j, index, take,
+                                     total if kids else 0, kids, child_index if kids else 0))
+            j, index, room = j + take, index + take, room - take * size
+            if room <= 0:
+                close()
+        child_index += kids
     close()
     return shards
 
 
-def check_plan_size(counts: dict[int, int], real: dict[int, int], class_names: list[str], *, rows: int,
-                    rows_per_shard: int, class_conditional: bool) -> None:
+def check_plan_size(counts: dict[int, int], parents: dict[int, int], class_names: list[str], *, rows: int,
+                    rows_per_shard: int, classical: dict[int, int] | None = None) -> None:
     """Refuse, before anything is planned, a quota no job should hold: more than
-    `MAX_PLANNED_ROWS` rows in all (`rows` real ones plus the synthetic), more than
-    `MAX_SHARDS` shards, or (classical: a parent shares its shard with its children) more
-    children per image than a shard holds."""
+    `MAX_PLANNED_ROWS` rows in all (`rows` real and mapped ones plus the synthetic `counts`),
+    more than `MAX_SHARDS` shards, or more classical children per parent than a shard holds
+    (a parent shares its shard with its children; `parents`: per class, what they are made from)."""
     total = rows + sum(counts.values())
     if total > MAX_PLANNED_ROWS:
         raise ConfigError(f"quota: the job would write {total:,} rows; one job writes at most {MAX_PLANNED_ROWS:,} "
@@ -324,33 +508,61 @@ def check_plan_size(counts: dict[int, int], real: dict[int, int], class_names: l
         raise ConfigError(f"output.rows_per_shard: {rows_per_shard} rows a shard makes {shards:,} shards of "
                           f"{total:,} rows; a job writes at most {MAX_SHARDS:,} (raise rows_per_shard to at least "
                           f"{-(-total // MAX_SHARDS):,})")
-    if class_conditional:
-        return
-    for label, wanted in sorted(counts.items()):
-        parents = real.get(label, 0)
-        per_parent = -(-wanted // parents) if parents else 0
+    for label, wanted in sorted((classical or {}).items()):
+        have = parents.get(label, 0)
+        per_parent = -(-wanted // have) if have else 0
         if per_parent + 1 > MAX_SHARD_ROWS:
             raise ConfigError(
-                f"quota: class {class_names[label]!r} needs {wanted:,} synthetic samples from {parents:,} training "
+                f"quota: class {class_names[label]!r} needs {wanted:,} synthetic samples from {have:,} training "
                 f"images, {per_parent:,} from each; an image and its children share a shard of at most "
                 f"{MAX_SHARD_ROWS:,} rows (lower the quota or add real images)")
 
 
-def precheck_quota(quota: QuotaConfig | None, class_names: list[str], train: list[SourceRecord],
-                   holdout_rows: int, *, include_real: bool, rows_per_shard: int, class_conditional: bool) -> None:
-    """The quota checks that need no pixels, run on the listed records before Ray starts:
-    unknown class names and sizes no job may hold. Rejected records only lower the real
-    counts, which can only raise the synthetic count per image, so nothing refused here
-    would pass after the scan."""
+@dataclass(frozen=True)
+class Quota:
+    """How a job's rows come about per class: real, mapped by parent/label-map steps, made by
+    each class-conditional step, and classical children (with what they are made from)."""
+
+    real: dict[int, int]
+    mapped: dict[int, int]
+    synthetic: dict[int, int]
+    by_step: dict[str, dict[int, int]]
+    classical: dict[int, int]
+    parents: dict[int, int]  # per class, the rows classical children are made from
+
+
+def quota_for(quota: QuotaConfig | None, class_names: list[str], train: list[SourceRecord],
+              steps: Sequence[PlanStep], augment: PlanAugment | None, *, strict: bool = True) -> Quota:
     real = dict(Counter(r.label for r in train if r.label is not None))
-    counts: dict[int, int] = {}  # no quota: a copy of the source
-    if quota is not None and quota.per_class is not None:
-        index = _class_index(quota, class_names)
-        counts = {index[name]: max(target - real.get(index[name], 0), 0) for name, target in quota.per_class.items()}
-    elif quota is not None:
-        counts = synthetic_counts(quota, real, class_names)
-    check_plan_size(counts, real, class_names, rows=len(train) * int(include_real) + holdout_rows,
-                    rows_per_shard=rows_per_shard, class_conditional=class_conditional)
+    mapped: dict[int, int] = {}
+    for step in steps:
+        if step.request != "class":
+            for c, n in real.items():
+                mapped[c] = mapped.get(c, 0) + n * step.per_parent
+    counts = {} if quota is None else synthetic_counts(quota, real, class_names, mapped, strict=strict)
+    by_step, classical = split_quota(counts, steps, augment, class_names)
+    after = None if augment is None else augment.after
+    step_of = {s.kind: s for s in steps}
+    if after is None:
+        parents = real
+    elif step_of[after].request == "class":
+        parents = dict(by_step[after])
+    else:
+        parents = {c: n * step_of[after].per_parent for c, n in real.items()}
+    return Quota(real, mapped, counts, by_step, classical, parents)
+
+
+def precheck_quota(quota: QuotaConfig | None, class_names: list[str], train: list[SourceRecord],
+                   holdout_rows: int, *, include_real: bool, rows_per_shard: int, steps: Sequence[PlanStep] = (),
+                   augment: PlanAugment | None = CLASSICAL) -> None:
+    """The quota checks that need no pixels, run on the listed records before Ray starts:
+    unknown class names, impossible splits and sizes no job may hold. Rejected records only
+    lower the real counts, which can only raise the synthetic count per image, so nothing
+    refused here would pass after the scan."""
+    q = quota_for(quota, class_names, train, steps, augment, strict=False)
+    check_plan_size(q.synthetic, q.parents, class_names,
+                    rows=len(train) * int(include_real) + sum(q.mapped.values()) + holdout_rows,
+                    rows_per_shard=rows_per_shard, classical=q.classical)
 
 
 @dataclass(frozen=True)
@@ -358,18 +570,17 @@ class Plan:
     class_names: list[str]
     train: list[ShardSpec]
     holdout: list[ShardSpec]
-    real_counts: dict[int, int]
-    synthetic: dict[int, int]
+    quota: Quota
 
     def expected_counts(self) -> dict[str, int]:
-        """Rows per class name of the training shards (real + synthetic)."""
+        """Rows per class name of the training shards (real, mapped and synthetic)."""
         totals: Counter[str] = Counter()
         for shard in self.train:
             for parent in shard.parents:
                 name = "unlabelled" if parent.record.label is None else self.class_names[parent.record.label]
-                totals[name] += int(shard.include_real) + len(parent.children)
-            for generated in shard.generated:
-                totals[self.class_names[generated.label]] += 1
+                totals[name] += int(shard.include_real) + len(parent.children) + sum(len(m.rows) for m in parent.mapped)
+            for run in shard.generated.runs:
+                totals[self.class_names[run.label]] += run.rows()
         return dict(totals)
 
 
@@ -382,29 +593,39 @@ def make_plan(
     seed: int,
     rows_per_shard: int,
     include_real: bool,
-    source_name: str = "classical",
-    class_conditional: bool = False,
+    steps: Sequence[PlanStep] = (),
+    augment: PlanAugment | None = CLASSICAL,
 ) -> Plan:
-    """Plan the shards for usable records (already split and scanned); no quota: copy only.
+    """Plan the shards for usable records (already split and scanned); no quota: copy (and map) only.
 
-    Classical samples are children of a real parent; a class-conditional generator's
-    samples (`class_conditional`) have no parent and go to shards of their own.
+    Source records carry their own rows: the real one, the rows of parent/label-map steps,
+    and classical children (of the record, or of its first mapped row with `augment.after`).
+    Each class-conditional step's samples go to shards of their own, with their classical
+    children when `augment.after` names the step.
     """
-    real = Counter(r.label for r in train if r.label is not None)
-    counts = {} if quota is None else synthetic_counts(quota, dict(real), class_names)
-    check_plan_size(counts, dict(real), class_names, rows=len(train) * int(include_real) + len(holdout),
-                    rows_per_shard=rows_per_shard, class_conditional=class_conditional)
-    if class_conditional:
-        children: dict[str, ChildRange] = {}
-        generated = plan_generated(counts, seed, source_name, class_names, rows_per_shard=rows_per_shard)
-    else:
-        children = assign_children(train, counts, seed, source_name)
-        generated = []
+    q = quota_for(quota, class_names, train, steps, augment)
+    check_plan_size(q.synthetic, q.parents, class_names,
+                    rows=len(train) * int(include_real) + sum(q.mapped.values()) + len(holdout),
+                    rows_per_shard=rows_per_shard, classical=q.classical)
+    after = None if augment is None else augment.after
+    after_step = next((s for s in steps if s.kind == after), None)
+    class_rows = sum(sum(q.by_step[s.kind].values()) for s in steps if s.request == "class")
+    generated: list[ShardSpec] = []
+    first = 0
+    for step in steps:
+        if step.request != "class":
+            continue
+        kids = q.classical if step.kind == after else None
+        generated += plan_generated(q.by_step[step.kind], seed, step.kind, class_names, rows_per_shard=rows_per_shard,
+                                    first=first, children=kids, child_first=class_rows)
+        first += sum(q.by_step[step.kind].values())
+    on_records = after_step is None or after_step.request != "class"
+    children = assign_children(train, q.classical, seed, offset=class_rows) if on_records else {}
     return Plan(
         class_names=class_names,
-        train=pack_shards("train", train, children, rows_per_shard=rows_per_shard, include_real=include_real)
+        train=pack_shards("train", train, children, rows_per_shard=rows_per_shard, include_real=include_real,
+                          mapped=map_rows(train, steps, seed), children_of=after if on_records else None)
         + generated,
         holdout=pack_shards("holdout", holdout, {}, rows_per_shard=rows_per_shard, include_real=True),
-        real_counts=dict(real),
-        synthetic=counts,
+        quota=q,
     )

@@ -34,7 +34,7 @@ from augment.shards import (
 from augment.sources.base import SourceRecord
 from jobs.config import JobConfig
 from jobs.lock import LOCK_NAME, JobLock
-from jobs.plan import Plan, ShardSpec, make_plan, precheck_quota, split_records
+from jobs.plan import Plan, ShardSpec, make_plan, plan_steps, precheck_quota, split_records
 from jobs.sources import build_source
 
 log = logging.getLogger("synthaug")
@@ -145,12 +145,11 @@ def list_source(config: JobConfig) -> ListedSource:
         raise ConfigError(f"source: the {config.source.kind} source has no records")
     train, holdout = split_records(records, config.split.holdout, config.seed)
     # Quota mistakes (unknown class, a size no job may hold) are found here, before Ray starts.
+    steps, augment = plan_steps(config)
     precheck_quota(config.quota, source.class_names, train, len(holdout), include_real=config.output.include_real,
-                   rows_per_shard=config.output.rows_per_shard, class_conditional=config.generate is not None)
-    if config.generate is not None:
-        from jobs.generators import sample_kwargs
-
-        sample_kwargs(config.generate, source.class_names)
+                   rows_per_shard=config.output.rows_per_shard, steps=steps, augment=augment)
+    for i, step in enumerate(config.generate):
+        step_sample_kwargs(step, source.class_names, f"generate[{i}]")
     log.info("source: %d records, %d classes; split %d train / %d holdout",
              len(records), len(source.class_names), len(train), len(holdout))
     return ListedSource(source.class_names, records, train, holdout, bool(getattr(source, "trusted", False)), source)
@@ -221,36 +220,46 @@ class JobRunner:
         return {str(row["id"]): {"path": str(row["path"]), "reason": str(row["reason"])}
                 for row in rows if row["reason"]}
 
-    def fit(self, listed: ListedSource, rejected: dict[str, Any], plan: Plan) -> dict[str, Any]:
-        """Fit the class-conditional generator (or take `from_pretrained`); worker settings for it."""
-        from jobs.fit import fit_generator, load_training_arrays
-        from jobs.generators import DataShape, load_sampler, sample_kwargs
+    def fit(self, number: int, listed: ListedSource, rejected: dict[str, Any], plan: Plan) -> dict[str, Any]:
+        """Fit generate step `number` (or take its `from_pretrained`); the workers' settings for it."""
+        from augment.generators.family import DataShape
+        from jobs.fit import fit_step, training_data
+        from jobs.registry import family_ref
 
-        generate = self.config.generate
+        step = self.config.generate[number]
+        family, where = step.family, f"generate[{number}] ({step.kind})"
         usable = [r for r in listed.train if r.id not in rejected]
-        if generate.from_pretrained is not None:
-            model_dir = generate.from_pretrained
+        stages = self.job.setdefault("stages", {}).setdefault("fit", {})
+        if step.from_pretrained is not None:
+            model_dir = step.from_pretrained
             try:
-                sampler = load_sampler(generate.kind, model_dir)
+                sampler = family.from_pretrained(model_dir)
             except (ValueError, OSError) as error:
-                raise ConfigError(f"generate.from_pretrained: {error}") from None
-            if list(sampler.class_names if hasattr(sampler, "class_names") else sampler.config.class_names) \
-                    != plan.class_names:
-                raise ConfigError(f"generate.from_pretrained: {model_dir} was trained on other classes than "
-                                  f"the source's {plan.class_names}")
-            self._stage("fit", status="pretrained", model=str(model_dir))
+                raise ConfigError(f"{where}.from_pretrained: {error}") from None
+            if family.request != "parent" and list(sampler.class_names) != plan.class_names:
+                raise ConfigError(f"{where}.from_pretrained: {model_dir} was trained on the classes "
+                                  f"{list(sampler.class_names)}, not the source's {plan.class_names}")
+            stages[step.kind] = {"status": "pretrained", "model": str(model_dir)}
+            self._save_job()
         else:
-            images, labels = load_training_arrays(listed.source, usable)
-            shape = DataShape(images.shape[1], images.shape[3], tuple(plan.class_names))
-            folder = self.out / "checkpoints" / generate.kind
-            self._stage("fit", status="running", folder=str(folder))
-            model_dir = fit_generator(generate, shape=shape, seed=self.config.seed, images=images, labels=labels,
-                                      folder=folder)
-            self._stage("fit", status="done", model=str(model_dir))
-        device = "cuda" if generate.num_gpus_per_worker > 0 else "cpu"
-        sample = {k: ({str(c): w for c, w in v.items()} if isinstance(v, dict) else v)
-                  for k, v in sample_kwargs(generate, plan.class_names).items()}
-        return {"kind": generate.kind, "dir": str(model_dir), "sample": sample, "device": device}
+            data = training_data(listed.source, usable, family, where)
+            shape = DataShape(data.images.shape[1], data.images.shape[3], tuple(plan.class_names))
+            folder = self.out / "checkpoints" / step.kind
+            stages[step.kind] = {"status": "running", "folder": str(folder)}
+            self._save_job()
+            model_dir = fit_step(step, family_ref=family_ref(family), shape=shape, seed=self.config.seed, data=data,
+                                 sample_kwargs=step_sample_kwargs(step, plan.class_names, where), folder=folder,
+                                 num_gpus_per_worker=self.config.execution.num_gpus_per_worker)
+            stages[step.kind] = {"status": "done", "model": str(model_dir)}
+            self._save_job()
+        spec: dict[str, Any] = {
+            "family": family_ref(family), "dir": str(model_dir),
+            "sample": step_sample_kwargs(step, plan.class_names, where),
+            "device": "cuda" if self.config.execution.num_gpus_per_worker > 0 else "cpu",
+        }
+        if step.transforms:
+            spec["map_transforms"] = [t.as_spec() for t in step.transforms]
+        return spec
 
     def real_side(self, listed: ListedSource, rejected: dict[str, Any]) -> Any:
         """The real train / holdout images the report compares against, at the metric size."""
@@ -296,7 +305,8 @@ class JobRunner:
         return quality
 
     def generate(self, pending: list[ShardSpec], plan: Plan, counter: Any,
-                 generator: dict[str, Any] | None = None, quality: dict[str, Any] | None = None) -> list[ShardEntry]:
+                 generators: dict[str, dict[str, Any]] | None = None,
+                 quality: dict[str, Any] | None = None) -> list[ShardEntry]:
         import ray.data
 
         from jobs.datasink import ShardDatasink
@@ -320,14 +330,12 @@ class JobRunner:
                 "class_names": plan.class_names,
                 "png_compress_level": self.config.output.png_compress_level,
                 "job_seed": self.config.seed,
-                "generator": generator,
+                "generators": generators,
                 "quality": quality,
             },
             batch_size=1,
             num_cpus=execution.num_cpus_per_worker,
-            # A generator sampling on CUDA needs its GPU share on every actor.
-            num_gpus=max(execution.num_gpus_per_worker,
-                         self.config.generate.num_gpus_per_worker if generator else 0.0) or None,
+            num_gpus=execution.num_gpus_per_worker or None,
             **actor_pool(min(execution.num_workers, len(specs))),
         )
         total = sum(s.rows for s in pending)
@@ -382,6 +390,7 @@ class JobRunner:
                 f"{summarize_rejections(rejected_rows)}")
 
         # 3. Plan shards over the usable records.
+        steps, augment = plan_steps(config)
         plan = make_plan(
             class_names=listed.class_names,
             train=[r for r in train if r.id not in rejected],
@@ -390,8 +399,8 @@ class JobRunner:
             seed=config.seed,
             rows_per_shard=config.output.rows_per_shard,
             include_real=config.output.include_real,
-            source_name=config.generate.kind if config.generate else "classical",
-            class_conditional=config.generate is not None,
+            steps=steps,
+            augment=augment,
         )
 
         # 4. Keep published shards, make the rest.
@@ -408,17 +417,19 @@ class JobRunner:
         if done:
             log.info("resuming: %d of %d shards already published", len(done), len(every))
         self._stage("shards", planned=len(every), published=len(done))
-        generator = None
-        if config.generate is not None and any(s.generated for s in pending):
-            generator = self.fit(listed, rejected, plan)
-        # Synthetic rows are scored (and gated) before their shard is published.
-        makes_synthetic = any(s.generated or any(p.children for p in s.parents) for s in pending)
+        # Fit (or load) the steps whose rows are still to make, in config order.
+        needed = {run.generator for s in pending for run in s.generated.runs} | \
+                 {m.kind for s in pending for p in s.parents for m in p.mapped if len(m.rows)}
+        generators = {step.kind: self.fit(i, listed, rejected, plan)
+                      for i, step in enumerate(config.generate) if step.kind in needed}
+        # Synthetic rows are scored (and filtered) before their shard is published.
+        makes_synthetic = any(s.generated or any(p.children or p.mapped for p in s.parents) for s in pending)
         gate = config.filter is not None and config.filter.active
         quality = None
         if makes_synthetic and (config.report.enabled or gate):
             quality = self.prepare_quality(listed, rejected, plan)
         if pending:
-            self.generate(pending, plan, counter, generator, quality)
+            self.generate(pending, plan, counter, generators, quality)
         missing = [s.file for s in every if not (folders[s.split] / s.file).exists()]
         if missing:
             raise JobFailed(f"{len(missing)} shards were not published: {', '.join(missing[:5])}")
@@ -487,6 +498,14 @@ def run_job(config: JobConfig, out: Path, *, address: str | None = None, overwri
                 import ray
 
                 ray.shutdown()
+
+
+def step_sample_kwargs(step: Any, class_names: list[str], where: str) -> dict[str, Any]:
+    """The step's sampler keyword arguments, or a ConfigError naming the step."""
+    try:
+        return step.family.sample_kwargs(step.sample, class_names)
+    except ValueError as error:
+        raise ConfigError(f"{where}.sample: {error}") from None
 
 
 def summarize_rejections(rejected: list[dict[str, str]]) -> str:

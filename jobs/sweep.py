@@ -1,9 +1,10 @@
-"""The fidelity/diversity trade-off of the job's generator, swept over its knob.
+"""The fidelity/diversity trade-off of the job's class-conditional steps, swept over their knob.
 
-Diffusion: classifier-free guidance w; cGAN: truncation (0 = off). For each value the
-fitted (or loaded) model samples `per_class` images per class with fixed seeds, and the
-report measures them against the real holdout in its first feature space: precision
-(fidelity), recall (diversity), FD and the domain classifier's confidence.
+Each family names the `sample:` field it sweeps (`sweep_knob`: diffusion's guidance w,
+the cGAN's truncation with 0 = off). For each value the fitted (or loaded) model samples
+`per_class` images per class with fixed seeds, and the report measures them against the
+real holdout in its first feature space: precision (fidelity), recall (diversity), FD and
+the domain classifier's confidence.
 """
 
 from __future__ import annotations
@@ -16,43 +17,41 @@ import numpy as np
 
 from augment.generators.base import SampleRequest
 from augment.seeding import derive_seed
-from jobs.config import JobConfig
-from jobs.generators import load_sampler, sample_kwargs
+from jobs.config import JobConfig, StepConfig
 
 log = logging.getLogger("synthaug")
 
 _SWEEP = 91
 
 
-def model_dir(config: JobConfig, out: Path) -> Path | None:
-    """The generator the job sampled: `from_pretrained`, else its fitted model."""
-    generate = config.generate
-    if generate is None:
-        return None
-    folder = generate.from_pretrained or out / "checkpoints" / generate.kind / "model"
+def model_dir(step: StepConfig, out: Path) -> Path | None:
+    """The model a step sampled: `from_pretrained`, else its fitted model."""
+    folder = step.from_pretrained or out / "checkpoints" / step.kind / "model"
     return folder if Path(folder).is_dir() else None
 
 
-def sweep_samples(config: JobConfig, out: Path, class_names: list[str], per_class: int,
-                  values: list[float]) -> tuple[str, dict[float, tuple[list[np.ndarray], np.ndarray]]] | None:
-    """{value: (images, labels)} for every swept value, or None without a generator."""
-    folder = model_dir(config, out)
-    if folder is None or not values:
-        return None
-    generate = config.generate
-    sampler = load_sampler(generate.kind, folder)
-    kwargs = sample_kwargs(generate, class_names)
-    knob = "guidance" if generate.kind == "diffusion" else "truncation"
+def sweep_samples(config: JobConfig, out: Path, class_names: list[str], per_class: int, values: list[float]
+                  ) -> dict[str, tuple[str, dict[float, tuple[list[np.ndarray], np.ndarray]]]]:
+    """{step kind: (knob, {value: (images, labels)})} for every class-conditional step with a knob."""
+    from jobs.runner import step_sample_kwargs
+
+    found = {}
     labels = [c for c in range(len(class_names)) for _ in range(per_class)]
     seeds = [derive_seed(config.seed, _SWEEP, i) for i in range(len(labels))]  # the same seeds for every value
-    results = {}
-    for value in values:
-        kwargs[knob] = (value or None) if knob == "truncation" else value
-        request = SampleRequest(labels=labels, seeds=seeds, ids=[f"sweep/{i}" for i in range(len(labels))])
-        samples = sampler.sample(request, **kwargs)
-        results[value] = ([s.image for s in samples], np.array(labels, dtype=np.int64))
-        log.info("report: sweep %s=%s: %d samples", knob, value, len(samples))
-    return knob, results
+    for number, step in enumerate(config.generate):
+        family, folder = step.family, model_dir(step, out)
+        if family.request != "class" or family.sweep_knob is None or folder is None or not values:
+            continue
+        sampler = family.from_pretrained(folder)
+        kwargs = step_sample_kwargs(step, class_names, f"generate[{number}]")
+        results = {}
+        for value in values:
+            request = SampleRequest(labels=labels, seeds=seeds, ids=[f"sweep/{i}" for i in range(len(labels))])
+            samples = sampler.sample(request, **family.sweep_kwargs(kwargs, value))
+            results[value] = ([s.image for s in samples], np.array(labels, dtype=np.int64))
+            log.info("report: sweep %s %s=%s: %d samples", step.kind, family.sweep_knob, value, len(samples))
+        found[step.kind] = (family.sweep_knob, results)
+    return found
 
 
 def sweep_rows(knob: str, results: dict[float, tuple[np.ndarray, np.ndarray]], embed: Any, probs: Any,

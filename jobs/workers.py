@@ -5,7 +5,9 @@ Both can be called directly on a small batch (tests do) before Ray is involved.
 
 from __future__ import annotations
 
+import json
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -15,10 +17,12 @@ from pydantic import TypeAdapter
 
 from augment.errors import InputRejected
 from augment.generators.base import SampleRequest
-from augment.sample import Sample, Scores
+from augment.sample import GeneratorInfo, Sample, Scores
+from augment.seeding import derive_seed
 from augment.shards import samples_to_table
 from augment.sources.base import SourceRecord
 from jobs.config import SourceConfig
+from jobs import datasink
 from jobs.plan import ShardSpec
 from jobs.sources import build_source
 
@@ -49,7 +53,8 @@ class ScanWorker:
 
 
 class ShardWorker:
-    """Produces all rows of one planned shard: real parents and their augmented children."""
+    """Produces all rows of one planned shard: real records, the rows generate steps make from
+    them or from (class, seed), and classical children."""
 
     def __init__(
         self,
@@ -58,7 +63,7 @@ class ShardWorker:
         class_names: list[str],
         png_compress_level: int,
         job_seed: int = 0,
-        generator: dict[str, Any] | None = None,
+        generators: dict[str, dict[str, Any]] | None = None,
         progress: Any = None,
         quality: dict[str, Any] | None = None,
     ) -> None:
@@ -68,48 +73,61 @@ class ShardWorker:
             from augment.classical import ClassicalAugmenter
 
             self.augmenter = ClassicalAugmenter(transforms)
-        self.sampler, self.sample_kwargs = None, {}
-        if generator:  # a class-conditional model, loaded once per actor
-            from jobs.generators import load_sampler
-
-            self.sampler = load_sampler(generator["kind"], Path(generator["dir"]), generator["device"])
-            self.sample_kwargs = {k: _int_keys(v) for k, v in generator["sample"].items()}
+        # Each generate step's family, loaded once per actor.
+        self.steps = {kind: StepSampler(kind, spec) for kind, spec in (generators or {}).items()}
         self.class_names = class_names
         self.png_compress_level = png_compress_level
         self.progress = progress
         self.quality, self.scorer = quality, None
-        if quality is not None:  # realism / confidence per synthetic row, and the quality gate
+        if quality is not None:  # realism / confidence per synthetic row, and the quality filter
             from jobs.quality import load_scorer
 
             self.scorer = load_scorer(quality)
+
+    def _step(self, kind: str, shard: ShardSpec) -> StepSampler:
+        if kind not in self.steps:
+            raise ValueError(f"shard {shard.file} plans {kind} rows but the job has no such generate step")
+        return self.steps[kind]
+
+    def _children(self, base: Sample, children: Any, shard: ShardSpec) -> list[Sample]:
+        if not len(children):
+            return []
+        if self.augmenter is None:
+            raise ValueError(f"shard {shard.file} plans classical children but the job has no transforms")
+        return [self.augmenter(base, child_id=child.id, seed=child.seed) for child in children]
+
+    def _report(self, rows: int) -> None:
+        if self.progress is not None and rows:
+            self.progress.add.remote("generated", rows)
 
     def make_samples(self, shard: ShardSpec) -> list[Sample]:
         samples: list[Sample] = []
         for parent in shard.parents:
             real = self.source.load(parent.record)
-            if shard.include_real:
-                samples.append(real)
-            for child in parent.children:
-                if self.augmenter is None:
-                    raise ValueError(f"shard {shard.file} plans children but the job has no transforms")
-                samples.append(self.augmenter(real, child_id=child.id, seed=child.seed))
-        if shard.generated:
-            if self.sampler is None:
-                raise ValueError(f"shard {shard.file} plans generated samples but the job has no generator")
+            made: list[Sample] = [real] if shard.include_real else []
+            mapped: dict[str, list[Sample]] = {}
+            for rows in parent.mapped:
+                mapped[rows.kind] = self._step(rows.kind, shard).from_parent(real, rows.rows)
+                made += mapped[rows.kind]
+            base = real if shard.children_of is None else mapped[shard.children_of][0]
+            made += self._children(base, parent.children, shard)
+            samples += made
+            self._report(len(made))  # the bar moves per record, not per shard
+        if shard.generated.runs:  # a class-conditional step's shard: all its runs are that step's
+            step = self._step(shard.generated.runs[0].generator, shard)
             # One sampler batch at a time, so the bar moves while a big shard is sampled;
             # a sample's bytes depend on its own seed only, not on how requests are cut.
-            chunk = int(self.sample_kwargs.get("batch_size", 64))
-            for start in range(0, len(shard.generated), chunk):
-                part = shard.generated[start:start + chunk]
-                request = SampleRequest(labels=[g.label for g in part], seeds=[g.seed for g in part],
-                                        ids=[g.id for g in part])
-                samples += self.sampler.sample(request, **self.sample_kwargs)
-                if self.progress is not None:
-                    self.progress.add.remote("generated", len(part))
+            for start in range(0, len(shard.generated), step.batch):
+                part = shard.generated[start:start + step.batch]
+                made = []
+                for sample, spec in zip(step.from_classes(part), part, strict=True):
+                    made += [sample, *self._children(sample, spec.children, shard)]
+                samples += made
+                self._report(len(made))
         return samples
 
     def score(self, samples: list[Sample]) -> list[str]:
-        """Scores on every synthetic row; returns each row's gate verdict ("" keeps it)."""
+        """Scores on every synthetic row; returns each row's filter verdict ("" keeps it)."""
         from augment.metrics.scoring import gate_reasons
         from jobs.quality import to_metric_size
 
@@ -136,17 +154,79 @@ class ShardWorker:
             samples = self.make_samples(shard)
             verdicts = self.score(samples)
             table = samples_to_table(samples, self.class_names, png_compress_level=self.png_compress_level)
-            # Dropped rows travel to the sink, which publishes the rest and records these.
-            table = table.append_column("_drop", pa.array(verdicts, pa.string()))
+            # Filtered rows travel to the sink, which publishes the rest and records these.
+            table = table.append_column(FILTER_COLUMN, pa.array(verdicts, pa.string()))
             tables.append(table.append_column("_shard", pa.array([shard.file] * table.num_rows, pa.string())))
-            if self.progress is not None:  # sampled rows were counted batch by batch
-                self.progress.add.remote("generated", table.num_rows - len(shard.generated))
         return pa.concat_tables(tables)
 
 
-def _int_keys(value: Any) -> Any:
-    """Per-class dicts cross Ray as JSON-ish data; class ids come back as int keys."""
-    return {int(k): v for k, v in value.items()} if isinstance(value, dict) else value
+FILTER_COLUMN = getattr(datasink, "FILTER_COLUMN", "_drop")
+
+
+class StepSampler:
+    """One generate step inside a shard worker: its family's saved model and sampling settings.
+
+    Rows a family makes from a record keep the record's labels (label, mask, instances,
+    boxes, depth) as they are: the family paints pixels, the job carries annotations, so a
+    family cannot get them wrong. Ids, seeds and `source` come from the plan.
+    """
+
+    def __init__(self, kind: str, spec: dict[str, Any]) -> None:
+        from jobs.registry import resolve
+
+        self.kind = kind
+        self.family = resolve(spec["family"])
+        self.sampler = self.family.from_pretrained(Path(spec["dir"]), spec["device"])
+        self.kwargs = dict(spec["sample"])
+        self.batch = max(1, self.family.batch_size(self.kwargs))
+        self.map_augmenter = None
+        if spec.get("map_transforms"):  # label-map step, maps: augmented
+            from augment.classical import ClassicalAugmenter
+
+            self.map_augmenter = ClassicalAugmenter(spec["map_transforms"])
+
+    def _sample(self, request: SampleRequest) -> list[Sample]:
+        made = self.sampler.sample(request, **self.kwargs)
+        if len(made) != len(request.ids):
+            raise ValueError(f"{self.kind}: asked for {len(request.ids)} samples, got {len(made)}")
+        return made
+
+    def _stamped(self, sample: Sample, row_id: str, seed: int) -> Sample:
+        generator = sample.generator or GeneratorInfo(self.kind, self.sampler.checkpoint_sha256,
+                                                      json.dumps(self.kwargs, sort_keys=True))
+        return replace(sample, id=row_id, seed=int(seed), source=self.kind, generator=generator)
+
+    def from_classes(self, specs: list[Any]) -> list[Sample]:
+        request = SampleRequest(labels=[s.label for s in specs], seeds=[s.seed for s in specs],
+                                ids=[s.id for s in specs])
+        made = self._sample(request)
+        return [self._stamped(sample, s.id, s.seed) for sample, s in zip(made, specs, strict=True)]
+
+    def from_parent(self, record: Sample, rows: Any) -> list[Sample]:
+        """The step's rows of one record (a parent request or a label map)."""
+        specs = list(rows)
+        parents = [record] * len(specs)
+        if self.family.request == "label_map":
+            if record.mask is None:
+                raise ValueError(f"{self.kind}: record {record.id!r} has no mask to paint from")
+            if self.map_augmenter is not None:  # each row its own geometric draw of the map
+                parents = [self.map_augmenter(record, child_id=s.id, seed=derive_seed(s.seed, 1)) for s in specs]
+        request = SampleRequest(
+            labels=[-1 if record.label is None else record.label] * len(specs), seeds=[s.seed for s in specs],
+            ids=[s.id for s in specs], parent_ids=[record.id] * len(specs),
+            parents=parents if self.family.request == "parent" else None,
+            label_maps=[p.mask for p in parents] if self.family.request == "label_map" else None)
+        made = self._sample(request)
+        out = []
+        for sample, spec, parent in zip(made, specs, parents, strict=True):
+            if sample.image.shape[:2] != parent.image.shape[:2]:
+                raise ValueError(f"{self.kind}: made a {sample.image.shape[1]}x{sample.image.shape[0]} image from "
+                                 f"the {parent.width}x{parent.height} record {record.id!r}; a family that keeps "
+                                 "labels must keep the geometry")
+            out.append(replace(self._stamped(sample, spec.id, spec.seed), label=record.label, mask=parent.mask,
+                               instances=parent.instances, depth=parent.depth, boxes=list(parent.boxes),
+                               parent_id=record.id))
+        return out
 
 
 def record_columns(records: list[SourceRecord]) -> list[dict[str, Any]]:

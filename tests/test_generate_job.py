@@ -52,7 +52,7 @@ def test_fit_then_sample_meets_the_quota_with_recorded_checkpoint(fitted: Path) 
     assert (folder / "model" / "generator.safetensors").exists()
     assert sorted(p.name for p in (folder / "grids").iterdir()) == ["step-00000003.png", "step-00000006.png"]
     job = json.loads((fitted / "job.json").read_text())
-    assert job["stages"]["fit"]["status"] == "done"
+    assert job["stages"]["fit"]["cgan"]["status"] == "done"
 
 
 def diffusion_config(**generate: object):
@@ -81,13 +81,14 @@ def fitted_diffusion(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_an_interrupted_fit_resumes_from_its_last_state(kind: str, request: pytest.FixtureRequest,
                                                         tmp_path: Path) -> None:
     """A job whose fit stopped halfway (state saved, no model) finishes to the same bytes."""
-    from jobs.fit import _save_state, load_training_arrays
-    from jobs.generators import DataShape, family_for
+    from augment.generators.family import DataShape
+    from jobs.fit import _save_state, training_data
     from jobs.runner import list_source
 
     config = cgan_config() if kind == "cgan" else diffusion_config()
+    step = config.generate[0]
     fitted = request.getfixturevalue("fitted" if kind == "cgan" else "fitted_diffusion")
-    half = config.generate.fit.steps // 2
+    half = step.fit.steps // 2
     copy = tmp_path / "resume"
     shutil.copytree(fitted, copy)
     folder = copy / "checkpoints" / kind
@@ -101,12 +102,12 @@ def test_an_interrupted_fit_resumes_from_its_last_state(kind: str, request: pyte
 
     from jobs.fit import _worker_resources
 
-    @ray.remote(num_cpus=_worker_resources(config.generate)["CPU"])
+    @ray.remote(num_cpus=_worker_resources(1, 0.0)["CPU"])
     def first_half(states: str) -> None:
         listed = list_source(config)
-        images, labels = load_training_arrays(listed.source, listed.train)
-        family = family_for(config.generate, DataShape(8, 1, tuple(listed.class_names)), config.seed)
-        state = family.train(images, labels, family.new_state("cpu", 0), half, lambda *a: None, 0)
+        data = training_data(listed.source, listed.train, step.family, "test")
+        family = step.family(step.fit, DataShape(8, 1, tuple(listed.class_names)), config.seed)
+        state = family.train(data, family.new_state(data, "cpu", 0), half, lambda *a: None, 0, 25)
         Path(states).mkdir()
         _save_state(family, state, Path(states))
 
@@ -114,7 +115,7 @@ def test_an_interrupted_fit_resumes_from_its_last_state(kind: str, request: pyte
     # 2. The rerun trains the second half only and samples exactly what the uninterrupted run did.
     run_job(config, copy)
     assert shard_rows(copy / "shards") == shard_rows(fitted / "shards")
-    steps = config.generate.fit.steps
+    steps = step.fit.steps
     assert (folder / "states" / "LATEST").read_text().strip() == f"step-{steps:08d}"
 
 
@@ -164,21 +165,22 @@ def test_shard_worker_reports_progress_per_sampler_batch_and_cutting_keeps_bytes
 
     from augment.sources.base import SourceRecord
     from jobs.config import QuotaConfig
-    from jobs.plan import make_plan
+    from jobs.plan import PlanStep, make_plan
     from jobs.workers import ShardWorker
 
     names = [str(c) for c in range(10)]
     records = [SourceRecord(f"digits/{i:04d}", i % 10, str(i)) for i in range(10)]
     plan = make_plan(class_names=names, train=records, holdout=[], quota=QuotaConfig(per_class={n: 4 for n in names}),
-                     seed=3, rows_per_shard=100, include_real=True, class_conditional=True)
+                     seed=3, rows_per_shard=100, include_real=True, steps=(PlanStep("cgan", "class"),), augment=None)
     spec = next(s for s in plan.train if s.generated)
     source = {"kind": "digits", "image_size": 8, "color": "gray"}
 
     def run(batch_size: int) -> tuple[object, list[tuple[str, int]]]:
         progress = _RecordingProgress()
-        generator = {"kind": "cgan", "dir": str(fitted / "checkpoints" / "cgan" / "model"), "device": "cpu",
-                     "sample": {"batch_size": batch_size}}
-        worker = ShardWorker(source, [], names, 1, job_seed=3, generator=generator, progress=progress)
+        generators = {"cgan": {"family": "augment.generators.cgan_family:CGANFamily", "device": "cpu",
+                               "dir": str(fitted / "checkpoints" / "cgan" / "model"),
+                               "sample": {"batch_size": batch_size}}}
+        worker = ShardWorker(source, [], names, 1, job_seed=3, generators=generators, progress=progress)
         return worker({"spec": np.array([spec.to_json()], dtype=object)}), progress.reports
 
     table_small, reports_small = run(batch_size=7)
@@ -186,5 +188,5 @@ def test_shard_worker_reports_progress_per_sampler_batch_and_cutting_keeps_bytes
     assert table_small.equals(table_big)
     generated = len(spec.generated)
     assert sum(n for _, n in reports_small) == table_small.num_rows == sum(n for _, n in reports_big)
-    assert [n for _, n in reports_small][:-1] == [min(7, generated - i) for i in range(0, generated, 7)]
-    assert len(reports_big) == 2  # one sampler batch, then the real rows
+    assert [n for _, n in reports_small] == [min(7, generated - i) for i in range(0, generated, 7)]
+    assert len(reports_big) == 1  # one sampler batch

@@ -21,7 +21,7 @@ from augment.sources.base import SourceRecord
 from jobs.config import QuotaConfig, load_config, parse_config
 from jobs.config_yaml import MAX_CONFIG_BYTES, MAX_DEPTH, MAX_EXPANDED_NODES, parse_yaml
 from jobs.lock import LOCK_NAME
-from jobs.plan import MAX_PLANNED_ROWS, MAX_SHARD_ROWS, make_plan
+from jobs.plan import PlanStep, MAX_PLANNED_ROWS, MAX_SHARD_ROWS, make_plan
 from tests.conftest import cli_command, cli_env
 
 DIGITS = {"name": "h", "source": {"kind": "digits", "image_size": 16},
@@ -156,7 +156,7 @@ def test_more_shards_than_a_job_may_write_is_refused_with_the_rows_per_shard_to_
     with pytest.raises(ConfigError, match=r"output.rows_per_shard: 1 rows a shard makes 200,000 shards .*"
                                           r"\(raise rows_per_shard to at least 2\)"):
         make_plan(class_names=["a"], train=_records({0: 10}), holdout=[], quota=QuotaConfig(per_class={"a": 200_000}),
-                  seed=0, rows_per_shard=1, include_real=True, source_name="diffusion", class_conditional=True)
+                  seed=0, rows_per_shard=1, include_real=True, steps=(PlanStep("diffusion", "class"),), augment=None)
 
 
 @pytest.mark.parametrize("class_conditional", [False, True])
@@ -165,7 +165,8 @@ def test_the_plan_stays_the_same_size_whatever_the_quota(class_conditional: bool
     def plan_bytes(per_class: int) -> int:
         plan = make_plan(class_names=["a", "b"], train=_records({0: 40, 1: 40}), holdout=[],
                          quota=QuotaConfig(per_class={"a": per_class, "b": per_class}), seed=0,
-                         rows_per_shard=10**9, include_real=True, class_conditional=class_conditional)
+                         rows_per_shard=10**9, include_real=True,
+                         **({"steps": (PlanStep("diffusion", "class"),), "augment": None} if class_conditional else {}))
         assert sum(s.rows for s in plan.train) == (80 if not class_conditional else 80) + 2 * (per_class - 40)
         return sum(len(s.to_json()) for s in plan.train)
 

@@ -429,11 +429,10 @@ import os, sys
 from pathlib import Path
 
 import numpy as np
-from pydantic import TypeAdapter
 
 import jobs.fit
-from jobs.config import GenerateConfig
-from jobs.generators import DataShape
+from augment.generators.family import DataShape, TrainingData
+from jobs.config import StepConfig
 from jobs.ray_compat import init_ray
 
 out = Path(sys.argv[1])
@@ -445,16 +444,15 @@ def noting_the_store(loop):
     (out / f"rank-{rank}").write_text(f"{os.getpid()} {os.environ['MASTER_ADDR']} {os.environ['MASTER_PORT']}")
     jobs.fit.train_loop_per_worker(loop)
 
-jobs.fit.train_loop_per_worker = noting_the_store  # what fit_generator hands to TorchTrainer
+jobs.fit.train_loop_per_worker = noting_the_store  # what fit_step hands to TorchTrainer
 init_ray(None, 2)
-config = TypeAdapter(GenerateConfig).validate_python({
+step = StepConfig.model_validate({
     "kind": "cgan", "train_workers": 2, "checkpoint_every": 2,
     "fit": {"steps": 4, "batch_size": 16, "g_channels": 8, "d_channels": 8, "z_dim": 8}})
 rng = np.random.default_rng(0)
-images = rng.integers(0, 256, (64, 8, 8, 1), dtype=np.uint8)
-labels = np.arange(64) % 2
-jobs.fit.fit_generator(config, shape=DataShape(8, 1, ("a", "b")), seed=0, images=images, labels=labels,
-                       folder=out / "cgan")
+data = TrainingData(rng.integers(0, 256, (64, 8, 8, 1), dtype=np.uint8), np.arange(64) % 2)
+jobs.fit.fit_step(step, family_ref="augment.generators.cgan_family:CGANFamily", shape=DataShape(8, 1, ("a", "b")),
+                  seed=0, data=data, sample_kwargs={}, folder=out / "cgan", num_gpus_per_worker=0.0)
 import ray
 ray.shutdown()
 print("DONE", flush=True)

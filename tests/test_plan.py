@@ -9,7 +9,7 @@ import pytest
 from augment.errors import ConfigError
 from augment.sources.base import SourceRecord
 from jobs.config import QuotaConfig
-from jobs.plan import ShardSpec, derive_seed, make_plan, split_records
+from jobs.plan import PlanStep, ShardSpec, derive_seed, make_plan, split_records
 
 NAMES = ["a", "b", "c"]
 
@@ -30,7 +30,7 @@ def plan_for(quota: QuotaConfig, per_class: dict[int, int], **kw):
 def test_per_class_quota_counts_real_plus_synthetic() -> None:
     plan = plan_for(QuotaConfig(per_class={"a": 20, "b": 9, "c": 5}), {0: 4, 1: 9, 2: 5})
     assert plan.expected_counts() == {"a": 20, "b": 9, "c": 5}
-    assert plan.synthetic == {0: 16, 1: 0, 2: 0}
+    assert plan.quota.synthetic == {0: 16, 1: 0, 2: 0}
 
 
 def test_balance_brings_every_class_to_the_largest() -> None:
@@ -97,7 +97,7 @@ def test_derive_seed_is_stable_and_in_range() -> None:
 def test_class_conditional_samples_get_their_own_shards_without_parents() -> None:
     recs = records({0: 4, 1: 2})
     plan = make_plan(class_names=NAMES, train=recs, holdout=[], quota=QuotaConfig(per_class={"a": 10, "b": 7}),
-                     seed=1, rows_per_shard=4, include_real=True, source_name="diffusion", class_conditional=True)
+                     seed=1, rows_per_shard=4, include_real=True, steps=(PlanStep("diffusion", "class"),), augment=None)
     assert plan.expected_counts() == {"a": 10, "b": 7}
     generated = [g for s in plan.train for g in s.generated]
     assert len(generated) == 11 and all(not p.children for s in plan.train for p in s.parents)

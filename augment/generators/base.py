@@ -1,9 +1,8 @@
-"""The protocol every generator family follows (see ../shared/DESIGN.md, "Generator").
+"""What every generator family shares: the sample request and checkpoint hygiene.
 
-Fitting is a function of (images, labels, hyperparameters) that the job runs under Ray
-Train; sampling is a pure function of (weights, request): every output sample has its own
-seed, so a retried batch reproduces the same bytes. Weights are saved as safetensors plus
-a JSON config, never as a pickle.
+Sampling is a pure function of (weights, request): every output sample has its own seed,
+so a retried batch reproduces the same bytes. Weights are saved as safetensors plus a JSON
+config, never as a pickle. The family contract itself is in `family.py`.
 """
 
 from __future__ import annotations
@@ -11,7 +10,6 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
 
 import numpy as np
 
@@ -19,32 +17,28 @@ from augment.sample import Sample
 
 PICKLE_SUFFIXES = {".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle"}
 
+
 @dataclass(frozen=True)
 class SampleRequest:
-    """What to make: one entry per output sample (class id, seed, id, parent)."""
+    """What to make: one entry per output sample. Class id (-1: none), seed and id always; a
+    parent record (image with its mask, instances, boxes and depth) for a parent family; a
+    label map (uint16 H×W class ids) for a label-map family."""
 
     labels: list[int]
     seeds: list[int]
     ids: list[str]
     parent_ids: list[str | None] | None = None
-    label_maps: list[np.ndarray] | None = None  # for label-map-to-image generators
-    source_images: list[np.ndarray] | None = None  # for domain transfer
+    parents: list[Sample] | None = None
+    label_maps: list[np.ndarray] | None = None
 
     def __post_init__(self) -> None:
         n = len(self.labels)
         if len(self.seeds) != n or len(self.ids) != n:
             raise ValueError(f"request: {n} labels, {len(self.seeds)} seeds and {len(self.ids)} ids must match")
-
-
-class Generator(Protocol):
-    name: str
-
-    def sample(self, request: SampleRequest) -> list[Sample]: ...
-
-    def save_pretrained(self, directory: Path) -> None: ...
-
-    @classmethod
-    def from_pretrained(cls, directory: Path) -> Generator: ...
+        for name in ("parent_ids", "parents", "label_maps"):
+            given = getattr(self, name)
+            if given is not None and len(given) != n:
+                raise ValueError(f"request: {len(given)} {name} for {n} samples")
 
 
 def checkpoint_sha256(directory: Path) -> str:
