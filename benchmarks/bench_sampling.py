@@ -53,18 +53,17 @@ DEFAULT_MODEL = Path("runs/digits_diffusion/checkpoints/diffusion/model")
 
 def fit_tiny_model(folder: Path, image_size: int = 16, steps: int = 30) -> Path:
     """A tiny class-conditional UNet fitted on the digits for a few steps, saved to `folder`."""
-    from augment.generators.diffusion import ClassConditionalDiffusion, DiffusionConfig
-    from augment.generators.diffusion_train import fit_diffusion
-    from jobs.fit import load_training_arrays
+    from augment.generators import trainer
+    from augment.generators.diffusion_family import DiffusionFamily, DiffusionFit
+    from augment.generators.family import DataShape
+    from jobs.fit import training_data
 
     config = parse_config({"source": {"kind": "digits", "image_size": image_size, "color": "gray"}})
     source = build_source(config.source)
-    images, labels = load_training_arrays(source, source.records())
-    model_config = DiffusionConfig(image_size=image_size, channels=1, num_classes=len(source.class_names),
-                                   block_out_channels=(8, 16), train_steps=steps, warmup_steps=5, batch_size=32,
-                                   class_names=tuple(source.class_names))
-    state = fit_diffusion(images, labels, model_config)
-    ClassConditionalDiffusion.from_config(model_config, state.ema).save_pretrained(folder)
+    data = training_data(source, source.records(), DiffusionFamily, "bench_sampling")
+    family = DiffusionFamily(DiffusionFit(block_out_channels=(8, 16), steps=steps, warmup_steps=5, batch_size=32),
+                             DataShape(image_size, 1, tuple(source.class_names)), seed=0)
+    family.sampler(trainer.fit(family, data)).save_pretrained(folder)
     return folder
 
 

@@ -84,9 +84,12 @@ class Job:
         self.kind, self.out = kind, out
         self.job = json.loads((out / "job.json").read_text())
         generate = self.job["config"].get("generate") or {}
-        if generate.get("kind") != kind:
-            raise SystemExit(f"{out}: not a {kind} job (generate.kind = {generate.get('kind')!r})")
-        self.generate = generate
+        # One generate section, or a list of steps (issue 10): the step of this family.
+        steps = generate if isinstance(generate, list) else [generate]
+        step = next((s for s in steps if s.get("kind") == kind), None)
+        if step is None:
+            raise SystemExit(f"{out}: not a {kind} job (generate kinds: {[s.get('kind') for s in steps]})")
+        self.generate = step
         self.images, self.labels, self.sources, self.class_names = read_rows(out / "shards")
         self.holdout_images, self.holdout_labels, _, _ = read_rows(out / "holdout")
         fitted = (self.job.get("stages", {}).get("fit") or {}).get("model")
@@ -270,7 +273,7 @@ def cgan_sweep(job: Job, model: SmallCNN, per_class: int, seed: int) -> dict[flo
 
     sample_cfg = job.generate.get("sample") or {}
     gan = ClassConditionalGAN.from_pretrained(job.model_dir)
-    request = sweep_request(gan.config.num_classes, per_class, seed)
+    request = sweep_request(gan.shape.num_classes, per_class, seed)
     print(f"\n[cgan] truncation sweep: {job.model_dir}, {per_class} per class, same seeds for every setting "
           f"(job sampled with truncation={sample_cfg.get('truncation')})")
     results = {}

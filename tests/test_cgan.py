@@ -13,32 +13,32 @@ import numpy as np
 import pytest
 import torch
 
+from augment.generators import trainer
 from augment.generators.base import SampleRequest
-from augment.generators.cgan import (
-    CGANConfig,
-    ClassConditionalGAN,
-    ProjectionDiscriminator,
-    truncated_normal,
-)
-from augment.generators.cgan_train import (
-    CGANState,
-    fit_cgan,
-    hinge_d_loss,
-    hinge_g_loss,
-)
+from augment.generators.cgan import ClassConditionalGAN, ProjectionDiscriminator, gpu_preset, truncated_normal
+from augment.generators.cgan_family import CGANFamily, CGANFit
+from augment.generators.cgan_train import hinge_d_loss, hinge_g_loss
+from augment.generators.family import DataShape, TrainingData
 
-TINY = CGANConfig(image_size=8, channels=1, num_classes=3, z_dim=8, g_channels=4, d_channels=4, batch_size=8,
-                  train_steps=4, ema_decay=0.9, seed=7, class_names=("a", "b", "c"))
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny nets: one thread is fastest on shared cores
+
+TINY = CGANFit(z_dim=8, g_channels=4, d_channels=4, batch_size=8, steps=4, ema_decay=0.9)
+SHAPE = DataShape(image_size=8, channels=1, class_names=("a", "b", "c"))
+SEED = 7
 
 
-def toy_data(n: int = 30, size: int = 8) -> tuple[np.ndarray, np.ndarray]:
+def family(**changes: object) -> CGANFamily:
+    return CGANFamily(TINY.model_copy(update=changes), SHAPE, SEED)
+
+
+def toy_data(n: int = 30, size: int = 8) -> TrainingData:
     """Class k is a bright band at row block k, plus fixed noise: learnable, deterministic."""
     rng = np.random.default_rng(0)
     labels = np.arange(n, dtype=np.int64) % 3
     images = rng.integers(0, 60, size=(n, size, size, 1), dtype=np.uint8)
     for i, k in enumerate(labels):
         images[i, k * 2:(k * 2) + 3] = 230
-    return images, labels
+    return TrainingData(images, labels)
 
 
 def request(labels: list[int], seeds: list[int]) -> SampleRequest:
@@ -49,8 +49,8 @@ def request(labels: list[int], seeds: list[int]) -> SampleRequest:
 @pytest.fixture(scope="module")
 def trained() -> ClassConditionalGAN:
     """A G after a few steps, so BatchNorm running statistics are not the identity."""
-    images, labels = toy_data()
-    return ClassConditionalGAN.fit(images, labels, TINY)
+    fam = family()
+    return fam.sampler(trainer.fit(fam, toy_data()))
 
 
 def test_hinge_losses_match_hand_values() -> None:
@@ -62,7 +62,7 @@ def test_hinge_losses_match_hand_values() -> None:
 
 
 def test_projection_discriminator_matches_hand_formula() -> None:
-    d = ProjectionDiscriminator(TINY).eval()  # eval: spectral norm uses its stored u, v
+    d = ProjectionDiscriminator(TINY, SHAPE).eval()  # eval: spectral norm uses its stored u, v
     x = torch.linspace(-1, 1, 2 * 64).reshape(2, 1, 8, 8)
     y = torch.tensor([2, 0])
     with torch.no_grad():
@@ -78,8 +78,9 @@ def test_projection_discriminator_matches_hand_formula() -> None:
 
 
 def test_same_seed_same_init() -> None:
-    a, b = CGANState.create(TINY), CGANState.create(TINY)
-    for m_a, m_b in ((a.generator, b.generator), (a.discriminator, b.discriminator)):
+    a, b = trainer.new_state(family()), trainer.new_state(family())
+    for name in ("generator", "discriminator"):
+        m_a, m_b = a.module(name), b.module(name)
         for (k, v), (_, w) in zip(m_a.state_dict().items(), m_b.state_dict().items(), strict=True):
             assert torch.equal(v, w), k
 
@@ -118,7 +119,7 @@ def test_truncated_normal_is_seeded_and_bounded() -> None:
 
 
 def test_smaller_truncation_gives_less_diverse_samples() -> None:
-    gan = ClassConditionalGAN(TINY)  # untrained is enough: diversity follows |z|
+    gan = ClassConditionalGAN(TINY, SHAPE, seed=SEED)  # untrained is enough: diversity follows |z|
     seeds = list(range(100, 116))
 
     def spread(truncation: float | None) -> float:
@@ -133,7 +134,8 @@ def test_save_load_round_trip(trained: ClassConditionalGAN, tmp_path: Path) -> N
     trained.save_pretrained(tmp_path / "ckpt")
     assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == ["config.json", "generator.safetensors"]
     loaded = ClassConditionalGAN.from_pretrained(tmp_path / "ckpt")
-    assert loaded.config == TINY and loaded.config.class_names == ("a", "b", "c")
+    assert (loaded.fit, loaded.shape, loaded.seed) == (TINY, SHAPE, SEED)  # hyperparameters round-trip
+    assert json.loads((tmp_path / "ckpt" / "config.json").read_text())["format_version"] == 2
     req = request([0, 1, 2], [1, 2, 3])
     before, after = trained.sample(req, batch_size=3), loaded.sample(req, batch_size=3)
     assert all(np.array_equal(a.image, b.image) for a, b in zip(before, after, strict=True))
@@ -150,39 +152,67 @@ def test_pickled_checkpoint_is_refused(trained: ClassConditionalGAN, tmp_path: P
 
 def test_resume_is_bitwise_identical(tmp_path: Path) -> None:
     """4 steps straight == 2 steps, save, load, 2 more: every tensor equal (torch.equal, bitwise)."""
-    images, labels = toy_data()
-    config = CGANConfig(**{**TINY.to_dict(), "n_critic": 2})
-    straight = fit_cgan(images, labels, config)
-    half = fit_cgan(images, labels, CGANConfig(**{**config.to_dict(), "train_steps": 2}))
-    half.save_training_state(tmp_path / "state")
-    resumed = fit_cgan(images, labels, config, state=CGANState.load_training_state(tmp_path / "state"))
+    data, fam = toy_data(), family(n_critic=2)
+    straight = trainer.fit(fam, data)
+    half = trainer.fit(fam, data, until=2)
+    half.save(tmp_path / "state")
+    resumed = trainer.train(fam, data, trainer.load_state(fam, tmp_path / "state"))
     assert resumed.step == straight.step == 4
-    for name in ("generator", "discriminator", "generator_ema"):
-        a, b = getattr(straight, name).state_dict(), getattr(resumed, name).state_dict()
-        for key in a:
-            assert torch.equal(a[key], b[key]), f"{name}.{key}"
-    for opt in ("opt_g", "opt_d"):
-        sa, sb = getattr(straight, opt).state_dict()["state"], getattr(resumed, opt).state_dict()["state"]
+    pairs = [(straight.module(n), resumed.module(n)) for n in ("generator", "discriminator")]
+    for a, b in pairs + [(straight.ema["generator"], resumed.ema["generator"])]:
+        sa, sb = a.state_dict(), b.state_dict()
+        for key in sa:
+            assert torch.equal(sa[key], sb[key]), key
+    for name in ("generator", "discriminator"):
+        sa, sb = straight.optimizers[name].state_dict()["state"], resumed.optimizers[name].state_dict()["state"]
         assert all(torch.equal(sa[i][k], sb[i][k]) for i in sa for k in sa[i])
 
 
+def test_resumable_run_picks_only_complete_states(tmp_path: Path) -> None:
+    """`trainer.run` resumes from states/LATEST; a half-written newer state (no state.json, as
+    when the process dies while saving) is ignored and replaced, and the result is the
+    uninterrupted fit's."""
+    data, fam = toy_data(), family()
+    states, grids = tmp_path / "states", tmp_path / "grids"
+    trainer.run(family(steps=2), data, states=states, model=tmp_path / "model2", grids=grids, checkpoint_every=2)
+    assert (states / "LATEST").read_text().strip() == "step-00000002"
+    (states / "step-00000004").mkdir()
+    (states / "step-00000004" / "state.safetensors").write_bytes(b"half")
+    assert trainer.latest_state(states) == states / "step-00000002"
+    resumed = trainer.run(fam, data, states=states, model=tmp_path / "model", grids=grids, checkpoint_every=2)
+    straight = trainer.fit(fam, data)
+    for key, value in straight.ema["generator"].state_dict().items():
+        assert torch.equal(value, resumed.ema["generator"].state_dict()[key]), key
+    assert sorted(p.name for p in states.iterdir()) == ["LATEST", "step-00000004"]
+    assert sorted(p.name for p in grids.iterdir()) == ["step-00000002.png", "step-00000004.png"]
+    assert sorted(p.name for p in (tmp_path / "model").iterdir()) == ["config.json", "generator.safetensors"]
+    (states / "LATEST").write_text("step-00000009\n")  # points at nothing: start afresh, never crash
+    assert trainer.latest_state(states) is None
+
+
 def test_losses_are_finite_and_logged() -> None:
-    images, labels = toy_data()
-    logs: list[tuple[int, float, float, float]] = []
-    fit_cgan(images, labels, TINY, on_log=lambda *row: logs.append(row), log_every=2)
-    assert [row[0] for row in logs] == [2, 4]
-    assert all(np.isfinite(row[1:]).all() and row[3] > 0 for row in logs)
+    logs: list[trainer.Progress] = []
+    trainer.fit(family(), toy_data(), on_log=logs.append, log_every=2)
+    assert [p.step for p in logs] == [2, 4]
+    assert all(set(p.losses) == {"loss_d", "loss_g"} and np.isfinite(list(p.losses.values())).all()
+               and p.steps_per_second > 0 for p in logs)
 
 
-def test_bad_inputs_raise_value_errors() -> None:
-    images, labels = toy_data()
-    with pytest.raises(ValueError, match="image_size"):
-        CGANConfig(image_size=24)
+def test_bad_inputs_raise_value_errors(tmp_path: Path) -> None:
+    data = toy_data()
+    with pytest.raises(ValueError, match=r"image_size must be one of \(8, 16, 32, 64\), got 24"):
+        CGANFamily(TINY, DataShape(24, 1, ("a",)), 0)
+    with pytest.raises(ValueError, match="even batch_size, got batch_size=7"):
+        CGANFit(mode_seeking=1.0, batch_size=7)
     with pytest.raises(ValueError, match="uint8"):
-        fit_cgan(images.astype(np.float32), labels, TINY)
-    with pytest.raises(ValueError, match="labels must lie"):
-        fit_cgan(images, labels + 1, TINY)
-    with pytest.raises(ValueError, match="differs"):
-        fit_cgan(images, labels, TINY, state=CGANState.create(CGANConfig(**{**TINY.to_dict(), "lr_g": 1e-3})))
-    assert CGANConfig.gpu_preset(64).image_size == 64
-    assert CGANConfig.from_dict(json.loads(json.dumps(TINY.to_dict()))) == TINY
+        trainer.fit(family(), TrainingData(data.images.astype(np.float32), data.labels))
+    with pytest.raises(ValueError, match=r"labels must be in \[0, 3\), got \[1, 3\]"):
+        trainer.fit(family(), TrainingData(data.images, data.labels + 1))
+    with pytest.raises(ValueError, match=r"differ from this fit's in fit.lr_g"):
+        trainer.train(family(), data, trainer.new_state(family(lr_g=1e-3)))
+    with pytest.raises(ValueError, match="image_size must be one of"):
+        gpu_preset(24)
+    preset = gpu_preset(64)
+    assert (preset.g_channels, preset.betas, preset.steps) == (64, (0.0, 0.999), 100_000)
+    CGANFamily(preset, DataShape(64, 3, ("a", "b")), 0)
+    assert CGANFit.model_validate(json.loads(TINY.model_dump_json())) == TINY

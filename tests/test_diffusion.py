@@ -13,31 +13,34 @@ import numpy as np
 import pytest
 import torch
 
+from augment.generators import trainer
 from augment.generators.base import SampleRequest, checkpoint_sha256
 from augment.generators.diffusion import (
     ClassConditionalDiffusion,
-    DiffusionConfig,
     build_train_scheduler,
     build_unet,
     gpu_preset,
     guided_noise,
     to_model_space,
 )
-from augment.generators.diffusion_train import (
-    DiffusionState,
-    fit_diffusion,
-    training_step,
-)
+from augment.generators.diffusion_family import DiffusionFamily, DiffusionFit
+from augment.generators.diffusion_train import training_step
+from augment.generators.family import DataShape, TrainingData
 
-TINY = DiffusionConfig(image_size=8, channels=1, num_classes=2, block_out_channels=(8, 16), norm_num_groups=8,
-                       batch_size=8, train_steps=2, warmup_steps=0, lr=1e-3, seed=3, class_names=("dark", "light"))
+TINY = DiffusionFit(block_out_channels=(8, 16), norm_num_groups=8, batch_size=8, steps=2, warmup_steps=0, lr=1e-3)
+SHAPE = DataShape(image_size=8, channels=1, class_names=("dark", "light"))
+SEED = 3
 
 
-def two_class_data(n: int = 8) -> tuple[np.ndarray, np.ndarray]:
+def family(**changes: object) -> DiffusionFamily:
+    return DiffusionFamily(TINY.model_copy(update=changes), SHAPE, SEED)
+
+
+def two_class_data(n: int = 8) -> TrainingData:
     """Class 0: black images, class 1: white images."""
     labels = np.arange(n, dtype=np.int64) % 2
     images = np.where(labels[:, None, None, None] == 1, 255, 0).astype(np.uint8) * np.ones((1, 8, 8, 1), np.uint8)
-    return images, labels
+    return TrainingData(images, labels)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -51,9 +54,8 @@ def one_thread() -> Iterator[None]:
 
 @pytest.fixture(scope="module")
 def pipe() -> ClassConditionalDiffusion:
-    images, labels = two_class_data()
-    state = fit_diffusion(images, labels, TINY)
-    return ClassConditionalDiffusion.from_config(TINY, state.ema)
+    fam = family()
+    return fam.sampler(trainer.fit(fam, two_class_data()))
 
 
 def request(labels: list[int], seeds: list[int]) -> SampleRequest:
@@ -87,7 +89,7 @@ def test_guidance_formula_against_hand_computation() -> None:
 
 
 def test_zero_guidance_is_the_conditional_prediction() -> None:
-    unet = build_unet(TINY, generator=torch.Generator().manual_seed(0)).eval()
+    unet = build_unet(TINY, SHAPE, generator=torch.Generator().manual_seed(0)).eval()
     x = torch.randn(3, 1, 8, 8, generator=torch.Generator().manual_seed(1))
     labels = torch.tensor([0, 1, 1])
     with torch.no_grad():
@@ -97,7 +99,7 @@ def test_zero_guidance_is_the_conditional_prediction() -> None:
 
 
 def test_batched_forward_equals_separate_forwards() -> None:
-    unet = build_unet(TINY, generator=torch.Generator().manual_seed(0)).eval()
+    unet = build_unet(TINY, SHAPE, generator=torch.Generator().manual_seed(0)).eval()
     x = torch.randn(4, 1, 8, 8, generator=torch.Generator().manual_seed(2))
     labels = torch.tensor([0, 1, 2, 2])
     t = torch.tensor([7, 7, 7, 7])
@@ -152,6 +154,7 @@ def test_save_load_round_trip(pipe: ClassConditionalDiffusion, tmp_path: Path) -
     meta = json.loads((tmp_path / "ckpt" / "synthaug.json").read_text())
     assert meta["class_names"] == ["dark", "light"] and meta["image_size"] == 8 and meta["channels"] == 1
     loaded = ClassConditionalDiffusion.from_pretrained(tmp_path / "ckpt")
+    assert loaded.fit == pipe.fit == TINY and loaded.seed == SEED  # the hyperparameters round-trip
     after = loaded.sample(request([0, 1], [21, 22]), guidance=1.5, steps=3, scheduler="dpm++")
     for a, b in zip(before, after):
         np.testing.assert_array_equal(a.image, b.image)
@@ -169,65 +172,77 @@ def test_pickled_checkpoint_is_refused(pipe: ClassConditionalDiffusion, tmp_path
 
 
 def test_training_loss_is_finite_and_decreases() -> None:
-    images, labels = two_class_data()
-    config = DiffusionConfig(**{**TINY.to_dict(), "train_steps": 30, "lr": 3e-3})
-    scheduler = build_train_scheduler(config)
-    x0, c = to_model_space(images), torch.from_numpy(labels)
+    data = two_class_data()
+    fam = family(steps=30, lr=3e-3)
+    scheduler = build_train_scheduler(fam.fit)
+    x0, c = to_model_space(data.images), torch.from_numpy(data.labels)
 
     def held_out_loss(model: torch.nn.Module) -> float:  # same t, ε, dropout every time
         with torch.no_grad():
             return float(training_step(model, x0, c, scheduler, torch.Generator().manual_seed(0), 0.0))
 
-    state = DiffusionState.new(config)
-    before = held_out_loss(state.model)
-    logged: list[tuple[int, float, float]] = []
-    state = fit_diffusion(images, labels, config, state=state, on_log=lambda *a: logged.append(a), log_every=10)
-    after = held_out_loss(state.model)
-    assert [step for step, _, _ in logged] == [10, 20, 30]
-    assert all(np.isfinite(loss) and rate > 0 for _, loss, rate in logged)
+    state = trainer.new_state(fam)
+    before = held_out_loss(state.module("unet"))
+    logged: list[trainer.Progress] = []
+    state = trainer.train(fam, data, state, on_log=logged.append, log_every=10)
+    after = held_out_loss(state.module("unet"))
+    assert [p.step for p in logged] == [10, 20, 30] and all(p.total == 30 for p in logged)
+    assert all(np.isfinite(p.losses["loss"]) and p.steps_per_second > 0 for p in logged)
+    assert logged[-1].eta_seconds == 0 and "fit diffusion: step 30/30 loss " in str(logged[-1])
     assert np.isfinite(after) and after < 0.7 * before
 
 
 def test_resume_equals_straight_run(tmp_path: Path) -> None:
     """Bitwise: same device, same ops in the same order, and the state (weights, EMA, AdamW
     moments and step counts, RNG) round-trips exactly through safetensors/JSON."""
-    images, labels = two_class_data()
-    config = DiffusionConfig(**{**TINY.to_dict(), "train_steps": 6, "warmup_steps": 4})
-    straight = fit_diffusion(images, labels, config)
-    half = fit_diffusion(images, labels, config, until_step=3)
-    half.save_training_state(tmp_path / "state")
-    resumed = DiffusionState.load_training_state(tmp_path / "state")
-    assert resumed.step == 3 and resumed.config == config
-    resumed = fit_diffusion(images, labels, config, state=resumed)
+    data = two_class_data()
+    fam = family(steps=6, warmup_steps=4)
+    straight = trainer.fit(fam, data)
+    half = trainer.fit(fam, data, until=3)
+    half.save(tmp_path / "state")
+    resumed = trainer.load_state(fam, tmp_path / "state")
+    assert resumed.step == 3 and resumed.trained_with == half.trained_with
+    resumed = trainer.train(fam, data, resumed)
     assert resumed.step == straight.step == 6
-    for a, b in [(straight.model, resumed.model), (straight.ema, resumed.ema)]:
+    for a, b in [(straight.module("unet"), resumed.module("unet")), (straight.ema["unet"], resumed.ema["unet"])]:
         for (name, x), (_, y) in zip(a.state_dict().items(), b.state_dict().items(), strict=True):
             assert torch.equal(x, y), name
-    for pa, pb in zip(straight.model.parameters(), resumed.model.parameters(), strict=True):
-        sa, sb = straight.optimizer.state[pa], resumed.optimizer.state[pb]
+    opt_a, opt_b = straight.optimizers["unet"], resumed.optimizers["unet"]
+    for pa, pb in zip(straight.module("unet").parameters(), resumed.module("unet").parameters(), strict=True):
+        sa, sb = opt_a.state[pa], opt_b.state[pb]
         assert all(torch.equal(sa[k], sb[k]) for k in ("step", "exp_avg", "exp_avg_sq"))
-    assert torch.equal(straight.generator.get_state(), resumed.generator.get_state())
+    assert opt_a.param_groups[0]["lr"] == opt_b.param_groups[0]["lr"] == TINY.lr  # past the warm-up
+    assert torch.equal(straight.rng.get_state(), resumed.rng.get_state())
 
 
-def test_config_and_data_validation() -> None:
-    with pytest.raises(ValueError, match="channels"):
-        DiffusionConfig(channels=2)
-    with pytest.raises(ValueError, match="divisible"):
-        DiffusionConfig(image_size=10)
+def test_config_and_data_validation(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="channels must be 1 or 3, got 2"):
+        DiffusionFamily(TINY, DataShape(8, 2, ("a", "b")), 0)
+    with pytest.raises(ValueError, match=r"image_size 10 is not divisible by 2\*\*2"):
+        DiffusionFamily(DiffusionFit(), DataShape(10, 1, ("a", "b")), 0)  # three levels
+    with pytest.raises(ValueError, match=r"\[12\] not divisible by norm_num_groups=8"):
+        DiffusionFit(block_out_channels=(8, 12))
+    fam = family()
     with pytest.raises(ValueError, match="images must be uint8"):
-        fit_diffusion(np.zeros((2, 8, 8, 3), np.uint8), np.zeros(2, np.int64), TINY)
-    with pytest.raises(ValueError, match="labels must be in"):
-        fit_diffusion(np.zeros((2, 8, 8, 1), np.uint8), np.array([0, 5]), TINY)
-    preset = gpu_preset(32, num_classes=10, channels=3)
-    assert preset.block_out_channels == (128, 256, 256, 256) and preset.image_size == 32
-    assert DiffusionConfig.from_dict(json.loads(json.dumps(preset.to_dict()))) == preset
+        trainer.fit(fam, TrainingData(np.zeros((2, 8, 8, 3), np.uint8), np.zeros(2, np.int64)))
+    with pytest.raises(ValueError, match=r"labels must be in \[0, 2\), got \[0, 5\]"):
+        trainer.fit(fam, TrainingData(np.zeros((2, 8, 8, 1), np.uint8), np.array([0, 5])))
+    trainer.fit(fam, two_class_data(), until=1).save(tmp_path / "state")
+    with pytest.raises(ValueError, match=r"differ from this fit's in fit.lr \(0.001 != 0.002\)"):
+        trainer.load_state(family(lr=2e-3), tmp_path / "state")
+    trainer.load_state(family(steps=50), tmp_path / "state")  # only steps may change
+    preset = gpu_preset(32)
+    assert preset.block_out_channels == (128, 256, 256, 256) and preset.steps == 100_000
+    assert DiffusionFit.model_validate(json.loads(preset.model_dump_json())) == preset
+    DiffusionFamily(preset, DataShape(32, 3, tuple(str(c) for c in range(10))), 0)  # fits 32 px RGB
+    assert gpu_preset(64, batch_size=32).batch_size == 32
 
 
 def test_ddim_sampling_does_not_clip_the_x0_estimate() -> None:
     """Clipping x0 under guidance destroyed class fidelity on digits (0.20 vs 0.995 at w=2)."""
-    from augment.generators.diffusion import DiffusionConfig, build_train_scheduler, make_sampling_scheduler
+    from augment.generators.diffusion import build_train_scheduler, make_sampling_scheduler
 
-    train = build_train_scheduler(DiffusionConfig())
+    train = build_train_scheduler(DiffusionFit())
     assert train.config.clip_sample  # the training config keeps diffusers' default...
     assert not make_sampling_scheduler(train, "ddim").config.clip_sample  # ...sampling does not clip
 
@@ -236,15 +251,13 @@ def test_ddim_sampling_does_not_clip_the_x0_estimate() -> None:
 def test_epsilon_models_never_start_sampling_at_zero_snr(name: str) -> None:
     """From t = T-1 on the cosine schedule (ᾱ ≈ 2e-9) an epsilon model's x0 estimate blows up
     and samples saturate; v-prediction models may start there."""
-    import dataclasses
+    from augment.generators.diffusion import build_train_scheduler, make_sampling_scheduler
 
-    from augment.generators.diffusion import DiffusionConfig, build_train_scheduler, make_sampling_scheduler
-
-    train = build_train_scheduler(DiffusionConfig())
+    train = build_train_scheduler(DiffusionFit())
     sampler = make_sampling_scheduler(train, name)
     sampler.set_timesteps(25)
     assert float(train.alphas_cumprod[int(sampler.timesteps[0])]) > 1e-3
-    v_train = build_train_scheduler(dataclasses.replace(DiffusionConfig(), prediction_type="v_prediction"))
+    v_train = build_train_scheduler(DiffusionFit(prediction_type="v_prediction"))
     v_sampler = make_sampling_scheduler(v_train, name)
     v_sampler.set_timesteps(25)
     assert int(v_sampler.timesteps[0]) == v_train.config.num_train_timesteps - 1

@@ -81,8 +81,9 @@ def fitted_diffusion(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_an_interrupted_fit_resumes_from_its_last_state(kind: str, request: pytest.FixtureRequest,
                                                         tmp_path: Path) -> None:
     """A job whose fit stopped halfway (state saved, no model) finishes to the same bytes."""
+    from augment.generators import trainer
     from augment.generators.family import DataShape
-    from jobs.fit import _save_state, training_data
+    from jobs.fit import training_data
     from jobs.runner import list_source
 
     config = cgan_config() if kind == "cgan" else diffusion_config()
@@ -107,9 +108,7 @@ def test_an_interrupted_fit_resumes_from_its_last_state(kind: str, request: pyte
         listed = list_source(config)
         data = training_data(listed.source, listed.train, step.family, "test")
         family = step.family(step.fit, DataShape(8, 1, tuple(listed.class_names)), config.seed)
-        state = family.train(data, family.new_state(data, "cpu", 0), half, lambda *a: None, 0, 25)
-        Path(states).mkdir()
-        _save_state(family, state, Path(states))
+        trainer.save_checkpoint(trainer.fit(family, data, until=half), Path(states))
 
     ray.get(first_half.remote(str(folder / "states")))
     # 2. The rerun trains the second half only and samples exactly what the uninterrupted run did.

@@ -17,7 +17,8 @@ Sampling is one forward pass of G (the EMA copy, eval mode: BatchNorm uses its r
 statistics, so every sample is a function of its own (z, y) only and does not depend on
 what else is in the batch). Each sample's z comes from its own
 ``torch.Generator().manual_seed(seed)`` on the CPU, so the same seed gives the same z on
-any device. Training lives in ``cgan_train.py``.
+any device. Training lives in ``cgan_train.py`` (the step) and ``trainer.py`` (the loop);
+the hyperparameters, ``CGANFit``, are declared in ``cgan_config.py``.
 
 Paper names in code: ``CGANGenerator`` is G, ``ProjectionDiscriminator`` is D with
 ``features`` = phi, ``linear`` = psi, ``embed`` = V (class embedding).
@@ -25,123 +26,43 @@ Paper names in code: ``CGANGenerator`` is G, ``ProjectionDiscriminator`` is D wi
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from pydantic import ValidationError
 from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.nn.utils import parametrize
 from torch.nn.utils.parametrizations import spectral_norm
 
 from augment.generators.base import SampleRequest, checkpoint_sha256, refuse_pickles
-from augment.generators.diffaugment import POLICIES as DIFFAUGMENT_POLICIES
+from augment.generators.cgan_config import IMAGE_SIZES, CGANFit
+from augment.generators.family import DataShape
 from augment.sample import GeneratorInfo, Sample
 from augment.seeding import derive_seed
 
-IMAGE_SIZES = (8, 16, 32, 64)  # 8 is for tests; G starts at 4x4 and doubles per block
-FORMAT_VERSION = 1
-INIT_G_STREAM = 1  # derive_seed(config.seed, INIT_G_STREAM) initialises G (same in training)
+FORMAT, FORMAT_VERSION = "synthaug.cgan", 2  # 1: one "config" dict (before the family registry); still read
+INIT_G_STREAM = 1  # derive_seed(seed, INIT_G_STREAM) initialises G (same in training)
 TRUNCATION_MAX_ROUNDS = 1000  # resampling rounds before the truncation trick falls back to clamping
 
 
-@dataclass(frozen=True)
-class CGANConfig:
-    """Every hyperparameter of the class-conditional GAN; small CPU defaults.
-
-    `g_channels` / `d_channels` are the widths at full resolution; each halving of the
-    resolution doubles them (BigGAN layout). `n_critic` D steps per G step; `ema_decay`
-    is the EMA of G's weights used for sampling (Yazici et al. 2019; BigGAN).
-    """
-
-    image_size: int = 16
-    channels: int = 1
-    num_classes: int = 10
-    z_dim: int = 64
-    g_channels: int = 16
-    d_channels: int = 16
-    lr_g: float = 2e-4
-    lr_d: float = 2e-4
-    betas: tuple[float, float] = (0.0, 0.9)
-    n_critic: int = 1
-    batch_size: int = 64
-    train_steps: int = 2000
-    ema_decay: float = 0.999
-    seed: int = 0
-    class_names: tuple[str, ...] = ()
-    # Small data: DiffAugment policy for every image D sees, and the mode-seeking weight
-    # (MSGAN, Mao et al. 2019) that makes G spread different z apart within a class.
-    diffaugment: tuple[str, ...] = ()
-    mode_seeking: float = 0.0
-
-    def __post_init__(self) -> None:
-        if self.image_size not in IMAGE_SIZES:
-            raise ValueError(f"CGANConfig.image_size must be one of {IMAGE_SIZES}, got {self.image_size!r}")
-        if self.channels not in (1, 3):
-            raise ValueError(f"CGANConfig.channels must be 1 or 3, got {self.channels!r}")
-        for name in ("num_classes", "z_dim", "g_channels", "d_channels", "n_critic", "batch_size"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"CGANConfig.{name} must be a positive integer, got {value!r}")
-        if isinstance(self.train_steps, bool) or not isinstance(self.train_steps, int) or self.train_steps < 0:
-            raise ValueError(f"CGANConfig.train_steps must be a non-negative integer, got {self.train_steps!r}")
-        for name in ("lr_g", "lr_d"):
-            if not (getattr(self, name) > 0 and math.isfinite(getattr(self, name))):
-                raise ValueError(f"CGANConfig.{name} must be a positive number, got {getattr(self, name)!r}")
-        if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
-            raise ValueError(f"CGANConfig.betas must be two numbers in [0, 1), got {self.betas!r}")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
-            raise ValueError(f"CGANConfig.seed must be a non-negative integer, got {self.seed!r}")
-        if not 0.0 <= self.ema_decay < 1.0:
-            raise ValueError(f"CGANConfig.ema_decay must be in [0, 1), got {self.ema_decay!r}")
-        unknown = [p for p in self.diffaugment if p not in DIFFAUGMENT_POLICIES]
-        if unknown:
-            raise ValueError(f"CGANConfig.diffaugment: unknown {unknown}; known: {list(DIFFAUGMENT_POLICIES)}")
-        if not (self.mode_seeking >= 0 and math.isfinite(self.mode_seeking)):
-            raise ValueError(f"CGANConfig.mode_seeking must be a number >= 0, got {self.mode_seeking!r}")
-        if self.mode_seeking > 0 and self.batch_size % 2:
-            raise ValueError(f"CGANConfig.mode_seeking needs an even batch_size (pairs), got {self.batch_size}")
-        if self.class_names and len(self.class_names) != self.num_classes:
-            raise ValueError(f"CGANConfig.class_names has {len(self.class_names)} names for {self.num_classes} classes")
-        # JSON gives lists; keep the dataclass hashable and comparable.
-        object.__setattr__(self, "betas", tuple(float(b) for b in self.betas))
-        object.__setattr__(self, "class_names", tuple(str(n) for n in self.class_names))
-        object.__setattr__(self, "diffaugment", tuple(str(p) for p in self.diffaugment))
-
-    @classmethod
-    def gpu_preset(cls, image_size: int, **overrides: Any) -> CGANConfig:
-        """BigGAN-like settings for one GPU at `image_size`: width 64 at full resolution
-        (so 1024 channels at 4x4 for 64x64), TTUR rates (Heusel et al. 2017), 2 D steps."""
-        if image_size not in IMAGE_SIZES:
-            raise ValueError(f"gpu_preset: image_size must be one of {IMAGE_SIZES}, got {image_size!r}")
-        values: dict[str, Any] = {
-            "image_size": image_size, "channels": 3, "z_dim": 128, "g_channels": 64, "d_channels": 64,
-            "lr_g": 1e-4, "lr_d": 4e-4, "betas": (0.0, 0.999), "n_critic": 2, "batch_size": 256,
-            "train_steps": 100_000, "ema_decay": 0.9999,
-        }
-        values.update(overrides)
-        return cls(**values)
-
-    def to_dict(self) -> dict[str, Any]:
-        data = dataclasses.asdict(self)
-        data["betas"] = list(self.betas)
-        data["class_names"] = list(self.class_names)
-        data["diffaugment"] = list(self.diffaugment)
-        return data
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> CGANConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"CGANConfig: unknown fields {unknown}")
-        return cls(**data)
+def gpu_preset(image_size: int, **overrides: Any) -> CGANFit:
+    """BigGAN-like hyperparameters for one GPU at `image_size` (RGB): width 64 at full
+    resolution (so 1024 channels at 4x4 for 64x64), TTUR rates (Heusel et al. 2017), 2 D
+    steps per G step. `overrides` set any other field of `CGANFit`."""
+    if image_size not in IMAGE_SIZES:
+        raise ValueError(f"gpu_preset: image_size must be one of {IMAGE_SIZES}, got {image_size!r}")
+    values: dict[str, Any] = {
+        "z_dim": 128, "g_channels": 64, "d_channels": 64, "lr_g": 1e-4, "lr_d": 4e-4, "betas": (0.0, 0.999),
+        "n_critic": 2, "batch_size": 256, "steps": 100_000, "ema_decay": 0.9999,
+    }
+    values.update(overrides)
+    return CGANFit(**values)
 
 
 def _num_blocks(image_size: int) -> int:
@@ -183,15 +104,16 @@ class GeneratorBlock(nn.Module):
 class CGANGenerator(nn.Module):
     """G(z, y): linear to 4x4, residual up-blocks to `image_size`, BN-ReLU-conv-tanh."""
 
-    def __init__(self, config: CGANConfig) -> None:
+    def __init__(self, fit: CGANFit, shape: DataShape) -> None:
         super().__init__()
-        n = _num_blocks(config.image_size)
-        widths = [config.g_channels * 2 ** (n - i) for i in range(n + 1)]  # 4x4 .. full size
-        self.z_dim = config.z_dim
-        self.linear = nn.Linear(config.z_dim, 4 * 4 * widths[0])
-        self.blocks = nn.ModuleList(GeneratorBlock(widths[i], widths[i + 1], config.num_classes) for i in range(n))
+        fit.check_shape(shape)
+        n = _num_blocks(shape.image_size)
+        widths = [fit.g_channels * 2 ** (n - i) for i in range(n + 1)]  # 4x4 .. full size
+        self.z_dim = fit.z_dim
+        self.linear = nn.Linear(fit.z_dim, 4 * 4 * widths[0])
+        self.blocks = nn.ModuleList(GeneratorBlock(widths[i], widths[i + 1], shape.num_classes) for i in range(n))
         self.bn_out = nn.BatchNorm2d(widths[-1])
-        self.conv_out = nn.Conv2d(widths[-1], config.channels, 3, padding=1)
+        self.conv_out = nn.Conv2d(widths[-1], shape.channels, 3, padding=1)
 
     def forward(self, z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         h = self.linear(z).view(z.shape[0], -1, 4, 4)
@@ -220,13 +142,14 @@ class DiscriminatorBlock(nn.Module):
 class ProjectionDiscriminator(nn.Module):
     """D(x, y) = psi(phi(x)) + <V y, phi(x)>  (Miyato & Koyama 2018, eq. 3); SN on every layer."""
 
-    def __init__(self, config: CGANConfig) -> None:
+    def __init__(self, fit: CGANFit, shape: DataShape) -> None:
         super().__init__()
-        n = _num_blocks(config.image_size)
-        widths = [config.channels] + [config.d_channels * 2**i for i in range(n)]
+        fit.check_shape(shape)
+        n = _num_blocks(shape.image_size)
+        widths = [shape.channels] + [fit.d_channels * 2**i for i in range(n)]
         self.blocks = nn.Sequential(*(DiscriminatorBlock(widths[i], widths[i + 1], first=i == 0) for i in range(n)))
         self.linear = spectral_norm(nn.Linear(widths[-1], 1))  # psi
-        self.embed = spectral_norm(nn.Embedding(config.num_classes, widths[-1]))  # V
+        self.embed = spectral_norm(nn.Embedding(shape.num_classes, widths[-1]))  # V
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """phi(x): blocks, ReLU, global sum pooling (SNGAN)."""
@@ -296,32 +219,28 @@ def to_uint8(images: torch.Tensor) -> np.ndarray:
 
 
 class ClassConditionalGAN:
-    """The `Generator` protocol for the cGAN: one forward pass of (EMA) G per sample."""
+    """The sampler of the cGAN: one forward pass of (EMA) G per sample.
+
+    Built from the hyperparameters (`CGANFit`), the data shape and, for an untrained G, the
+    seed its weights are drawn from; `save_pretrained` writes all three with the weights.
+    """
 
     name = "cgan"
 
-    def __init__(self, config: CGANConfig, generator: CGANGenerator | None = None, *,
-                 device: str | torch.device = "cpu", checkpoint_sha256: str | None = None) -> None:
-        self.config = config
-        self.device = torch.device(device)
+    def __init__(self, fit: CGANFit, shape: DataShape, generator: CGANGenerator | None = None, *, seed: int = 0,
+                 device: str | torch.device | None = None, checkpoint_sha256: str | None = None) -> None:
+        self.fit, self.shape, self.seed = fit, shape, seed
         if generator is None:
-            generator = CGANGenerator(config)
-            init_weights(generator, torch.Generator().manual_seed(derive_seed(config.seed, INIT_G_STREAM)))
+            generator = CGANGenerator(fit, shape)
+            init_weights(generator, torch.Generator().manual_seed(derive_seed(seed, INIT_G_STREAM)))
+        # No device: stay where G is (a training state's EMA copy must not move).
+        self.device = torch.device(device) if device is not None else next(generator.parameters()).device
         self.generator = generator.to(self.device).eval()
         self.checkpoint_sha256 = checkpoint_sha256
 
     @property
     def class_names(self) -> tuple[str, ...]:
-        return self.config.class_names or tuple(str(i) for i in range(self.config.num_classes))
-
-    @classmethod
-    def fit(cls, images: np.ndarray, labels: np.ndarray, config: CGANConfig, **kwargs: Any) -> ClassConditionalGAN:
-        """Train with `cgan_train.fit_cgan` and wrap the EMA generator for sampling."""
-        # Imported here: the trainer imports this module.
-        from augment.generators.cgan_train import fit_cgan
-
-        state = fit_cgan(images, labels, config, **kwargs)
-        return cls(config, state.generator_ema, device=kwargs.get("device", "cpu"))
+        return self.shape.class_names
 
     @torch.no_grad()
     def sample(self, request: SampleRequest, *, truncation: float | None = None, batch_size: int = 64) -> list[Sample]:
@@ -334,10 +253,11 @@ class ClassConditionalGAN:
             raise ValueError(f"cgan: truncation must be None or a number >= 0, got {truncation!r}")
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"cgan: batch_size must be a positive integer, got {batch_size!r}")
+        num_classes = self.shape.num_classes
         bad = [y for y in request.labels if isinstance(y, bool) or not isinstance(y, (int, np.integer))
-               or not 0 <= y < self.config.num_classes]
+               or not 0 <= y < num_classes]
         if bad:
-            raise ValueError(f"cgan: labels must be class ids in 0..{self.config.num_classes - 1}, got {bad[:5]}")
+            raise ValueError(f"cgan: labels must be class ids in 0..{num_classes - 1}, got {bad[:5]}")
         truncation = truncation or None
         info = GeneratorInfo(name=self.name, checkpoint_sha256=self.checkpoint_sha256,
                              params_json=json.dumps({"truncation": truncation}))
@@ -347,7 +267,7 @@ class ClassConditionalGAN:
         for start in range(0, len(request.labels), batch_size):
             # 1. z per sample from its own seeded generator; 2. one forward pass of G
             seeds = request.seeds[start:start + batch_size]
-            z = torch.stack([truncated_normal(self.config.z_dim, int(s), truncation) for s in seeds])
+            z = torch.stack([truncated_normal(self.fit.z_dim, int(s), truncation) for s in seeds])
             y = torch.tensor([int(v) for v in request.labels[start:start + batch_size]], dtype=torch.int64)
             images = to_uint8(self.generator(z.to(self.device), y.to(self.device)))
             for k, image in enumerate(images):
@@ -357,28 +277,49 @@ class ClassConditionalGAN:
         return out
 
     def save_pretrained(self, directory: Path) -> None:
-        """Write `generator.safetensors` (G's weights and BN statistics) and `config.json`."""
+        """Write `generator.safetensors` (G's weights and BN statistics) and `config.json`
+        (hyperparameters, data shape, seed)."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         tensors = {k: v.detach().cpu().contiguous() for k, v in self.generator.state_dict().items()}
         save_file(tensors, str(directory / "generator.safetensors"))
-        meta = {"format": "synthaug.cgan", "format_version": FORMAT_VERSION, "config": self.config.to_dict(),
-                "class_names": list(self.config.class_names)}
+        meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "fit": self.fit.model_dump(mode="json"),
+                "image_size": self.shape.image_size, "channels": self.shape.channels,
+                "class_names": list(self.shape.class_names), "seed": self.seed}
         (directory / "config.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+        self.checkpoint_sha256 = checkpoint_sha256(directory)
 
     @classmethod
     def from_pretrained(cls, directory: Path, *, device: str | torch.device = "cpu") -> ClassConditionalGAN:
-        """Load a folder written by `save_pretrained`; pickles are refused, safetensors only."""
+        """Load a folder written by `save_pretrained` (format 2, or 1 from before the family
+        registry); pickles are refused, safetensors only."""
         directory = Path(directory)
         refuse_pickles(directory)
         weights, config_path = directory / "generator.safetensors", directory / "config.json"
         if not weights.is_file() or not config_path.is_file():
             raise ValueError(f"{directory}: a cgan checkpoint needs generator.safetensors and config.json")
         meta = json.loads(config_path.read_text())
-        if meta.get("format") != "synthaug.cgan" or meta.get("format_version") != FORMAT_VERSION:
-            raise ValueError(f"{config_path}: not a synthaug.cgan v{FORMAT_VERSION} config "
+        if meta.get("format") != FORMAT or meta.get("format_version") not in (1, FORMAT_VERSION):
+            raise ValueError(f"{config_path}: not a {FORMAT} v1 or v{FORMAT_VERSION} config "
                              f"(format={meta.get('format')!r}, version={meta.get('format_version')!r})")
-        config = CGANConfig.from_dict(meta["config"])
-        generator = CGANGenerator(config)
+        try:
+            fit, shape, seed = _read_config(meta)
+        except (KeyError, TypeError, ValidationError) as error:
+            raise ValueError(f"{config_path}: unreadable cgan config: {error}") from None
+        generator = CGANGenerator(fit, shape)
         generator.load_state_dict(load_file(str(weights)), strict=True)
-        return cls(config, generator, device=device, checkpoint_sha256=checkpoint_sha256(directory))
+        return cls(fit, shape, generator, seed=seed, device=device, checkpoint_sha256=checkpoint_sha256(directory))
+
+
+def _read_config(meta: dict[str, Any]) -> tuple[CGANFit, DataShape, int]:
+    """(hyperparameters, shape, seed) of a saved config.json, either format version."""
+    if meta["format_version"] == 1:
+        # v1: one dict of the old CGANConfig (shape, seed and hyperparameters; `train_steps`).
+        old = dict(meta["config"])
+        shape = {k: old.pop(k) for k in ("image_size", "channels", "num_classes", "class_names")}
+        seed = int(old.pop("seed"))
+        old["steps"] = old.pop("train_steps")
+        names = tuple(shape["class_names"]) or tuple(str(i) for i in range(shape["num_classes"]))
+        return CGANFit.model_validate(old), DataShape(int(shape["image_size"]), int(shape["channels"]), names), seed
+    shape = DataShape(int(meta["image_size"]), int(meta["channels"]), tuple(str(n) for n in meta["class_names"]))
+    return CGANFit.model_validate(meta["fit"]), shape, int(meta["seed"])

@@ -7,7 +7,10 @@
   and the sampling schedulers built from its noise schedule: DDIM (Song et al. 2021,
   arXiv:2010.02502), DPM-Solver++ (Lu et al. 2022, arXiv:2211.01095), ancestral DDPM.
 - Pipeline (glue): `ClassConditionalDiffusion.sample`, a loop "predict, then
-  `scheduler.step`". Training lives in `diffusion_train.py`.
+  `scheduler.step`". Training lives in `diffusion_train.py` (the step) and `trainer.py`.
+
+Hyperparameters: `DiffusionFit` (declared in `diffusion_config.py`, the job config's `fit:`
+section) plus the data's `DataShape` are what the model is built from.
 
 A sample depends only on (weights, its seed, label, guidance, scheduler, steps): its initial
 noise, and any noise a scheduler adds per step, come from its own `torch.Generator`.
@@ -16,7 +19,6 @@ noise, and any noise a scheduler adds per step, come from its own `torch.Generat
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -31,6 +33,8 @@ from diffusers import (
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
 from augment.generators.base import SampleRequest, checkpoint_sha256, refuse_pickles
+from augment.generators.diffusion_config import DiffusionFit
+from augment.generators.family import DataShape
 from augment.sample import GeneratorInfo, Sample
 
 SamplerName = Literal["ddim", "dpm++", "ddpm"]
@@ -39,87 +43,11 @@ PIPELINE_FILE = "synthaug.json"
 FORMAT = "synthaug.diffusion/1"
 
 
-@dataclass(frozen=True)
-class DiffusionConfig:
-    """Every hyperparameter of a class-conditional diffusion fit (CPU-sized defaults).
-
-    `block_out_channels` sets the UNet depth: the image is halved between levels, so
-    `image_size` must be divisible by 2 ** (levels - 1). `attention` puts self-attention
-    in the lowest-resolution down/up blocks and the mid block. `p_uncond` is the label-drop
-    probability of classifier-free guidance training (Ho & Salimans 2022, Alg. 1; 0.1-0.2
-    in the paper). `ema_decay` is the EMA of weights used for sampling (Ho et al. 2020, §4:
-    0.9999 there for long runs; 0.999 suits a few thousand steps). `warmup_steps` ramps the
-    learning rate linearly from 0. `bf16` enables bf16 autocast, on CUDA only.
-    """
-
-    image_size: int = 16
-    channels: int = 1
-    num_classes: int = 10
-    block_out_channels: tuple[int, ...] = (32, 64, 64)
-    layers_per_block: int = 1
-    attention: bool = True
-    norm_num_groups: int = 8
-    num_train_timesteps: int = 1000
-    beta_schedule: Literal["squaredcos_cap_v2", "linear", "scaled_linear"] = "squaredcos_cap_v2"
-    prediction_type: Literal["epsilon", "v_prediction"] = "epsilon"
-    p_uncond: float = 0.1
-    ema_decay: float = 0.999
-    lr: float = 1e-3
-    warmup_steps: int = 100
-    weight_decay: float = 0.0
-    grad_clip: float = 1.0
-    batch_size: int = 64
-    train_steps: int = 2000
-    seed: int = 0
-    bf16: bool = True
-    class_names: tuple[str, ...] = field(default_factory=tuple)
-
-    def __post_init__(self) -> None:
-        levels = len(self.block_out_channels)
-        if self.channels not in (1, 3):
-            raise ValueError(f"channels must be 1 or 3, got {self.channels}")
-        if self.num_classes < 1:
-            raise ValueError(f"num_classes must be >= 1, got {self.num_classes}")
-        if self.class_names and len(self.class_names) != self.num_classes:
-            raise ValueError(f"{len(self.class_names)} class_names for num_classes={self.num_classes}")
-        if levels < 1 or self.image_size % (2 ** (levels - 1)) != 0:
-            raise ValueError(f"image_size {self.image_size} is not divisible by 2**{levels - 1} "
-                             f"(block_out_channels={self.block_out_channels})")
-        if any(c % self.norm_num_groups for c in self.block_out_channels):
-            raise ValueError(f"block_out_channels {self.block_out_channels} not divisible by "
-                             f"norm_num_groups={self.norm_num_groups}")
-        if not 0.0 <= self.p_uncond < 1.0:
-            raise ValueError(f"p_uncond must be in [0, 1), got {self.p_uncond}")
-        if not 0.0 < self.ema_decay < 1.0:
-            raise ValueError(f"ema_decay must be in (0, 1), got {self.ema_decay}")
-        if self.prediction_type not in ("epsilon", "v_prediction"):
-            raise ValueError(f"prediction_type must be 'epsilon' or 'v_prediction', got {self.prediction_type!r}")
-        if self.lr <= 0 or self.batch_size < 1 or self.train_steps < 0 or self.warmup_steps < 0:
-            raise ValueError(f"bad optimisation settings: lr={self.lr}, batch_size={self.batch_size}, "
-                             f"train_steps={self.train_steps}, warmup_steps={self.warmup_steps}")
-
-    @property
-    def null_label(self) -> int:
-        """The class id of ∅ (unconditional): the last row of the class embedding."""
-        return self.num_classes
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> DiffusionConfig:
-        data = dict(data)
-        for key in ("block_out_channels", "class_names"):
-            if key in data:
-                data[key] = tuple(data[key])
-        return cls(**data)
-
-
-def gpu_preset(image_size: int, **overrides: Any) -> DiffusionConfig:
-    """A GPU-sized config: Ho et al. 2020's CIFAR-10 UNet widths (128, 256, 256, 256) up to
-    32 px, deeper/wider above; 2 ResNet layers per level, attention, bf16, batch 128, lr 2e-4
-    (the paper's), EMA 0.9999 and 100k steps. `overrides` set any other field (num_classes,
-    channels, class_names, ...)."""
+def gpu_preset(image_size: int, **overrides: Any) -> DiffusionFit:
+    """GPU-sized hyperparameters for `image_size`: Ho et al. 2020's CIFAR-10 UNet widths
+    (128, 256, 256, 256) up to 32 px, deeper/wider above; 2 ResNet layers per level,
+    attention, bf16, batch 128, lr 2e-4 (the paper's), EMA 0.9999 and 100k steps.
+    `overrides` set any other field of `DiffusionFit`."""
     if image_size <= 32:
         widths: tuple[int, ...] = (128, 256, 256, 256)
     elif image_size <= 64:
@@ -127,29 +55,30 @@ def gpu_preset(image_size: int, **overrides: Any) -> DiffusionConfig:
     else:
         widths = (128, 128, 256, 384, 512)
     preset: dict[str, Any] = {
-        "image_size": image_size, "block_out_channels": widths, "layers_per_block": 2, "attention": True,
-        "norm_num_groups": 32, "lr": 2e-4, "warmup_steps": 1000, "batch_size": 128, "train_steps": 100_000,
-        "ema_decay": 0.9999, "bf16": True,
+        "block_out_channels": widths, "layers_per_block": 2, "attention": True, "norm_num_groups": 32,
+        "lr": 2e-4, "warmup_steps": 1000, "batch_size": 128, "steps": 100_000, "ema_decay": 0.9999, "bf16": True,
     }
     preset.update(overrides)
-    return DiffusionConfig(**preset)
+    return DiffusionFit(**preset)
 
 
-def build_unet(config: DiffusionConfig, *, generator: torch.Generator | None = None) -> UNet2DModel:
-    """The noise-prediction network ε_θ(x_t, t, c) with `num_classes + 1` class embeddings.
+def build_unet(fit: DiffusionFit, shape: DataShape, *, generator: torch.Generator | None = None) -> UNet2DModel:
+    """The noise-prediction network ε_θ(x_t, t, c) with `num_classes + 1` class embeddings
+    (the last is the NULL class ∅).
 
     With `generator`, the weights are re-drawn from it (PyTorch's default distributions:
     U(±1/sqrt(fan_in)) for conv/linear weights and biases, N(0, 1) for embeddings), so an
     initialisation is reproducible without seeding the global RNG."""
-    levels = len(config.block_out_channels)
-    down = tuple("AttnDownBlock2D" if config.attention and i == levels - 1 else "DownBlock2D"
+    fit.check_shape(shape)
+    levels = len(fit.block_out_channels)
+    down = tuple("AttnDownBlock2D" if fit.attention and i == levels - 1 else "DownBlock2D"
                  for i in range(levels))
-    up = tuple("AttnUpBlock2D" if config.attention and i == 0 else "UpBlock2D" for i in range(levels))
+    up = tuple("AttnUpBlock2D" if fit.attention and i == 0 else "UpBlock2D" for i in range(levels))
     unet = UNet2DModel(
-        sample_size=config.image_size, in_channels=config.channels, out_channels=config.channels,
-        block_out_channels=config.block_out_channels, layers_per_block=config.layers_per_block,
-        down_block_types=down, up_block_types=up, add_attention=config.attention,
-        norm_num_groups=config.norm_num_groups, num_class_embeds=config.num_classes + 1,
+        sample_size=shape.image_size, in_channels=shape.channels, out_channels=shape.channels,
+        block_out_channels=tuple(fit.block_out_channels), layers_per_block=fit.layers_per_block,
+        down_block_types=down, up_block_types=up, add_attention=fit.attention,
+        norm_num_groups=fit.norm_num_groups, num_class_embeds=shape.num_classes + 1,
     )
     if generator is not None:
         _seeded_init_(unet, generator)
@@ -168,11 +97,11 @@ def _seeded_init_(model: torch.nn.Module, generator: torch.Generator) -> None:
             module.weight.normal_(generator=generator)
 
 
-def build_train_scheduler(config: DiffusionConfig) -> DDPMScheduler:
+def build_train_scheduler(fit: DiffusionFit) -> DDPMScheduler:
     """The forward process q(x_t | x_0) of Ho et al. 2020, eq. 4; also the noise schedule
     every sampling scheduler is built from."""
-    return DDPMScheduler(num_train_timesteps=config.num_train_timesteps, beta_schedule=config.beta_schedule,
-                         prediction_type=config.prediction_type, clip_sample=True)
+    return DDPMScheduler(num_train_timesteps=fit.num_train_timesteps, beta_schedule=fit.beta_schedule,
+                         prediction_type=fit.prediction_type, clip_sample=True)
 
 
 def timestep_spacing(train_scheduler: SchedulerMixin) -> str:
@@ -237,12 +166,16 @@ def to_uint8(x: torch.Tensor) -> np.ndarray:
 
 
 class ClassConditionalDiffusion:
-    """Sampling pipeline: a (EMA) UNet, the training noise schedule and class names."""
+    """Sampling pipeline: a (EMA) UNet, the training noise schedule and class names.
+
+    `fit` and `seed` are the hyperparameters and seed it was trained with (saved and loaded
+    with it; None for a checkpoint saved before they were recorded, or built by hand)."""
 
     name = "diffusion"
 
     def __init__(self, unet: UNet2DModel, scheduler: DDPMScheduler, class_names: tuple[str, ...] = (), *,
-                 default_guidance: float = 2.0, checkpoint_sha256: str | None = None) -> None:
+                 default_guidance: float = 2.0, checkpoint_sha256: str | None = None,
+                 fit: DiffusionFit | None = None, seed: int | None = None) -> None:
         if unet.config.num_class_embeds is None or unet.config.num_class_embeds < 2:
             raise ValueError(f"unet needs num_class_embeds >= 2 (classes + NULL), got {unet.config.num_class_embeds}")
         self.unet = unet.eval()
@@ -253,6 +186,7 @@ class ClassConditionalDiffusion:
             raise ValueError(f"{len(self.class_names)} class names for {self.num_classes} classes")
         self.default_guidance = float(default_guidance)
         self.checkpoint_sha256 = checkpoint_sha256
+        self.fit, self.seed = fit, seed
 
     @property
     def device(self) -> torch.device:
@@ -322,7 +256,8 @@ class ClassConditionalDiffusion:
         return to_uint8(x)
 
     def save_pretrained(self, directory: str | Path) -> None:
-        """A diffusers-layout folder: `unet/` (safetensors), `scheduler/` and `synthaug.json`."""
+        """A diffusers-layout folder: `unet/` (safetensors), `scheduler/` and `synthaug.json`
+        (class names, shape, and the `fit` hyperparameters and seed when known)."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         self.unet.save_pretrained(directory / "unet", safe_serialization=True)
@@ -331,6 +266,8 @@ class ClassConditionalDiffusion:
         meta = {"format": FORMAT, "class_names": list(self.class_names), "image_size": cfg.sample_size,
                 "channels": cfg.in_channels, "num_classes": self.num_classes, "null_label": self.num_classes,
                 "default_guidance": self.default_guidance}
+        if self.fit is not None:
+            meta.update({"fit": self.fit.model_dump(mode="json"), "seed": self.seed})
         (directory / PIPELINE_FILE).write_text(json.dumps(meta, indent=2) + "\n")
         self.checkpoint_sha256 = checkpoint_sha256(directory)
 
@@ -348,20 +285,23 @@ class ClassConditionalDiffusion:
         unet = UNet2DModel.from_pretrained(directory / "unet", use_safetensors=True,
                                            low_cpu_mem_usage=False).to(device)
         scheduler = DDPMScheduler.from_pretrained(directory / "scheduler")
+        # Checkpoints saved before the hyperparameters were recorded have no "fit".
+        fit = DiffusionFit.model_validate(meta["fit"]) if "fit" in meta else None
         return cls(unet, scheduler, tuple(meta.get("class_names", ())),
                    default_guidance=float(meta.get("default_guidance", 2.0)),
-                   checkpoint_sha256=checkpoint_sha256(directory))
+                   checkpoint_sha256=checkpoint_sha256(directory), fit=fit, seed=meta.get("seed"))
 
     @classmethod
-    def from_config(cls, config: DiffusionConfig, unet: UNet2DModel, *,
-                    default_guidance: float = 2.0) -> ClassConditionalDiffusion:
+    def from_fit(cls, fit: DiffusionFit, shape: DataShape, unet: UNet2DModel, *, seed: int | None = None,
+                 default_guidance: float = 2.0) -> ClassConditionalDiffusion:
         """A pipeline around freshly trained (EMA) weights; not saved yet, so no checkpoint hash."""
-        return cls(unet, build_train_scheduler(config), config.class_names, default_guidance=default_guidance)
+        return cls(unet, build_train_scheduler(fit), shape.class_names, default_guidance=default_guidance,
+                   fit=fit, seed=seed)
 
 
 __all__ = [
     "ClassConditionalDiffusion",
-    "DiffusionConfig",
+    "DiffusionFit",
     "build_train_scheduler",
     "build_unet",
     "gpu_preset",

@@ -1,32 +1,28 @@
 """The `diffusion` family: class-conditional DDPM with classifier-free guidance.
 
-Model and pipeline: `augment.generators.diffusion`; training: `diffusion_train`.
+`DiffusionFit` (declared once, in `diffusion_config`) is the job config's `fit:` section and
+the constructor config of the model (`diffusion.build_unet`, `diffusion.build_train_scheduler`)
+and of its training step (`diffusion_train`); the loop around the step is the shared trainer
+(`augment.generators.trainer`).
+
+This module imports neither torch nor diffusers (config parsing reads it); the methods
+that need them import the model modules when called, and those never import this module.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import Field
 
-from augment.generators.family import DataShape, Family, Hyperparameters, LogFn, Sampler, TrainingData, TrainState
+from augment.generators.diffusion_config import DiffusionFit
+from augment.generators.family import Family, Hyperparameters, Sampler, StepFn, TrainingData, TrainState
 
+if TYPE_CHECKING:
+    import torch
 
-class DiffusionFit(Hyperparameters):
-    """DDPM training with label dropout for classifier-free guidance (CPU-sized defaults)."""
-
-    steps: int = Field(2000, ge=0, le=10_000_000)
-    batch_size: int = Field(64, ge=1, le=65_536)
-    lr: float = Field(1e-3, gt=0, le=1.0)
-    warmup_steps: int = Field(100, ge=0)
-    block_out_channels: list[int] = Field(default_factory=lambda: [32, 64, 64], min_length=1, max_length=6)
-    layers_per_block: int = Field(1, ge=1, le=4)
-    attention: bool = True
-    p_uncond: float = Field(0.1, ge=0.0, lt=1.0)
-    ema_decay: float = Field(0.999, gt=0.0, lt=1.0)
-    bf16: bool = Field(True, description="bf16 autocast on CUDA (ignored on CPU)")
+__all__ = ["DiffusionFamily", "DiffusionFit", "DiffusionSample"]
 
 
 class DiffusionSample(Hyperparameters):
@@ -44,43 +40,28 @@ class DiffusionFamily(Family):
     Sample = DiffusionSample
     sweep_knob = "guidance"
     description = "class-conditional diffusion (diffusers UNet2DModel, classifier-free guidance)"
+    ema_modules = ("unet",)
+    fit: DiffusionFit
 
-    def __init__(self, fit: DiffusionFit, shape: DataShape, seed: int) -> None:
-        from augment.generators.diffusion import DiffusionConfig
+    def build(self) -> dict[str, torch.nn.Module]:
+        from augment.generators.diffusion_train import build_modules
 
-        super().__init__(fit, shape, seed)
-        self.model_config = DiffusionConfig(
-            image_size=shape.image_size, channels=shape.channels, num_classes=len(shape.class_names),
-            block_out_channels=tuple(fit.block_out_channels), layers_per_block=fit.layers_per_block,
-            attention=fit.attention, p_uncond=fit.p_uncond, ema_decay=fit.ema_decay, lr=fit.lr,
-            warmup_steps=fit.warmup_steps, batch_size=fit.batch_size, train_steps=fit.steps, seed=seed,
-            bf16=fit.bf16, class_names=shape.class_names,
-        )
+        return build_modules(self.fit, self.shape, self.seed)
 
-    def new_state(self, data: TrainingData, device: Any, rank: int) -> TrainState:
-        from augment.generators.diffusion_train import DiffusionState
+    def optimizers(self, modules: dict[str, torch.nn.Module]) -> dict[str, torch.optim.Optimizer]:
+        from augment.generators.diffusion_train import make_optimizers
 
-        return DiffusionState.new(self.model_config, device=device, rank=rank)
+        return make_optimizers(self.fit, modules)
 
-    def load_state(self, directory: Path, device: Any) -> TrainState:
-        from augment.generators.diffusion_train import DiffusionState
+    def make_step(self, data: TrainingData, device: torch.device, rank: int) -> StepFn:
+        from augment.generators.diffusion_train import DiffusionStep
 
-        return DiffusionState.load_training_state(directory, device=device)
+        return DiffusionStep(self.fit, self.shape, data, device)
 
-    def train(self, data: TrainingData, state: Any, until: int, on_log: LogFn, rank: int,
-              log_every: int) -> TrainState:
-        from augment.generators.diffusion_train import fit_diffusion
-
-        return fit_diffusion(data.images, data.labels, self.model_config, state=state, until_step=until,
-                             on_log=on_log, log_every=log_every, rank=rank)
-
-    def prepare_ddp(self, state: Any, prepare: Callable[[Any], Any]) -> None:
-        state.model = prepare(state.model)  # EMA and checkpoints unwrap it
-
-    def sampler(self, state: Any) -> Sampler:
+    def sampler(self, state: TrainState) -> Sampler:
         from augment.generators.diffusion import ClassConditionalDiffusion
 
-        return ClassConditionalDiffusion.from_config(self.model_config, state.ema)
+        return ClassConditionalDiffusion.from_fit(self.fit, self.shape, state.ema["unet"], seed=self.seed)
 
     @classmethod
     def from_pretrained(cls, directory: Path, device: str = "cpu") -> Sampler:
@@ -100,4 +81,3 @@ class DiffusionFamily(Family):
                         for i, name in enumerate(class_names)}
         return {"guidance": guidance, "steps": sample.steps, "scheduler": sample.scheduler,
                 "batch_size": sample.batch_size}
-

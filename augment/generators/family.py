@@ -10,8 +10,12 @@ A family declares, in one class (see ../shared/DESIGN.md, "Family"):
   of the config);
 - `request`: what one sample request carries: class ids (`"class"`), a parent record whose
   labels the new row keeps (`"parent"`), or a label map (`"label_map"`);
-- how to fit (`new_state` / `load_state` / `train` / `sampler`, driven by the job's trainer
-  under Ray Train), how to load a saved model (`from_pretrained`);
+- how to fit, through the one shared trainer (`augment.generators.trainer`, run by the job
+  under Ray Train): the family builds its modules from its seed (`build`), their optimizers
+  (`optimizers`), one training step (`make_step`) and the sampler of the trained modules
+  (`sampler`); the trainer does device and DDP, learning-rate and EMA warm-up, resumable
+  states, sample grids, progress and the data checks;
+- how to load a saved model (`from_pretrained`);
 - `sweep_knob`: the `sample:` field the report sweeps for its fidelity/diversity plot.
 
 The job finds families through `jobs.registry` (the `synthaug.generators` entry-point group
@@ -24,7 +28,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Literal, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict
@@ -32,15 +36,23 @@ from pydantic import BaseModel, ConfigDict
 from augment.generators.base import SampleRequest
 from augment.sample import Sample
 
+if TYPE_CHECKING:  # torch stays out of config parsing, which imports this module
+    import torch
+
 RequestKind = Literal["class", "parent", "label_map"]
 REQUEST_KINDS: tuple[RequestKind, ...] = ("class", "parent", "label_map")
-LogFn = Callable[..., None]  # on_log(step, *losses, steps_per_second)
+# One optimizer step: step_fn(state, k) trains step k (0-based) and returns its detached losses by name.
+StepFn = Callable[["TrainState", int], "dict[str, torch.Tensor]"]
 
 
 class Hyperparameters(BaseModel):
     """Base of a family's `Fit` and `Sample` models: unknown keys are errors, values frozen."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+    def check_shape(self, shape: DataShape) -> None:
+        """Raise ValueError (naming the field and value) where these hyperparameters cannot
+        fit data of `shape`; the checks that need the data, next to the pydantic validators."""
 
 
 class NoHyperparameters(Hyperparameters):
@@ -54,6 +66,10 @@ class DataShape:
     image_size: int
     channels: int
     class_names: tuple[str, ...]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
 
 
 @dataclass(frozen=True)
@@ -78,13 +94,26 @@ class Sampler(Protocol):
 
 
 class TrainState(Protocol):
+    """What a family's step and sampler use of the trainer's state
+    (`augment.generators.trainer.TrainState` implements it)."""
+
+    modules: dict[str, torch.nn.Module]  # DDP-wrapped when the trainer was given `prepare`
+    ema: dict[str, torch.nn.Module]  # EMA copies of `Family.ema_modules`, never wrapped
+    optimizers: dict[str, torch.optim.Optimizer]
+    rng: torch.Generator  # the stateful stream, saved with the state, one per rank
     step: int
 
-    def save_training_state(self, directory: Path) -> None: ...
+    def module(self, name: str) -> torch.nn.Module:
+        """Module `name` without its DDP wrapper."""
+        ...
 
 
 class Family(ABC):
-    """Subclass, set the class attributes, implement the abstract methods, register."""
+    """Subclass, set the class attributes, implement the abstract methods, register.
+
+    An instance is one fit: hyperparameters, the data's shape and the seed. Constructing it
+    checks the hyperparameters against the shape (`Fit.check_shape`).
+    """
 
     name: ClassVar[str]
     request: ClassVar[RequestKind]
@@ -92,36 +121,55 @@ class Family(ABC):
     Sample: ClassVar[type[Hyperparameters]] = NoHyperparameters
     sweep_knob: ClassVar[str | None] = None
     description: ClassVar[str] = ""
+    # Modules (keys of `build`) whose exponential moving average the trainer keeps; the
+    # sampler usually samples with the averaged weights.
+    ema_modules: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, fit: Hyperparameters, shape: DataShape, seed: int) -> None:
+        if not isinstance(fit, self.Fit):
+            raise ValueError(f"{self.name}: fit must be a {self.Fit.__name__}, got {type(fit).__name__}")
+        fit.check_shape(shape)
         self.fit, self.shape, self.seed = fit, shape, seed
 
-    # -- fitting (the job's trainer calls these on every Ray Train worker) -----------------
+    # -- fitting (the shared trainer calls these on every Ray Train worker) ----------------
 
     @property
     def steps(self) -> int:
         """Optimizer steps of the fit (`fit.steps`)."""
         return int(getattr(self.fit, "steps", 0))
 
-    @abstractmethod
-    def new_state(self, data: TrainingData, device: Any, rank: int) -> TrainState:
-        """A fresh training state, initialised from `self.seed` (never the global RNG)."""
+    @property
+    def warmup_steps(self) -> int:
+        """Steps of linear learning-rate warm-up from 0 (`fit.warmup_steps`; 0: none)."""
+        return int(getattr(self.fit, "warmup_steps", 0))
+
+    @property
+    def ema_decay(self) -> float:
+        """Decay of the EMA of `ema_modules` after its warm-up (`fit.ema_decay`)."""
+        return float(getattr(self.fit, "ema_decay", 0.999))
 
     @abstractmethod
-    def load_state(self, directory: Path, device: Any) -> TrainState:
-        """A state written by `state.save_training_state` (safetensors + JSON, no pickles)."""
+    def build(self) -> dict[str, torch.nn.Module]:
+        """Fresh modules by name, on the CPU, initialised from `self.seed` (never the global RNG)."""
 
     @abstractmethod
-    def train(self, data: TrainingData, state: TrainState, until: int, on_log: LogFn, rank: int,
-              log_every: int) -> TrainState:
-        """Continue training to step `until`; `on_log(step, *losses, steps_per_second)`."""
+    def optimizers(self, modules: dict[str, torch.nn.Module]) -> dict[str, torch.optim.Optimizer]:
+        """Optimizers by name over `modules` (already on the training device), at their base
+        learning rates; the trainer applies the warm-up."""
 
-    def prepare_ddp(self, state: TrainState, prepare: Callable[[Any], Any]) -> None:
-        """Wrap the trained modules for DDP (`ray.train.torch.prepare_model`); default: nothing to wrap."""
+    @abstractmethod
+    def make_step(self, data: TrainingData, device: torch.device, rank: int) -> StepFn:
+        """One optimizer step on `data` (checked by the trainer), as `step_fn(state, k)`.
+
+        `state.modules` may be DDP-wrapped; draw randomness from `state.rng` (a stateful stream
+        saved with the state, different per rank) or from generators derived from
+        (`self.seed`, `rank`, k), never from the global RNG. Return detached 0-dim losses.
+        """
 
     @abstractmethod
     def sampler(self, state: TrainState) -> Sampler:
-        """The trained model, ready to sample and `save_pretrained`."""
+        """The trained model, ready to sample and `save_pretrained`; use `state.ema[...]` or
+        `state.module(...)` (unwrapped): rank 0 samples grids alone, outside DDP."""
 
     # -- loading and sampling --------------------------------------------------------------
 
@@ -163,6 +211,9 @@ def check_family(family: type[Family]) -> None:
         model = getattr(family, section)
         if not (isinstance(model, type) and issubclass(model, Hyperparameters)):
             raise ValueError(f"{where}: {section} must subclass augment.generators.family.Hyperparameters")
+    ema = getattr(family, "ema_modules", None)
+    if not (isinstance(ema, tuple) and all(isinstance(m, str) and m.isidentifier() for m in ema)):
+        raise ValueError(f"{where}: ema_modules must be a tuple of module names, got {ema!r}")
     if family.sweep_knob is not None and family.sweep_knob not in family.Sample.model_fields:
         raise ValueError(f"{where}: sweep_knob {family.sweep_knob!r} is not a field of {family.Sample.__name__}")
     if getattr(family, "__abstractmethods__", None):

@@ -1,0 +1,272 @@
+"""A family defined here, registered without touching the package, runs a whole job for each
+request kind: class ids, a parent record, a label map.
+
+The three toy families are also the README's example of "Writing a generator family".
+`ToyColour` learns each class's mean colour by gradient descent through the shared trainer;
+`ToyTint` (parent) and `ToyPaint` (label map) have nothing to train (`steps: 0`): their
+"weights" are a colour table drawn from the seed, saved as safetensors like any model.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+from pydantic import Field
+from safetensors.torch import load_file, save_file
+
+from augment.generators.base import SampleRequest, checkpoint_sha256, refuse_pickles
+from augment.generators.family import Family, Hyperparameters, TrainingData
+from augment.generators.trainer import TrainState
+from augment.sample import GeneratorInfo, Sample
+from augment.shards import read_manifest, verify_shards
+from augment.errors import ConfigError
+from jobs.config import parse_config
+from jobs.registry import families, register, unregister
+from jobs.runner import run_job
+
+# -- the toy families -----------------------------------------------------------------------
+
+
+class ToyFit(Hyperparameters):
+    """The `fit:` section, and what the toy's modules are built from."""
+
+    steps: int = Field(30, ge=0, le=10_000)
+    lr: float = Field(0.5, gt=0.0, le=10.0)
+    batch_size: int = Field(16, ge=1, le=4096)
+    ema_decay: float = Field(0.9, gt=0.0, lt=1.0)
+
+
+class NothingToFit(Hyperparameters):
+    """A family without weights to learn still says so: zero steps."""
+
+    steps: int = Field(0, ge=0, le=0)
+
+
+class ToySample(Hyperparameters):
+    """The `sample:` section: keyword arguments of `ToySampler.sample`."""
+
+    noise: float = Field(6.0, ge=0.0, le=64.0, description="grey levels of seeded noise")
+    batch_size: int = Field(16, ge=1, le=4096)
+
+
+class Palette(torch.nn.Module):
+    """One colour per class in [0, 1]."""
+
+    def __init__(self, classes: int, channels: int, generator: torch.Generator) -> None:
+        super().__init__()
+        self.colours = torch.nn.Parameter(torch.rand(classes, channels, generator=generator))
+
+
+class ToySampler:
+    """A colour table and how to paint with it: a class's colour, a tinted parent, a painted map."""
+
+    def __init__(self, kind: str, table: np.ndarray, class_names: tuple[str, ...], image_size: int,
+                 checkpoint: str | None = None) -> None:
+        self.kind, self.table, self.class_names, self.image_size = kind, table, class_names, image_size
+        self.checkpoint_sha256 = checkpoint
+
+    def sample(self, request: SampleRequest, *, noise: float = 6.0, batch_size: int = 16) -> list[Sample]:
+        out = []
+        for i, seed in enumerate(request.seeds):
+            rng = np.random.default_rng(seed)  # each sample from its own seed only
+            if self.kind == "class":
+                size, channels = self.image_size, self.table.shape[1]
+                base = np.broadcast_to(self.table[request.labels[i]] * 255, (size, size, channels))
+            elif self.kind == "parent":
+                base = 0.5 * request.parents[i].image + 127.0 * self.table[0][: request.parents[i].image.shape[2]]
+            else:
+                base = self.table[np.minimum(request.label_maps[i], len(self.table) - 1)] * 255
+            image = np.clip(base + rng.normal(0.0, noise, base.shape), 0, 255).round().astype(np.uint8)
+            info = GeneratorInfo(self.kind, self.checkpoint_sha256, json.dumps({"noise": noise}))
+            out.append(Sample(request.ids[i], image, request.labels[i], seed=seed, generator=info))
+        return out
+
+    def save_pretrained(self, directory: Path) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+        save_file({"table": torch.from_numpy(np.ascontiguousarray(self.table, np.float32))},
+                  str(directory / "toy.safetensors"))
+        meta = {"kind": self.kind, "class_names": list(self.class_names), "image_size": self.image_size}
+        (directory / "toy.json").write_text(json.dumps(meta))
+
+    @classmethod
+    def from_pretrained(cls, directory: Path) -> ToySampler:
+        refuse_pickles(directory)
+        meta = json.loads((directory / "toy.json").read_text())
+        table = load_file(str(directory / "toy.safetensors"))["table"].numpy()
+        return cls(meta["kind"], table, tuple(meta["class_names"]), meta["image_size"], checkpoint_sha256(directory))
+
+
+class ToyColour(Family):
+    """Class-conditional: learns each class's mean colour (MSE, SGD, EMA)."""
+
+    name = "toy_colour"
+    request = "class"
+    Fit = ToyFit
+    Sample = ToySample
+    sweep_knob = "noise"
+    ema_modules = ("palette",)
+
+    def build(self) -> dict[str, torch.nn.Module]:
+        generator = torch.Generator().manual_seed(self.seed)
+        return {"palette": Palette(len(self.shape.class_names), self.shape.channels, generator)}
+
+    def optimizers(self, modules: dict[str, torch.nn.Module]) -> dict[str, torch.optim.Optimizer]:
+        return {"palette": torch.optim.SGD(modules["palette"].parameters(), lr=self.fit.lr)}
+
+    def make_step(self, data: TrainingData, device: torch.device, rank: int) -> Any:
+        means = torch.from_numpy(data.images.reshape(len(data.images), -1, data.images.shape[3]).mean(1) / 255)
+        labels = torch.from_numpy(data.labels)
+
+        def step(state: TrainState, k: int) -> dict[str, torch.Tensor]:
+            # 1. a batch drawn from the state's own stream; 2. MSE to the images' mean colours
+            index = torch.randint(len(labels), (self.fit.batch_size,), generator=state.rng)
+            colours = state.modules["palette"].colours[labels[index].to(device)]
+            loss = torch.nn.functional.mse_loss(colours, means[index].float().to(device))
+            optimizer = state.optimizers["palette"]
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            return {"loss": loss.detach()}
+
+        return step
+
+    def sampler(self, state: TrainState) -> ToySampler:
+        table = state.ema["palette"].colours.detach().cpu().numpy()
+        return ToySampler("class", table, self.shape.class_names, self.shape.image_size)
+
+    @classmethod
+    def from_pretrained(cls, directory: Path, device: str = "cpu") -> ToySampler:
+        return ToySampler.from_pretrained(directory)
+
+
+class _Untrained(Family):
+    """Nothing to fit: the table comes from the seed."""
+
+    Fit = NothingToFit
+    Sample = ToySample
+    kind = ""
+
+    def build(self) -> dict[str, torch.nn.Module]:
+        return {}
+
+    def optimizers(self, modules: dict[str, torch.nn.Module]) -> dict[str, torch.optim.Optimizer]:
+        return {}
+
+    def make_step(self, data: TrainingData, device: torch.device, rank: int) -> Any:
+        raise AssertionError("nothing to train")
+
+    def sampler(self, state: TrainState) -> ToySampler:
+        table = np.random.default_rng(self.seed).random((max(16, len(self.shape.class_names)), 3))
+        return ToySampler(self.kind, table, self.shape.class_names, self.shape.image_size)
+
+    @classmethod
+    def from_pretrained(cls, directory: Path, device: str = "cpu") -> ToySampler:
+        return ToySampler.from_pretrained(directory)
+
+
+class ToyTint(_Untrained):
+    """Parent: a tinted copy of the record; its labels are carried over by the job."""
+
+    name = "toy_tint"
+    request = "parent"
+    kind = "parent"
+
+
+class ToyPaint(_Untrained):
+    """Label map: each class id painted in its colour."""
+
+    name = "toy_paint"
+    request = "label_map"
+    kind = "label_map"
+
+
+TOYS = (ToyColour, ToyTint, ToyPaint)
+
+
+@pytest.fixture(scope="module")
+def toys() -> Any:
+    for family in TOYS:
+        register(family)
+    yield
+    for family in TOYS:
+        unregister(family.name)
+
+
+pytestmark = pytest.mark.usefixtures("ray_session", "toys")
+
+STREET = {"kind": "simulator", "family": "street", "frames": 10, "image_size": 32}
+SMALL_REPORT = {"extractor_steps": 20, "utility": {"steps": 10, "segmentation": False}, "max_per_source": 200}
+
+
+def rows_by_id(folder: Path) -> dict[str, dict[str, Any]]:
+    return {row["id"]: row for row in pq.read_table(folder).to_pylist()}
+
+
+def test_registered_families_are_listed_and_validated() -> None:
+    assert {"diffusion", "cgan", "toy_colour", "toy_tint", "toy_paint"} <= set(families())
+    with pytest.raises(ValueError, match="registered already"):
+        register(type("Other", (ToyTint,), {"__module__": __name__}))
+    with pytest.raises(ValueError, match="reserved"):
+        register(type("Real", (ToyTint,), {"name": "real", "__module__": __name__}))
+    with pytest.raises(ConfigError, match=r"unknown generator kind 'toy'; registered: cgan, diffusion, toy_colour"):
+        parse_config({"source": {"kind": "digits"}, "generate": [{"kind": "toy"}]})
+
+
+def test_a_class_conditional_toy_family_runs_a_job_and_the_report_names_it(tmp_path: Path) -> None:
+    config = parse_config({
+        "seed": 4, "source": {"kind": "digits", "image_size": 8},
+        "quota": {"per_class": {str(c): 160 for c in range(10)}},
+        "generate": [{"kind": "toy_colour", "checkpoint_every": 10, "sample": {"noise": 4.0}}],
+        "report": SMALL_REPORT, "output": {"rows_per_shard": 200},
+    })
+    run_job(config, tmp_path / "out")
+    out = tmp_path / "out"
+    assert verify_shards(out / "shards") == []
+    manifest = read_manifest(out / "shards")
+    assert set(manifest.source_counts) == {"real", "toy_colour"} and set(manifest.class_counts.values()) == {160}
+    made = [r for r in rows_by_id(out / "shards").values() if r["source"] == "toy_colour"]
+    assert made and {r["generator"]["name"] for r in made} == {"class"}
+    assert len({r["generator"]["checkpoint_sha256"] for r in made}) == 1
+    assert (out / "checkpoints" / "toy_colour" / "model" / "toy.safetensors").is_file()
+    assert sorted(p.name for p in (out / "checkpoints" / "toy_colour" / "grids").iterdir())[-1] == "step-00000030.png"
+    report = json.loads((out / "report" / "report.json").read_text())
+    assert "toy_colour" in report["verdicts"] and "toy_colour" in (out / "report" / "report.html").read_text()
+    # The learnt colour of a class is near the mean colour of its real images (the fit did something).
+    sampler = ToySampler.from_pretrained(out / "checkpoints" / "toy_colour" / "model")
+    assert sampler.table.shape == (10, 3) and float(np.abs(sampler.table - sampler.table.mean()).max()) > 0
+
+
+@pytest.mark.parametrize("step", [
+    {"kind": "toy_tint", "per_parent": 2},
+    {"kind": "toy_paint", "maps": "source"},
+    {"kind": "toy_paint", "maps": "augmented", "per_parent": 2,
+     "transforms": [{"name": "HorizontalFlip", "p": 0.5}, {"name": "Affine", "p": 1.0, "params": {"rotate": [-20, 20]}}]},
+], ids=["parent", "label-map", "augmented-label-map"])
+def test_parent_and_label_map_families_keep_their_parents_labels(step: dict, tmp_path: Path) -> None:
+    config = parse_config({"seed": 9, "source": STREET, "generate": [step], "report": {"enabled": False},
+                           "output": {"rows_per_shard": 8}})
+    run_job(config, tmp_path / "out")
+    out, kind = tmp_path / "out", step["kind"]
+    assert verify_shards(out / "shards") == []
+    rows = rows_by_id(out / "shards")
+    made = [r for r in rows.values() if r["source"] == kind]
+    parents = [r for r in rows.values() if r["source"] == "simulator"]
+    assert len(made) == len(parents) * step.get("per_parent", 1) > 0
+    for row in made:
+        parent = rows[row["parent_id"]]
+        assert row["id"].startswith(parent["id"] + f"~{kind}") and row["seed"] is not None
+        assert row["image"]["bytes"] != parent["image"]["bytes"]
+        if step.get("maps") == "augmented":  # the row's mask is the moved map it was painted from
+            assert row["mask"]["bytes"] is not None and row["label"] == parent["label"]
+            continue
+        for column in ("label", "label_name", "mask", "instances", "depth", "boxes"):
+            assert row[column] == parent[column], column  # PNG bytes and boxes byte for byte
+    if step.get("maps") == "augmented":
+        moved = [r for r in made if r["mask"] != rows[r["parent_id"]]["mask"]]
+        assert moved, "no augmented map differs from its record's mask"
