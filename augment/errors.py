@@ -97,6 +97,3 @@ class InputRejected(ValueError):
     def __reduce__(self) -> tuple[Any, ...]:
         # Rebuild from (path, reason), not from the joined message (pickling through Ray).
         return (type(self), (self.path, self.reason))
-
-    def as_record(self) -> dict[str, str]:
-        return {"path": self.path, "reason": self.reason}

@@ -2,9 +2,10 @@
 
 Features are float32 draws from a mixture of Gaussians (`np.random.default_rng(seed)`): a real
 set, a synthetic set from the same mixture with shifted centres, one cluster dropped and 1% near
-copies of real rows, and a real holdout set for the memorisation threshold. Ours, at full size:
+copies of real rows, and a real holdout set for the near-copy threshold. Ours, at full size:
 k-NN radii of the real set, `prdc` (reusing those radii), `realism_scores`, nearest neighbours
-of the synthetic and holdout sets in the real set + `memorisation`, FID, KID.
+of the synthetic and holdout sets in the real set + the near-copy rule of the row scorer
+(`RealReference`: the `NEAR_COPY_QUANTILE` quantile of holdout distances), FID, KID.
 
 Reference: `prdc.compute_prdc` builds three full N x N distance matrices, so it runs on a random
 subsample of `--reference-n` rows of each set, in a subprocess (its peak memory is not ours);
@@ -37,7 +38,6 @@ import numpy as np
 from augment.metrics.distribution import frechet_distance, gaussian_stats, kid
 from augment.metrics.knn import (
     kth_neighbour_radii,
-    memorisation,
     nearest_neighbours,
     prdc,
     realism_scores,
@@ -45,6 +45,7 @@ from augment.metrics.knn import (
 
 CLUSTERS = 10
 COPY_FRACTION = 0.01  # synthetic rows that are near copies of real rows
+NEAR_COPY_QUANTILE = 0.01  # report.near_copy_quantile's default
 
 
 def make_features(n: int, dim: int, holdout: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -140,15 +141,16 @@ def main() -> None:
     realism = stages.run("realism scores", realism_scores, real, radii, fake, chunk=args.chunk)
     synth_nn, _ = stages.run("nearest real of synthetic", nearest_neighbours, fake, real, chunk=args.chunk)
     holdout_nn, _ = stages.run("nearest real of holdout", nearest_neighbours, holdout, real, chunk=args.chunk)
-    copies = stages.run("memorisation", memorisation, synth_nn, holdout_nn)
+    threshold = stages.run("near-copy threshold", np.quantile, holdout_nn, NEAR_COPY_QUANTILE)
+    near_copy_fraction = float(np.mean(synth_nn <= threshold))
     fid = stages.run("FID (stats + distance)", lambda: frechet_distance(gaussian_stats(real), gaussian_stats(fake)))
     kid_mean, kid_std = stages.run("KID (100 x 1000)", kid, real, fake)
     seconds = sum(stages.seconds.values())
     ours_rss = peak_rss_gb()
     print(f"ours at n={args.n}: {seconds:.1f}s, peak RSS {ours_rss:.2f} GB; load average {os.getloadavg()[0]:.1f}")
     print("  " + " ".join(f"{name}={value:.4f}" for name, value in scores.items())
-          + f" realism_median={np.median(realism):.3f} near_copy_fraction={copies['near_copy_fraction']:.4f}"
-          f" (expected {COPY_FRACTION} copies + ~{copies['quantile']} by chance)"
+          + f" realism_median={np.median(realism):.3f} near_copy_fraction={near_copy_fraction:.4f}"
+          f" (expected {COPY_FRACTION} copies + ~{NEAR_COPY_QUANTILE} by chance)"
           f" fid={fid:.2f} kid={kid_mean:.4f}+-{kid_std:.4f}")
 
     extras = ""

@@ -8,7 +8,9 @@ from pathlib import Path
 from typing import Any
 
 from augment.errors import ConfigError
-from jobs.report import REPORT_DIR, REPORT_JSON
+from augment.report.assemble import REPORT_SCHEMA
+from augment.report.files import REPORT_JSON
+from jobs.report import REPORT_DIR
 
 HEADLINE = ["fd", "kid_mean", "precision", "recall", "density", "coverage", "near_copy_fraction"]
 
@@ -18,15 +20,14 @@ def load_report(out: Path) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"{out}: no {REPORT_DIR}/{REPORT_JSON}; run `synthaug report {out}` first")
     try:
-        return json.loads(path.read_text())
+        report = json.loads(path.read_text())
     except json.JSONDecodeError as error:
         raise ConfigError(f"{path}: not valid JSON ({error})") from None
-
-
-def _value(metrics: dict[str, Any], name: str) -> Any:
-    if name == "fd":
-        return next((v for k, v in metrics.items() if k == "fid" or k.startswith("fd_")), None)
-    return metrics.get(name)
+    if report.get("schema") != REPORT_SCHEMA:
+        # Older reports name their keys differently (e.g. "fid" / "fd_domain" for "fd"); the shards remain.
+        raise ConfigError(f"{path}: report schema {report.get('schema')!r}, this synthaug reads "
+                          f"{REPORT_SCHEMA}; run `synthaug report {out}` to recompute it")
+    return report
 
 
 def headline_rows(report: dict[str, Any]) -> list[dict[str, Any]]:
@@ -38,7 +39,7 @@ def headline_rows(report: dict[str, Any]) -> list[dict[str, Any]]:
             if tag == "floor":
                 continue
             verdict = report.get("verdicts", {}).get(tag, {}).get("overall", {})
-            rows.append({"features": kind, "source": tag, **{n: _value(result["overall"], n) for n in HEADLINE},
+            rows.append({"features": kind, "source": tag, **{n: result["overall"].get(n) for n in HEADLINE},
                          "cas": cas, "grade": verdict.get("grade"), "verdict": verdict.get("line")})
     return rows
 

@@ -23,7 +23,8 @@ from ray.data.block import Block, BlockAccessor
 
 from augment.shards import ShardEntry, shard_schema, write_shard
 
-FILTERED_KEY = b"synthaug_filtered"
+FILTER_COLUMN = "_filtered"  # per row, from the shard workers: why the quality filter removes it ("" keeps it)
+FILTERED_KEY = b"synthaug_filtered"  # shard metadata: the rows the filter removed, and why
 
 
 class ShardDatasink(Datasink):
@@ -55,10 +56,10 @@ class ShardDatasink(Datasink):
                     f"shard {name}: got {rows.num_rows} rows in one write, planned {self.expected_rows[name]}; "
                     "a block was split (lower output.rows_per_shard)"
                 )
-            rows, dropped = split_dropped(rows)
+            rows, filtered = split_filtered(rows)
             rows = rows.cast(schema)
-            if dropped:  # the quality gate's record travels with the shard it shaped
-                metadata = {**rows.schema.metadata, FILTERED_KEY: json.dumps(dropped).encode()}
+            if filtered:  # the quality filter's record travels with the shard it shaped
+                metadata = {**rows.schema.metadata, FILTERED_KEY: json.dumps(filtered).encode()}
                 rows = rows.replace_schema_metadata(metadata)
             entry = write_shard(rows, Path(self.out_dirs[name]) / name)
             entries.append(entry)
@@ -71,26 +72,26 @@ class ShardDatasink(Datasink):
         self.published = [entry for batch in returns for entry in batch]
 
 
-def split_dropped(rows: pa.Table) -> tuple[pa.Table, list[dict[str, Any]]]:
-    """Rows the quality gate kept (without the `_drop` column), and what it dropped and why."""
-    if "_drop" not in rows.column_names:
+def split_filtered(rows: pa.Table) -> tuple[pa.Table, list[dict[str, Any]]]:
+    """Rows the quality filter kept (without the `FILTER_COLUMN`), and the ones it removed, with why."""
+    if FILTER_COLUMN not in rows.column_names:
         return rows, []
-    verdicts = rows.column("_drop").to_pylist()
+    verdicts = rows.column(FILTER_COLUMN).to_pylist()
     gone = [i for i, v in enumerate(verdicts) if v]
-    dropped = []
+    filtered = []
     if gone:
         picked = rows.take(gone).select(["id", "label", "source", "scores"]).to_pylist()
         for row, i in zip(picked, gone):
             scores = row["scores"] or {}
-            dropped.append({"id": row["id"], "label": row["label"], "source": row["source"],
-                            "reasons": verdicts[i].split(","), "realism": scores.get("realism"),
-                            "confidence": scores.get("confidence")})
-    kept = rows.filter(pc.equal(rows.column("_drop"), "")).drop_columns(["_drop"])
-    return kept, dropped
+            filtered.append({"id": row["id"], "label": row["label"], "source": row["source"],
+                             "reasons": verdicts[i].split(","), "realism": scores.get("realism"),
+                             "confidence": scores.get("confidence")})
+    kept = rows.filter(pc.equal(rows.column(FILTER_COLUMN), "")).drop_columns([FILTER_COLUMN])
+    return kept, filtered
 
 
-def read_dropped(path: Path) -> list[dict[str, Any]]:
-    """What the quality gate dropped from a published shard (an empty list if nothing)."""
+def read_filtered(path: Path) -> list[dict[str, Any]]:
+    """The rows the quality filter removed from a published shard (an empty list if none)."""
     import pyarrow.parquet as pq
 
     raw = (pq.read_schema(path).metadata or {}).get(FILTERED_KEY)

@@ -9,6 +9,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 
 from augment.errors import ConfigError
+from augment.report.inputs import UNLABELLED
 from augment.shards import read_manifest, verify_shards
 
 
@@ -20,7 +21,7 @@ def _cross_counts(folder: Path, files: list[str]) -> Counter[tuple[str, str]]:
             continue
         table = pq.read_table(path, columns=["label_name", "source"])
         for label, source in zip(table.column("label_name").to_pylist(), table.column("source").to_pylist()):
-            counts[(label or "unlabelled", source)] += 1
+            counts[(label or UNLABELLED, source)] += 1
     return counts
 
 

@@ -4,24 +4,24 @@ Trains the domain classifier on the real training split (its penultimate layer i
 default feature space; its probabilities give confidence and the Inception Score), embeds
 the real train and holdout images in the first configured feature space, and saves both
 under OUT/report/reference/ so that shard workers can score synthetic rows (and apply the
-quality gate) before a shard is published, and the report stage can reuse them.
+quality filter) before a shard is published, and the report stage can reuse them.
 
 Every image is resized to one square `size` (bicubic) and to the job's channel count
-before any extractor sees it: a named, recorded preprocessing choice.
+before any extractor sees it (`augment.metrics.preprocess`): a named, recorded choice.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from augment.errors import InputRejected
-from augment.images import resize_image
+from augment.metrics.preprocess import resize_mask, to_metric_size
+from augment.report.inputs import RealImages, RealSide
 from augment.seeding import derive_seed
 from augment.sources.base import SourceRecord
 from jobs.config import JobConfig
@@ -38,41 +38,6 @@ RANDOM_SEED_STREAM = 71
 SUBSAMPLE_STREAM = 72
 REFERENCE_HOLDOUT = 0.2  # a reference source's own split when the job keeps no holdout
 WEAK_EXTRACTOR_ACCURACY = 0.8
-
-
-@dataclass
-class RealImages:
-    """Real images at the metric size: N x S x S x C uint8, labels (-1: none), masks or None."""
-
-    images: np.ndarray
-    labels: np.ndarray
-    masks: np.ndarray | None
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-
-def match_channels(image: np.ndarray, channels: int) -> np.ndarray:
-    """Gray to RGB by repetition, RGB to gray by ITU-R 601 luma; anything else unchanged."""
-    if image.shape[2] == channels:
-        return image
-    if channels == 3:
-        return np.repeat(image, 3, axis=2)
-    luma = image.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
-    return np.clip(np.rint(luma), 0, 255).astype(np.uint8)[..., None]
-
-
-def to_metric_size(image: np.ndarray, size: int, channels: int) -> np.ndarray:
-    return resize_image(match_channels(image, channels), size)
-
-
-def resize_mask(mask: np.ndarray, size: int) -> np.ndarray:
-    """Nearest neighbour, so class ids stay class ids."""
-    if mask.shape == (size, size):
-        return mask
-    rows = (np.arange(size) * mask.shape[0] / size).astype(int)
-    cols = (np.arange(size) * mask.shape[1] / size).astype(int)
-    return mask[rows[:, None], cols[None, :]]
 
 
 def load_real(source: Any, records: list[SourceRecord], size: int, channels: int,
@@ -98,18 +63,6 @@ def load_real(source: Any, records: list[SourceRecord], size: int, channels: int
         np.array(labels, dtype=np.int64),
         np.stack(masks) if have_masks else None,
     )
-
-
-@dataclass
-class RealSide:
-    """What the synthetic rows are compared against."""
-
-    train: RealImages
-    holdout: RealImages
-    size: int
-    channels: int
-    origin: str  # "source" or "report.reference (<kind>)"
-    own_tag: str | None  # the `source` tag of the job's own rows; None: every row is compared
 
 
 def subsample(records: list[SourceRecord], limit: int, seed: int, stream: int) -> list[SourceRecord]:
@@ -209,7 +162,7 @@ def prepare_reference(config: JobConfig, out: Path, real_train: RealImages, real
             real_train.images[keep], real_train.labels[keep],
             real_holdout.images[hold] if hold.any() else None, real_holdout.labels[hold] if hold.any() else None,
             num_classes, seed=derive_seed(config.seed, RANDOM_SEED_STREAM, 1), steps=report.extractor_steps,
-            input_size=size)
+            input_size=size, progress="report: domain classifier")
         domain.save(folder / DOMAIN_DIR)
     extractor = build_extractor(kinds[0], quality, domain)
     holdout = extractor(real_holdout.images) if len(real_holdout) else None

@@ -15,6 +15,7 @@ import os
 import socket
 import subprocess
 import sys
+import warnings
 from collections.abc import Iterator
 from typing import Any
 
@@ -23,11 +24,29 @@ import ray.data
 
 
 def actor_pool(size: int) -> dict[str, Any]:
-    """Keyword arguments for `map_batches` that run a callable class on `size` actors."""
+    """Keyword arguments for `map_batches` that run a callable class on `size` actors.
+
+    `max_restarts=0`: Ray Data hands every pool actor its transformer and context as object
+    references and defaults to restarting actors forever, and Ray 2.60's core worker then
+    logs a `core_worker.cc` ERROR line (actor constructor arguments in the object store with
+    max_restarts > 0, ray-project/ray#53727) on every run, whatever the constructor takes.
+    Without restarts an actor that dies fails its stage; a rerun resumes from the shards
+    already published, and an exception raised by our own code was never retried anyway.
+    """
+    _quiet_remote_args_deprecation()
     strategy = getattr(ray.data, "ActorPoolStrategy", None)
     if strategy is not None:
-        return {"compute": strategy(size=size)}
-    return {"concurrency": size}
+        return {"compute": strategy(size=size), "max_restarts": 0}
+    return {"concurrency": size, "max_restarts": 0}
+
+
+@functools.cache
+def _quiet_remote_args_deprecation() -> None:
+    """Ray 2.60 deprecates passing remote arguments such as `max_restarts` to `map_batches`
+    (removal planned for 2.64) and names no replacement for it; the warning tells a user of
+    the job nothing, so it is ignored for calls made from this package (`jobs.*`) only."""
+    warnings.filterwarnings("ignore", message=r"`ray_remote_args` is deprecated", category=DeprecationWarning,
+                            module=r"jobs\.")
 
 
 def quiet_data_context() -> None:
@@ -208,6 +227,31 @@ def _child_named(comm: str) -> int | None:
             if best is None or start > best[0]:
                 best = (start, int(name))
     return None if best is None else best[1]
+
+
+PREEMPTION_WATCHER_ENV = "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"
+
+
+@contextlib.contextmanager
+def quiet_train_fit() -> Iterator[None]:
+    """Around `TorchTrainer.fit()`: Ray Train's preemption watcher off, unless the user set
+    $RAY_TRAIN_ENABLE_PREEMPTION_WATCHER.
+
+    Ray Train 2.60's controller starts a `PreemptionWatcher` actor (max_restarts=-1, the
+    worker actors' handles as constructor arguments) that only logs node drains; creating it
+    makes the controller's core worker print the `core_worker.cc` ERROR line about actor
+    constructor arguments in the object store (ray-project/ray#53727) on every fit. Ray Train
+    reads the variable from the driver's environment when `fit()` starts the controller, so
+    it is set for the call only (Ray's own processes, started earlier, never see it).
+    """
+    if PREEMPTION_WATCHER_ENV in os.environ:
+        yield
+        return
+    os.environ[PREEMPTION_WATCHER_ENV] = "0"
+    try:
+        yield
+    finally:
+        os.environ.pop(PREEMPTION_WATCHER_ENV, None)
 
 
 # --- Ray Train's torch process group on a loopback node -----------------------------------

@@ -34,7 +34,8 @@ from augment.shards import (
 from augment.sources.base import SourceRecord
 from jobs.config import JobConfig
 from jobs.lock import LOCK_NAME, JobLock
-from jobs.plan import Plan, ShardSpec, make_plan, plan_steps, precheck_quota, split_records
+from jobs.plan import Plan, ShardSpec, make_plan, split_records
+from jobs.quota import plan_steps, precheck_quota
 from jobs.sources import build_source
 
 log = logging.getLogger("synthaug")

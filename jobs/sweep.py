@@ -31,8 +31,9 @@ def model_dir(step: StepConfig, out: Path) -> Path | None:
 
 
 def sweep_samples(config: JobConfig, out: Path, class_names: list[str], per_class: int, values: list[float]
-                  ) -> dict[str, tuple[str, dict[float, tuple[list[np.ndarray], np.ndarray]]]]:
-    """{step kind: (knob, {value: (images, labels)})} for every class-conditional step with a knob."""
+                  ) -> dict[str, tuple[str, list[tuple[float, str]], dict[float, tuple[list[np.ndarray], np.ndarray]]]]:
+    """{step kind: (knob, axis, {value: (images, labels)})} for every class-conditional step
+    with a knob; `axis` is the family's order of the values (most diverse first) with labels."""
     from jobs.runner import step_sample_kwargs
 
     found = {}
@@ -44,26 +45,27 @@ def sweep_samples(config: JobConfig, out: Path, class_names: list[str], per_clas
             continue
         sampler = family.from_pretrained(folder)
         kwargs = step_sample_kwargs(step, class_names, f"generate[{number}]")
+        axis = family.sweep_axis(list(dict.fromkeys(values)))
         results = {}
-        for value in values:
+        for value, _ in axis:
             request = SampleRequest(labels=labels, seeds=seeds, ids=[f"sweep/{i}" for i in range(len(labels))])
             samples = sampler.sample(request, **family.sweep_kwargs(kwargs, value))
             results[value] = ([s.image for s in samples], np.array(labels, dtype=np.int64))
             log.info("report: sweep %s %s=%s: %d samples", step.kind, family.sweep_knob, value, len(samples))
-        found[step.kind] = (family.sweep_knob, results)
+        found[step.kind] = (family.sweep_knob, axis, results)
     return found
 
 
-def sweep_rows(knob: str, results: dict[float, tuple[np.ndarray, np.ndarray]], embed: Any, probs: Any,
-               holdout_f: np.ndarray, compare: Any) -> dict[str, Any]:
-    """The report's `sweep` block: one row of overall numbers per swept value."""
+def sweep_rows(knob: str, axis: list[tuple[float, str]], results: dict[float, tuple[np.ndarray, np.ndarray]],
+               embed: Any, probs: Any, holdout_f: np.ndarray, compare: Any) -> dict[str, Any]:
+    """One family's `sweep` block: a row of overall numbers per swept value, in `axis` order."""
     rows = []
-    for value, (images, labels) in results.items():
+    for value, label in axis:
+        images, labels = results[value]
         metrics = compare(holdout_f, embed(images))
         p = probs(images) if probs is not None else None
         confidence = None if p is None else float(p[np.arange(len(labels)), labels].mean())
-        rows.append({"value": value, "precision": metrics["precision"], "recall": metrics["recall"],
-                     "density": metrics["density"], "coverage": metrics["coverage"],
-                     "fd": next(v for k, v in metrics.items() if k == "fid" or k.startswith("fd_")),
+        rows.append({"value": value, "label": label, "precision": metrics["precision"], "recall": metrics["recall"],
+                     "density": metrics["density"], "coverage": metrics["coverage"], "fd": metrics["fd"],
                      "confidence": confidence})
     return {"parameter": knob, "rows": rows}

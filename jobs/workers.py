@@ -16,13 +16,13 @@ import pyarrow as pa
 from pydantic import TypeAdapter
 
 from augment.errors import InputRejected
-from augment.generators.base import SampleRequest
+from augment.generators.base import SampleRequest, checkpoint_sha256
 from augment.sample import GeneratorInfo, Sample, Scores
 from augment.seeding import derive_seed
 from augment.shards import samples_to_table
 from augment.sources.base import SourceRecord
 from jobs.config import SourceConfig
-from jobs import datasink
+from jobs.datasink import FILTER_COLUMN
 from jobs.plan import ShardSpec
 from jobs.sources import build_source
 
@@ -128,8 +128,8 @@ class ShardWorker:
 
     def score(self, samples: list[Sample]) -> list[str]:
         """Scores on every synthetic row; returns each row's filter verdict ("" keeps it)."""
-        from augment.metrics.scoring import gate_reasons
-        from jobs.quality import to_metric_size
+        from augment.metrics.preprocess import to_metric_size
+        from augment.metrics.scoring import filter_reasons
 
         verdicts = [""] * len(samples)
         synthetic = [i for i, s in enumerate(samples) if s.source != "real"]
@@ -141,9 +141,9 @@ class ShardWorker:
         for j, i in enumerate(synthetic):
             confidence = None if np.isnan(scores.confidence[j]) else float(scores.confidence[j])
             samples[i].scores = Scores(realism=float(scores.realism[j]), confidence=confidence)
-        gate = self.quality.get("filter")
-        if gate:
-            for j, reasons in enumerate(gate_reasons(scores, **gate)):
+        settings = self.quality.get("filter")
+        if settings:
+            for j, reasons in enumerate(filter_reasons(scores, **settings)):
                 verdicts[synthetic[j]] = ",".join(reasons)
         return verdicts
 
@@ -160,8 +160,6 @@ class ShardWorker:
         return pa.concat_tables(tables)
 
 
-FILTER_COLUMN = getattr(datasink, "FILTER_COLUMN", "_drop")
-
 
 class StepSampler:
     """One generate step inside a shard worker: its family's saved model and sampling settings.
@@ -177,6 +175,8 @@ class StepSampler:
         self.kind = kind
         self.family = resolve(spec["family"])
         self.sampler = self.family.from_pretrained(Path(spec["dir"]), spec["device"])
+        # Every row records the weights it came from, whether or not the family's sampler says.
+        self.checkpoint = getattr(self.sampler, "checkpoint_sha256", None) or checkpoint_sha256(Path(spec["dir"]))
         self.kwargs = dict(spec["sample"])
         self.batch = max(1, self.family.batch_size(self.kwargs))
         self.map_augmenter = None
@@ -192,8 +192,9 @@ class StepSampler:
         return made
 
     def _stamped(self, sample: Sample, row_id: str, seed: int) -> Sample:
-        generator = sample.generator or GeneratorInfo(self.kind, self.sampler.checkpoint_sha256,
-                                                      json.dumps(self.kwargs, sort_keys=True))
+        generator = sample.generator or GeneratorInfo(self.kind, None, json.dumps(self.kwargs, sort_keys=True))
+        if generator.checkpoint_sha256 is None:
+            generator = replace(generator, checkpoint_sha256=self.checkpoint)
         return replace(sample, id=row_id, seed=int(seed), source=self.kind, generator=generator)
 
     def from_classes(self, specs: list[Any]) -> list[Sample]:

@@ -218,55 +218,71 @@ def test_registered_families_are_listed_and_validated() -> None:
         parse_config({"source": {"kind": "digits"}, "generate": [{"kind": "toy"}]})
 
 
-def test_a_class_conditional_toy_family_runs_a_job_and_the_report_names_it(tmp_path: Path) -> None:
+def assert_labels_carried(rows: dict[str, dict[str, Any]], kind: str, columns: tuple[str, ...]) -> list[dict]:
+    """Rows of `kind` keep their parent record's annotations byte for byte; returns them."""
+    made = [r for r in rows.values() if r["source"] == kind]
+    for row in made:
+        parent = rows[row["parent_id"]]
+        assert row["id"].startswith(parent["id"] + f"~{kind}") and row["seed"] is not None
+        assert len(row["generator"]["checkpoint_sha256"]) == 64
+        assert row["image"]["bytes"] != parent["image"]["bytes"]
+        for column in columns:
+            assert row[column] == parent[column], column  # PNG bytes and boxes byte for byte
+    return made
+
+
+def test_one_job_mixes_the_three_request_kinds_and_the_report_names_each(tmp_path: Path) -> None:
+    """Simulator digits (labels, masks, boxes) → a class step that is fitted, a parent step and a
+    label-map step in one job; quota 4x = real + 2 mapped rows each + class-conditional rows."""
     config = parse_config({
-        "seed": 4, "source": {"kind": "digits", "image_size": 8},
-        "quota": {"per_class": {str(c): 160 for c in range(10)}},
-        "generate": [{"kind": "toy_colour", "checkpoint_every": 10, "sample": {"noise": 4.0}}],
-        "report": SMALL_REPORT, "output": {"rows_per_shard": 200},
+        "seed": 4, "source": {"kind": "simulator", "family": "digits", "frames": 120, "image_size": 16},
+        "split": {"holdout": 0.25}, "quota": {"multiplier": 4.0},
+        "generate": [{"kind": "toy_colour", "checkpoint_every": 10, "sample": {"noise": 4.0}},
+                     {"kind": "toy_tint"}, {"kind": "toy_paint"}],
+        "report": {**SMALL_REPORT, "reference": {"kind": "digits", "image_size": 16}}, "output": {"rows_per_shard": 100},
     })
     run_job(config, tmp_path / "out")
     out = tmp_path / "out"
     assert verify_shards(out / "shards") == []
     manifest = read_manifest(out / "shards")
-    assert set(manifest.source_counts) == {"real", "toy_colour"} and set(manifest.class_counts.values()) == {160}
-    made = [r for r in rows_by_id(out / "shards").values() if r["source"] == "toy_colour"]
-    assert made and {r["generator"]["name"] for r in made} == {"class"}
-    assert len({r["generator"]["checkpoint_sha256"] for r in made}) == 1
-    assert (out / "checkpoints" / "toy_colour" / "model" / "toy.safetensors").is_file()
-    assert sorted(p.name for p in (out / "checkpoints" / "toy_colour" / "grids").iterdir())[-1] == "step-00000030.png"
+    real = manifest.source_counts["simulator"]
+    assert manifest.source_counts == {"simulator": real, "toy_tint": real, "toy_paint": real, "toy_colour": real}
+    rows = rows_by_id(out / "shards")
+    assert_labels_carried(rows, "toy_tint", ("label", "label_name", "mask", "instances", "depth", "boxes"))
+    assert_labels_carried(rows, "toy_paint", ("label", "label_name", "mask", "instances", "depth", "boxes"))
+    made = [r for r in rows.values() if r["source"] == "toy_colour"]
+    assert all(r["parent_id"] is None for r in made) and len({r["generator"]["checkpoint_sha256"] for r in made}) == 1
+    folder = out / "checkpoints" / "toy_colour"
+    assert (folder / "model" / "toy.safetensors").is_file()
+    assert sorted(p.name for p in (folder / "grids").iterdir())[-1] == "step-00000030.png"
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["toy_colour", "toy_paint", "toy_tint"]
     report = json.loads((out / "report" / "report.json").read_text())
-    assert "toy_colour" in report["verdicts"] and "toy_colour" in (out / "report" / "report.html").read_text()
-    # The learnt colour of a class is near the mean colour of its real images (the fit did something).
-    sampler = ToySampler.from_pretrained(out / "checkpoints" / "toy_colour" / "model")
-    assert sampler.table.shape == (10, 3) and float(np.abs(sampler.table - sampler.table.mean()).max()) > 0
+    page = (out / "report" / "report.html").read_text()
+    for kind in ("toy_colour", "toy_tint", "toy_paint"):
+        assert kind in report["verdicts"] and kind in page
+    # The fit moved the palette towards the images' mean colours: its classes differ now.
+    sampler = ToySampler.from_pretrained(folder / "model")
+    assert sampler.table.shape == (10, 3) and float(sampler.table.std(axis=0).max()) > 0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("step", [
     {"kind": "toy_tint", "per_parent": 2},
-    {"kind": "toy_paint", "maps": "source"},
     {"kind": "toy_paint", "maps": "augmented", "per_parent": 2,
      "transforms": [{"name": "HorizontalFlip", "p": 0.5}, {"name": "Affine", "p": 1.0, "params": {"rotate": [-20, 20]}}]},
-], ids=["parent", "label-map", "augmented-label-map"])
-def test_parent_and_label_map_families_keep_their_parents_labels(step: dict, tmp_path: Path) -> None:
+], ids=["parent", "augmented-label-map"])
+def test_street_frames_keep_instances_and_depth_or_their_moved_map(step: dict, tmp_path: Path) -> None:
+    """Street frames carry instances and depth too; an augmented map replaces the mask."""
     config = parse_config({"seed": 9, "source": STREET, "generate": [step], "report": {"enabled": False},
                            "output": {"rows_per_shard": 8}})
     run_job(config, tmp_path / "out")
     out, kind = tmp_path / "out", step["kind"]
     assert verify_shards(out / "shards") == []
     rows = rows_by_id(out / "shards")
-    made = [r for r in rows.values() if r["source"] == kind]
     parents = [r for r in rows.values() if r["source"] == "simulator"]
-    assert len(made) == len(parents) * step.get("per_parent", 1) > 0
-    for row in made:
-        parent = rows[row["parent_id"]]
-        assert row["id"].startswith(parent["id"] + f"~{kind}") and row["seed"] is not None
-        assert row["image"]["bytes"] != parent["image"]["bytes"]
-        if step.get("maps") == "augmented":  # the row's mask is the moved map it was painted from
-            assert row["mask"]["bytes"] is not None and row["label"] == parent["label"]
-            continue
-        for column in ("label", "label_name", "mask", "instances", "depth", "boxes"):
-            assert row[column] == parent[column], column  # PNG bytes and boxes byte for byte
-    if step.get("maps") == "augmented":
-        moved = [r for r in made if r["mask"] != rows[r["parent_id"]]["mask"]]
-        assert moved, "no augmented map differs from its record's mask"
+    if step.get("maps") != "augmented":
+        made = assert_labels_carried(rows, kind, ("label", "label_name", "mask", "instances", "depth", "boxes"))
+    else:  # the row's mask is the moved map it was painted from; the rest travels with it
+        made = assert_labels_carried(rows, kind, ("label", "label_name"))
+        assert any(r["mask"] != rows[r["parent_id"]]["mask"] for r in made), "no map was moved"
+    assert len(made) == len(parents) * step["per_parent"] > 0

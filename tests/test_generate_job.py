@@ -164,7 +164,8 @@ def test_shard_worker_reports_progress_per_sampler_batch_and_cutting_keeps_bytes
 
     from augment.sources.base import SourceRecord
     from jobs.config import QuotaConfig
-    from jobs.plan import PlanStep, make_plan
+    from jobs.plan import make_plan
+    from jobs.quota import PlanStep
     from jobs.workers import ShardWorker
 
     names = [str(c) for c in range(10)]

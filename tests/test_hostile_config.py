@@ -21,7 +21,8 @@ from augment.sources.base import SourceRecord
 from jobs.config import QuotaConfig, load_config, parse_config
 from jobs.config_yaml import MAX_CONFIG_BYTES, MAX_DEPTH, MAX_EXPANDED_NODES, parse_yaml
 from jobs.lock import LOCK_NAME
-from jobs.plan import PlanStep, MAX_PLANNED_ROWS, MAX_SHARD_ROWS, make_plan
+from jobs.plan import make_plan
+from jobs.quota import MAX_PLANNED_ROWS, MAX_SHARD_ROWS, PlanStep
 from tests.conftest import cli_command, cli_env
 
 DIGITS = {"name": "h", "source": {"kind": "digits", "image_size": 16},

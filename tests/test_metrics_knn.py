@@ -16,7 +16,6 @@ from scipy.spatial.distance import cdist
 from augment.metrics import knn
 from augment.metrics.knn import (
     kth_neighbour_radii,
-    memorisation,
     nearest_neighbours,
     prdc,
     realism_scores,
@@ -282,32 +281,3 @@ def test_realism_at_a_real_sample_and_far_away() -> None:
     assert (scores[3:6] > 100).all()
     assert (scores[6:] < 1).all()
     np.testing.assert_allclose(scores[3:6], _realism_brute_force(real, radii, near), rtol=1e-6)
-
-
-# --- memorisation -------------------------------------------------------------------------------
-
-
-def test_memorisation_flags_copies_and_about_quantile_of_fresh_samples() -> None:
-    rng = np.random.default_rng(8)
-    d, n = 16, 2000
-    train, holdout, fresh = (rng.normal(size=(n, d)) for _ in range(3))
-    holdout_to_train = nearest_neighbours(holdout, train)[0]
-
-    copies = train[rng.choice(n, 300, replace=False)]
-    result = memorisation(nearest_neighbours(copies, train)[0], holdout_to_train, quantile=0.01)
-    assert result["near_copy"].all() and result["near_copy_fraction"] == 1.0
-    assert result["threshold"] == pytest.approx(np.quantile(holdout_to_train, 0.01))
-    assert result["median_distance_ratio"] == 0.0
-
-    quantile = 0.05
-    result = memorisation(nearest_neighbours(fresh, train)[0], holdout_to_train, quantile=quantile)
-    assert result["near_copy"].shape == (n,)
-    assert abs(result["near_copy_fraction"] - quantile) < 0.025  # ~3.5 sd of two binomial-ish errors
-    assert result["median_distance_ratio"] == pytest.approx(1.0, abs=0.05)
-
-
-def test_memorisation_rejects_bad_arguments() -> None:
-    with pytest.raises(ValueError, match="quantile"):
-        memorisation(np.ones(3), np.ones(3), quantile=1.0)
-    with pytest.raises(ValueError, match="holdout_to_train"):
-        memorisation(np.ones(3), np.array([1.0, -1.0]))

@@ -9,7 +9,8 @@ import pytest
 from augment.errors import ConfigError
 from augment.sources.base import SourceRecord
 from jobs.config import QuotaConfig
-from jobs.plan import PlanStep, ShardSpec, derive_seed, make_plan, split_records
+from jobs.plan import ShardSpec, derive_seed, make_plan, split_records
+from jobs.quota import PlanStep
 
 NAMES = ["a", "b", "c"]
 

@@ -18,7 +18,7 @@ from augment.report.compare import compare_per_class
 from augment.report.verdict import judge
 
 NAMES = [str(c) for c in range(10)]
-KWARGS = {"extractor": "domain", "k": 5, "kid_subsets": 10, "kid_subset_size": 100, "seed": 0}
+KWARGS = {"k": 5, "kid_subsets": 10, "kid_subset_size": 100, "seed": 0}
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +51,7 @@ def judge_set(domain: DomainExtractor, digits: dict, images: np.ndarray, labels:
     mine = compare_per_class(holdout_f, holdout_labels, domain(images), labels, NAMES, **KWARGS)
     probs = domain.probs(images)
     confidence = {NAMES[c]: float(probs[labels == c, c].mean()) for c in range(10)}
-    verdicts = {name: judge(mine["per_class"][name], floor["per_class"][name], "fd_domain", confidence[name])
+    verdicts = {name: judge(mine["per_class"][name], floor["per_class"][name], "FD (domain)", confidence[name])
                 for name in NAMES}
     return mine, verdicts
 
@@ -71,7 +71,7 @@ def test_one_class_only_is_caught_per_class(domain: DomainExtractor, digits: dic
     for name in NAMES[1:]:
         assert verdicts[name]["grade"] == "poor", verdicts[name]
         assert "not its class" in verdicts[name]["line"] or "unrealistic" in verdicts[name]["line"]
-        assert mine["per_class"][name]["fd_domain"] > good["per_class"][name]["fd_domain"]
+        assert mine["per_class"][name]["fd"] > good["per_class"][name]["fd"]
     assert verdicts["0"]["grade"] != "poor"
 
 

@@ -15,7 +15,7 @@ import torch
 from augment.shards import read_manifest, verify_shards
 from jobs.compare import compare
 from jobs.config import parse_config
-from jobs.datasink import read_dropped
+from jobs.datasink import read_filtered
 from jobs.runner import report_job, run_job
 
 pytestmark = pytest.mark.usefixtures("ray_session")
@@ -52,7 +52,7 @@ def load(out: Path) -> dict[str, Any]:
 
 def test_report_json_has_the_floor_the_metrics_and_utility(classical: Path) -> None:
     report = load(classical)
-    assert report["schema"] == 1 and report["classes"] == [str(c) for c in range(10)]
+    assert report["schema"] == 2 and report["classes"] == [str(c) for c in range(10)]
     assert report["real"]["train"] > 0 and report["real"]["holdout"] > 0
     domain = report["extractors"]["domain"]
     assert len(domain["sha256"]) == 64 and domain["holdout_accuracy"] > 0.8 and not domain["weak"]
@@ -61,8 +61,9 @@ def test_report_json_has_the_floor_the_metrics_and_utility(classical: Path) -> N
     for part in (block["floor"], block["classical"]):
         assert set(part["per_class"]) == set(report["classes"])
         overall = part["overall"]
-        assert {"fd_domain", "kid_mean", "kid_std", "precision", "recall", "density", "coverage"} <= set(overall)
-        assert "fid" not in overall  # only the standard Inception features give "FID"
+        assert {"fd", "kid_mean", "kid_std", "precision", "recall", "density", "coverage"} <= set(overall)
+        assert overall["k"] == 5 and overall["k_effective"] == 5
+        assert all(c["k_effective"] == min(5, c["n_real"] - 1, c["n_compared"] - 1) for c in part["per_class"].values())
     # Rotated real digits stay recognisable: near the floor on fidelity, useful downstream.
     assert block["classical"]["overall"]["precision"] > 0.5 * block["floor"]["overall"]["precision"]
     settings = report["utility"]["classification"]["settings"]
@@ -73,21 +74,23 @@ def test_report_json_has_the_floor_the_metrics_and_utility(classical: Path) -> N
     assert html.count("data:image/png;base64,") >= 4 and "http" not in html.replace("http-equiv", "")
 
 
-def test_rows_carry_scores_and_the_gate_drops_before_publishing(classical: Path) -> None:
+def test_rows_carry_scores_and_the_filter_removes_before_publishing(classical: Path) -> None:
     rows = pq.read_table(classical / "shards", columns=["id", "source", "scores"]).to_pylist()
     synthetic = [r for r in rows if r["source"] == "classical"]
     assert synthetic and all(r["scores"]["realism"] is not None for r in synthetic)
-    assert min(r["scores"]["confidence"] for r in synthetic) >= 0.6  # the gate held
+    assert min(r["scores"]["confidence"] for r in synthetic) >= 0.6  # the filter held
     assert all(r["scores"] is None for r in rows if r["source"] == "real")
-    dropped = [d for path in sorted((classical / "shards").glob("*.parquet")) for d in read_dropped(path)]
-    assert dropped, "a 0.6 confidence gate on 20-degree rotations should drop some rows"
-    assert all(d["reasons"] == ["low_confidence"] and d["confidence"] < 0.6 for d in dropped)
-    assert not {d["id"] for d in dropped} & {r["id"] for r in rows}
+    filtered = [d for path in sorted((classical / "shards").glob("*.parquet")) for d in read_filtered(path)]
+    assert filtered, "a 0.6 confidence filter on 20-degree rotations should remove some rows"
+    assert all(d["reasons"] == ["low_confidence"] and d["confidence"] < 0.6 for d in filtered)
+    assert not {d["id"] for d in filtered} & {r["id"] for r in rows}
     manifest = read_manifest(classical / "shards")
     assert manifest.total_rows == len(rows) and verify_shards(classical / "shards") == []
     report = load(classical)
-    assert report["filter"]["dropped"] == len(dropped) and report["filter"]["by_reason"] == {
-        "low_confidence": len(dropped)}
+    assert report["filter"]["filtered"] == len(filtered) and report["filter"]["by_reason"] == {
+        "low_confidence": len(filtered)}
+    assert sum(report["filter"]["by_class"].values()) == len(filtered)
+    assert set(report["filter"]["by_class"]) <= set(report["classes"])
 
 
 def test_report_command_recomputes_the_same_numbers(classical: Path) -> None:
@@ -120,8 +123,9 @@ def test_three_feature_spaces_and_compare_side_by_side(classical: Path, tmp_path
                                                       "params": {"std_range": [0.3, 0.5]}}]}), other)
     report = load(other)
     assert set(report["metrics"]) == {"domain", "random", "inception"}
-    assert "fid" in report["metrics"]["inception"]["classical"]["overall"]  # only Inception gives "FID"
-    assert "fd_random" in report["metrics"]["random"]["classical"]["overall"]
+    assert all("fd" in block["classical"]["overall"] for block in report["metrics"].values())
+    html = (other / "report" / "report.html").read_text()
+    assert "<th>FID</th>" in html and "<th>FD (random)</th>" in html  # only Inception's is called FID
     assert report["extractors"]["inception"]["sha256"] == hashlib.sha256(inception.read_bytes()).hexdigest()
     text, rows = compare(classical, other)
     assert "report_tiny" in text and "report_other" in text
@@ -132,11 +136,13 @@ def test_three_feature_spaces_and_compare_side_by_side(classical: Path, tmp_path
 
 def test_a_noise_generator_is_caught(tmp_path: Path) -> None:
     """An untrained cGAN draws noise: precision collapses, CAS falls to chance, verdict poor."""
-    from augment.generators.cgan import CGANConfig, ClassConditionalGAN
+    from augment.generators.cgan import ClassConditionalGAN
+    from augment.generators.cgan_config import CGANFit
+    from augment.generators.family import DataShape
 
     model = tmp_path / "untrained"
-    ClassConditionalGAN(CGANConfig(image_size=16, channels=1, num_classes=10, g_channels=8, d_channels=8,
-                                   z_dim=8, class_names=tuple(str(c) for c in range(10)))).save_pretrained(model)
+    ClassConditionalGAN(CGANFit(g_channels=8, d_channels=8, z_dim=8),
+                        DataShape(16, 1, tuple(str(c) for c in range(10)))).save_pretrained(model)
     config = parse_config({
         "name": "noise", "seed": 2, "source": {"kind": "digits", "image_size": 16, "color": "gray"},
         "split": {"holdout": 0.2}, "quota": {"per_class": {str(c): 190 for c in range(10)}},
@@ -146,12 +152,14 @@ def test_a_noise_generator_is_caught(tmp_path: Path) -> None:
     out = tmp_path / "out"
     run_job(config, out)
     report = load(out)
-    assert report["sweep"]["parameter"] == "truncation" and [r["value"] for r in report["sweep"]["rows"]] == [0, 0.5]
-    assert all(0 <= r["precision"] <= 1 and r["confidence"] is not None for r in report["sweep"]["rows"])
-    assert "Sweep over truncation" in (out / "report" / "report.html").read_text()
+    sweep = report["sweep"]["cgan"]  # the family orders its knob: truncation off first, then descending
+    assert sweep["parameter"] == "truncation" and [(r["value"], r["label"]) for r in sweep["rows"]] == \
+        [(0, "off"), (0.5, "0.5")]
+    assert all(0 <= r["precision"] <= 1 and r["confidence"] is not None for r in sweep["rows"])
+    assert "Sweep of cgan over truncation" in (out / "report" / "report.html").read_text()
     mine, floor = report["metrics"]["domain"]["cgan"]["overall"], report["metrics"]["domain"]["floor"]["overall"]
     assert mine["precision"] < 0.5 * floor["precision"]
-    assert mine["fd_domain"] > 5 * floor["fd_domain"]
+    assert mine["fd"] > 5 * floor["fd"]
     assert report["utility"]["classification"]["classification_accuracy_score"] < 0.35
     verdict = report["verdicts"]["cgan"]["overall"]
     assert verdict["grade"] == "poor" and "unrealistic" in verdict["line"]

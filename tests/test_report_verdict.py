@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from augment.report.verdict import judge
 
-FLOOR = {"n_synthetic": 300, "fd_domain": 10.0, "precision": 0.8, "recall": 0.8, "near_copy_fraction": None}
+FLOOR = {"n_synthetic": 300, "fd": 10.0, "precision": 0.8, "recall": 0.8, "near_copy_fraction": None}
 
 
 def metrics(**overrides: float) -> dict:
@@ -12,29 +12,29 @@ def metrics(**overrides: float) -> dict:
 
 
 def test_close_to_the_floor_is_good() -> None:
-    verdict = judge(metrics(fd_domain=12.0, precision=0.78, recall=0.75), FLOOR, "fd_domain", confidence=0.97)
+    verdict = judge(metrics(fd=12.0, precision=0.78, recall=0.75), FLOOR, "FD (domain)", confidence=0.97)
     assert verdict["grade"] == "good" and not verdict["problems"]
     assert "1.2x" in verdict["line"]
 
 
 def test_collapse_noise_copies_and_wrong_class_are_named() -> None:
-    collapsed = judge(metrics(recall=0.05, fd_domain=30.0), FLOOR, "fd_domain")
+    collapsed = judge(metrics(recall=0.05, fd=30.0), FLOOR, "FD (domain)")
     assert collapsed["grade"] == "poor" and "diversity" in collapsed["line"]
-    noise = judge(metrics(precision=0.0, recall=0.0, fd_domain=500.0), FLOOR, "fd_domain")
+    noise = judge(metrics(precision=0.0, recall=0.0, fd=500.0), FLOOR, "FD (domain)")
     assert noise["grade"] == "poor" and "unrealistic" in noise["line"] and "50.0x" in noise["line"]
-    copies = judge(metrics(near_copy_fraction=0.4), FLOOR, "fd_domain")
+    copies = judge(metrics(near_copy_fraction=0.4), FLOOR, "FD (domain)")
     assert copies["grade"] == "poor" and "copies training images" in copies["line"]
     # Classical children are transforms of training images: near copies are expected there.
-    expected = judge(metrics(near_copy_fraction=0.4), FLOOR, "fd_domain", copies_expected=True)
+    expected = judge(metrics(near_copy_fraction=0.4), FLOOR, "FD (domain)", copies_expected=True)
     assert expected["grade"] == "good" and "40% near copies" in expected["line"]
-    wrong = judge(metrics(), FLOOR, "fd_domain", confidence=0.1)
+    wrong = judge(metrics(), FLOOR, "FD (domain)", confidence=0.1)
     assert wrong["grade"] == "poor" and "not its class" in wrong["line"]
 
 
 def test_fair_between_the_thresholds_and_none_without_samples() -> None:
-    off = judge(metrics(fd_domain=30.0), FLOOR, "fd_domain")
-    assert off["grade"] == "fair" and "features off real: FD_DOMAIN 3.0x" in off["line"]
-    narrow = judge(metrics(recall=0.5), FLOOR, "fd_domain")
+    off = judge(metrics(fd=30.0), FLOOR, "FD (domain)")
+    assert off["grade"] == "fair" and "features off real: FD (domain) 3.0x" in off["line"]
+    narrow = judge(metrics(recall=0.5), FLOOR, "FD (domain)")
     assert narrow["grade"] == "fair" and "less diverse than real: recall 0.50 vs real 0.80" in narrow["line"]
-    assert judge({}, FLOOR, "fd_domain")["grade"] == "none"
-    assert judge(metrics(n_synthetic=0), FLOOR, "fd_domain")["line"] == "no synthetic samples"
+    assert judge({}, FLOOR, "FD (domain)")["grade"] == "none"
+    assert judge(metrics(n_synthetic=0), FLOOR, "FD (domain)")["line"] == "no synthetic samples"

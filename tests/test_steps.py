@@ -9,7 +9,8 @@ import pytest
 from augment.errors import ConfigError
 from augment.sources.base import SourceRecord
 from jobs.config import QuotaConfig, parse_config
-from jobs.plan import PlanAugment, PlanStep, ShardSpec, make_plan, plan_steps, split_quota
+from jobs.plan import ShardSpec, make_plan
+from jobs.quota import PlanAugment, PlanStep, plan_steps, split_quota
 
 NAMES = ["a", "b", "c"]
 CGAN_FIT = {"steps": 2, "batch_size": 8, "g_channels": 4, "d_channels": 4, "z_dim": 4}

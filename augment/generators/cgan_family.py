@@ -69,3 +69,9 @@ class CGANFamily(Family):
     @classmethod
     def sweep_kwargs(cls, kwargs: dict[str, Any], value: float) -> dict[str, Any]:
         return {**kwargs, "truncation": value or None}  # 0 on the sweep axis means off
+
+    @classmethod
+    def sweep_axis(cls, values: list[float]) -> list[tuple[float, str]]:
+        """Off (0) first, then descending: a smaller truncation keeps z nearer the mode."""
+        off = [(value, "off") for value in values if not value]
+        return off[:1] + [(value, f"{value:g}") for value in sorted((v for v in values if v), reverse=True)]

@@ -189,6 +189,12 @@ class Family(ABC):
         return {**kwargs, str(cls.sweep_knob): value}
 
     @classmethod
+    def sweep_axis(cls, values: list[float]) -> list[tuple[float, str]]:
+        """The swept values ordered from most diverse to most faithful, each with its label
+        for tables and plots (default: ascending, as written)."""
+        return [(value, f"{value:g}") for value in sorted(values)]
+
+    @classmethod
     def batch_size(cls, kwargs: dict[str, Any]) -> int:
         """Requests per sampler call, so progress moves within a shard."""
         return int(kwargs.get("batch_size", 64))

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from augment.metrics.progress import StepProgress
 from augment.seeding import derive_seed
 
 INIT_STREAM = 0  # derive_seed(seed, INIT_STREAM) draws the initial weights
@@ -220,10 +221,12 @@ def train_classifier(
     shift_fraction: float = 0.125,
     on_log: Callable[[int, float], None] | None = None,
     log_every: int = 50,
+    progress: str | None = None,
 ) -> SmallCNN:
     """Train a `SmallCNN` with AdamW (warm-up + cosine) on uint8 NHWC `images` and int
     `labels`. `augment` translates each image by up to `shift_fraction` of its side (never
-    flips). `on_log(step, loss)` is called every `log_every` steps and after the last.
+    flips). `on_log(step, loss)` is called every `log_every` steps and after the last;
+    `progress` labels a progress display (steps, rate, ETA; None: silent).
     Deterministic from `seed`; returns the model in eval mode."""
     images = check_images(images)
     labels = check_labels(labels, len(images), num_classes)
@@ -242,17 +245,19 @@ def train_classifier(
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(steps))
     targets = torch.from_numpy(labels)
     model.train()
-    for step, index in enumerate(batch_indices(len(images), batch_size, steps, order_rng), start=1):
-        x = to_input(images[index.numpy()], input_size)  # per batch: large images never all in memory
-        if max_shift:
-            x, _ = random_shift(x, max_shift, shift_rng)
-        loss = F.cross_entropy(model(x), targets[index])
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        schedule.step()
-        if on_log is not None and (step % log_every == 0 or step == steps):
-            on_log(step, float(loss))
+    with StepProgress(progress, steps) as shown:
+        for step, index in enumerate(batch_indices(len(images), batch_size, steps, order_rng), start=1):
+            x = to_input(images[index.numpy()], input_size)  # per batch: large images never all in memory
+            if max_shift:
+                x, _ = random_shift(x, max_shift, shift_rng)
+            loss = F.cross_entropy(model(x), targets[index])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+            shown.advance()
+            if on_log is not None and (step % log_every == 0 or step == steps):
+                on_log(step, float(loss))
     return model.eval()
 
 

@@ -124,7 +124,8 @@ class DomainExtractor(_CNNExtractor):
             n_holdout = len(holdout_images)
             predicted = predict_proba(model, holdout_images, batch_size).argmax(axis=1)
             accuracy = float((predicted == np.asarray(holdout_labels)).mean())
-        logged = {k: v for k, v in train_kwargs.items() if k != "on_log"}  # callables are not config
+        # callbacks and the progress label are not config (and must not change the extractor's description)
+        logged = {k: v for k, v in train_kwargs.items() if k not in ("on_log", "progress")}
         training = {"seed": seed, "n_train": len(train_images), **logged}
         return cls(model, holdout_accuracy=accuracy, n_holdout=n_holdout, weak_threshold=weak_threshold,
                    training=training, batch_size=batch_size)

@@ -1,4 +1,4 @@
-"""k-nearest-neighbour metrics on feature matrices: precision/recall/density/coverage, realism, memorisation.
+"""k-nearest-neighbour metrics on feature matrices: precision/recall/density/coverage, realism, nearest neighbours.
 
 Two passes per block of `chunk` query rows against the whole reference set, so memory is
 O(chunk x M) and never a full N x M matrix (by default a block of float64 is about `BLOCK_BYTES`):
@@ -27,7 +27,6 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import torch
@@ -320,7 +319,7 @@ def realism_scores(real: np.ndarray, real_radii: np.ndarray, fake: np.ndarray,
 
     A fake sample at distance exactly 0 from a kept real sample (a copy) scores `inf`: the ratio
     has no finite bound there, and any cap would be arbitrary. `inf` still compares as realistic,
-    sorts first, and points at a copy of a real sample, which `memorisation` is there to report.
+    sorts first, and points at a copy of a real sample (the report's near-copy share counts those).
     The maximising ratio is computed from the direct distance, so it does not depend on the
     BLAS kernel.
     """
@@ -354,39 +353,3 @@ def realism_scores(real: np.ndarray, real_radii: np.ndarray, fake: np.ndarray,
         np.maximum.at(block, i.numpy(), ratio(i.numpy() + start, j.numpy()))
         scores[start:start + rows] = block
     return scores
-
-
-def memorisation(synth_to_train: np.ndarray, holdout_to_train: np.ndarray,
-                 quantile: float = 0.01) -> dict[str, Any]:
-    """Flag synthetic samples that sit closer to a training image than real unseen images do.
-
-    Inputs are nearest-training-sample distances (`nearest_neighbours(x, train)[0]`) of the
-    synthetic samples and of a real holdout split that was not used for training.
-    Rule: threshold = the `quantile` quantile of the holdout-to-train distances (numpy's linear
-    interpolation); a synthetic sample is a near copy if its distance is <= threshold. A fresh
-    sample from the real distribution is flagged with probability about `quantile`, so a
-    near-copy fraction well above `quantile` points at memorised training images (in the spirit
-    of the data-copying test of Meehan et al. 2020, per sample rather than per cell).
-
-    Returns: threshold, near_copy ([Ns] bool), near_copy_fraction, quantile (the expected
-    fraction for a generator that does not copy), median_distance_ratio = median synthetic /
-    median holdout distance (< 1: closer to training images than unseen real images are).
-    """
-    synth = _check_distances("synth_to_train", synth_to_train)
-    holdout = _check_distances("holdout_to_train", holdout_to_train)
-    if not 0.0 < quantile < 1.0:
-        raise ValueError(f"quantile: expected a value in (0, 1), got {quantile!r}")
-    threshold = float(np.quantile(holdout, quantile))
-    near_copy = synth <= threshold
-    synth_median, holdout_median = float(np.median(synth)), float(np.median(holdout))
-    if holdout_median > 0:
-        ratio = synth_median / holdout_median
-    else:  # most holdout images duplicate a training image: no scale to compare against
-        ratio = math.inf if synth_median > 0 else math.nan
-    return {
-        "threshold": threshold,
-        "near_copy": near_copy,
-        "near_copy_fraction": float(near_copy.mean()),
-        "quantile": float(quantile),
-        "median_distance_ratio": ratio,
-    }

@@ -4,7 +4,7 @@ A `RealReference` holds what scoring needs from the real training split in one f
 space: the features, their k-NN radii (Kynkäänniemi et al. 2019) and the near-copy
 threshold taken from real-holdout-to-train distances. `RowScorer` turns images (+ labels)
 into realism, classifier confidence, nearest-real-train distance and a near-copy flag;
-`gate_reasons` applies the quality gate to those scores.
+`filter_reasons` applies the quality filter (the config's `filter:`) to those scores.
 """
 
 from __future__ import annotations
@@ -101,9 +101,9 @@ class RowScorer:
         return RowScores(realism, confidence, nearest, near_copy)
 
 
-def gate_reasons(scores: RowScores, *, min_realism: float | None, min_confidence: float | None,
-                 drop_near_copies: bool) -> list[list[str]]:
-    """Why each row fails the quality gate (an empty list: it passes)."""
+def filter_reasons(scores: RowScores, *, min_realism: float | None, min_confidence: float | None,
+                   drop_near_copies: bool) -> list[list[str]]:
+    """Why each row fails the quality filter (an empty list: it passes)."""
     reasons: list[list[str]] = [[] for _ in range(len(scores.realism))]
     for i in range(len(reasons)):
         if min_realism is not None and not scores.realism[i] >= min_realism:

@@ -34,6 +34,7 @@ from augment.metrics.classifier import (
     train_classifier,
     warmup_cosine,
 )
+from augment.metrics.progress import StepProgress
 from augment.seeding import derive_seed
 
 Split = tuple[np.ndarray, np.ndarray]
@@ -54,6 +55,11 @@ def _check_same_layout(splits: dict[str, Split | None]) -> None:
     shapes = {name: tuple(split[0].shape[1:]) for name, split in splits.items() if split is not None and len(split[0])}
     if len(set(shapes.values())) > 1:
         raise ValueError(f"every split must have the same image size and channels (resize first), got {shapes}")
+
+
+def _label(progress: str | None, setting: str) -> str | None:
+    """The progress label of one trained model: "<progress> (real_only)"."""
+    return None if progress is None else f"{progress} ({setting})"
 
 
 def per_class_accuracy(truth: np.ndarray, predicted: np.ndarray, num_classes: int) -> list[float | None]:
@@ -79,11 +85,13 @@ def classification_utility(
     feature_dim: int = 128,
     input_size: int | None = None,
     augment: bool = True,
+    progress: str | None = None,
 ) -> dict[str, Any]:
     """Train the `SmallCNN` on each setting, test on the real holdout. Returns
     ``{"task", "budget", "settings": {setting: {"accuracy", "per_class", "n_train",
     "skipped"}}, "classification_accuracy_score"}``; ``per_class[c]`` is None where the
-    holdout has no sample of class c; a skipped setting has None scores and a reason."""
+    holdout has no sample of class c; a skipped setting has None scores and a reason.
+    `progress` labels a progress display per trained model (None: silent)."""
     holdout_images = check_images(holdout[0], "holdout images")
     holdout_labels = check_labels(holdout[1], len(holdout_images), num_classes, "holdout labels")
     for what, split in (("real_train", real_train), ("synthetic", synthetic)):
@@ -102,7 +110,8 @@ def classification_utility(
             continue
         images, labels = sets[name]
         model = train_classifier(images, labels, num_classes, seed=seed, steps=steps, batch_size=batch_size, lr=lr,
-                                 width=width, feature_dim=feature_dim, input_size=input_size, augment=augment)
+                                 width=width, feature_dim=feature_dim, input_size=input_size, augment=augment,
+                                 progress=_label(progress, name))
         predicted = predict_proba(model, holdout_images).argmax(axis=1)
         settings[name] = {"accuracy": float((predicted == holdout_labels).mean()),
                           "per_class": per_class_accuracy(holdout_labels, predicted, num_classes),
@@ -181,9 +190,10 @@ def check_masks(masks: np.ndarray, images: np.ndarray, num_classes: int, ignore_
 def train_segmenter(images: np.ndarray, masks: np.ndarray, num_classes: int, *, seed: int, steps: int = 200,
                     batch_size: int = 16, lr: float = 3e-3, weight_decay: float = 1e-4, width: int = 16,
                     augment: bool = True, shift_fraction: float = 0.125,
-                    ignore_index: int | None = None) -> TinySegmenter:
+                    ignore_index: int | None = None, progress: str | None = None) -> TinySegmenter:
     """Per-pixel cross-entropy with AdamW (warm-up + cosine); the same random translation
-    moves each image and its mask. Deterministic from `seed`; returns eval mode."""
+    moves each image and its mask. `progress` labels a progress display (None: silent).
+    Deterministic from `seed`; returns eval mode."""
     images = check_images(images)
     targets = check_masks(masks, images, num_classes, ignore_index, "training")
     check_budget(steps, batch_size, lr)
@@ -195,16 +205,18 @@ def train_segmenter(images: np.ndarray, masks: np.ndarray, num_classes: int, *, 
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(steps))
     model.train()
-    for index in batch_indices(len(images), batch_size, steps, order_rng):
-        x, y = to_input(images[index.numpy()]), targets[index][:, None]
-        if max_shift:
-            x, offsets = random_shift(x, max_shift, shift_rng)  # drawn once, applied to both
-            y = shift_by(y, offsets)
-        loss = F.cross_entropy(model(x), y[:, 0], ignore_index=-100 if ignore_index is None else ignore_index)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        schedule.step()
+    with StepProgress(progress, steps) as shown:
+        for index in batch_indices(len(images), batch_size, steps, order_rng):
+            x, y = to_input(images[index.numpy()]), targets[index][:, None]
+            if max_shift:
+                x, offsets = random_shift(x, max_shift, shift_rng)  # drawn once, applied to both
+                y = shift_by(y, offsets)
+            loss = F.cross_entropy(model(x), y[:, 0], ignore_index=-100 if ignore_index is None else ignore_index)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+            shown.advance()
     return model.eval()
 
 
@@ -232,11 +244,13 @@ def segmentation_utility(
     width: int = 16,
     augment: bool = True,
     ignore_index: int | None = None,
+    progress: str | None = None,
 ) -> dict[str, Any]:
     """(image, mask) pairs: train `TinySegmenter` on each setting, test on the real holdout.
     Returns ``{"task", "budget", "settings": {setting: {"mean_iou", "per_class_iou",
     "n_train", "skipped"}}, "mean_iou_synthetic_only"}``; IoU is None for a class absent
-    from both the holdout truth and the prediction (left out of the mean)."""
+    from both the holdout truth and the prediction (left out of the mean). `progress`
+    labels a progress display per trained model (None: silent)."""
     holdout_images = check_images(holdout[0], "holdout images")
     check_masks(holdout[1], holdout_images, num_classes, ignore_index, "holdout")
     if len(holdout_images) == 0:
@@ -255,7 +269,8 @@ def segmentation_utility(
             continue
         images, masks = sets[name]
         model = train_segmenter(images, masks, num_classes, seed=seed, steps=steps, batch_size=batch_size, lr=lr,
-                                width=width, augment=augment, ignore_index=ignore_index)
+                                width=width, augment=augment, ignore_index=ignore_index,
+                                progress=_label(progress, name))
         confusion = confusion_matrix(holdout[1], predict_masks(model, holdout_images), num_classes, ignore_index)
         miou, per_class = mean_iou(confusion)
         settings[name] = {"mean_iou": miou, "per_class_iou": per_class, "n_train": len(images), "skipped": None}

@@ -2,7 +2,7 @@
 
 Top to bottom: what was compared, the verdicts, the pictures a person looks at first
 (real beside synthetic per class), then the metric tables with the real-vs-real floor,
-plots, downstream utility, the quality gate and notes.
+plots, downstream utility, the quality filter and notes.
 """
 
 from __future__ import annotations
@@ -14,12 +14,12 @@ from typing import Any
 
 import numpy as np
 
+from augment.report.compare import fd_title
+from augment.report.inputs import UNLABELLED
 from augment.report.plots import (
     per_class_bars,
     precision_recall_scatter,
     sample_grid,
-    sweep_label,
-    sweep_order,
     sweep_plot,
 )
 
@@ -131,7 +131,7 @@ def _grids(report: dict[str, Any], pictures: dict[str, Any], per_class: int) -> 
             order = np.arange(min(per_class * 4, len(synthetic[0])))
             synthetic = (synthetic[0][order], np.zeros(len(order), np.int64))
             real = (real[0][: len(order)], np.zeros(min(len(order), len(real[0])), np.int64))
-            names = ["all"]
+            names = [UNLABELLED]
         png = sample_grid(real, synthetic, names, per_class)
         parts.append(f"<h3>{html.escape(tag)}</h3><div class='grid'>{_img(png, tag + ' samples')}</div>"
                      f'<p class="caption">Rows: {", ".join(html.escape(n) for n in names)} (top to bottom). '
@@ -150,8 +150,7 @@ def _metric_tables(report: dict[str, Any]) -> str:
             "; ".join(report.get("notes", [])) or "no real holdout or no synthetic rows") + ".</p>"
     for kind, block in report["metrics"].items():
         floor = block.get("floor")
-        key = "fid" if kind == "inception" else f"fd_{kind}"
-        title = "FID" if kind == "inception" else f"FD_{kind}"
+        key, title = "fd", fd_title(kind)
         for tag, result in block.items():
             if tag == "floor":
                 continue
@@ -258,33 +257,36 @@ def _utility(report: dict[str, Any]) -> str:
 
 
 def _sweep(report: dict[str, Any]) -> str:
-    sweep = report.get("sweep")
-    if not sweep:
-        return ""
-    knob = sweep["parameter"]
-    rows = "".join(f"<tr><td>{sweep_label(knob, r['value'])}</td><td>{_fmt(r['precision'])}</td><td>{_fmt(r['recall'])}</td>"
-                   f"<td>{_fmt(r['coverage'])}</td><td>{_fmt(r['fd'])}</td><td>{_fmt(r['confidence'])}</td></tr>"
-                   for r in sweep_order(knob, sweep["rows"]))
-    return (f"<h2>Sweep over {html.escape(knob)}</h2><p class='caption'>The same seeds sampled at each value and "
-            "measured against the real holdout (first feature space): fidelity (precision, confidence) against "
-            "diversity (recall, coverage).</p><table><tr><th>" + html.escape(knob) + "</th><th>precision</th>"
-            "<th>recall</th><th>coverage</th><th>FD</th><th>confidence</th></tr>" + rows + "</table>"
-            + _img(sweep_plot(knob, sweep["rows"]), "sweep"))
+    parts = []
+    for kind, sweep in (report.get("sweep") or {}).items():
+        knob, rows = sweep["parameter"], sweep["rows"]
+        cells = "".join(f"<tr><td>{html.escape(r['label'])}</td><td>{_fmt(r['precision'])}</td>"
+                        f"<td>{_fmt(r['recall'])}</td><td>{_fmt(r['coverage'])}</td><td>{_fmt(r['fd'])}</td>"
+                        f"<td>{_fmt(r['confidence'])}</td></tr>" for r in rows)
+        parts.append(f"<h2>Sweep of {html.escape(kind)} over {html.escape(knob)}</h2><p class='caption'>The same "
+                     "seeds sampled at each value and measured against the real holdout (first feature space): "
+                     "fidelity (precision, confidence) against diversity (recall, coverage).</p><table><tr><th>"
+                     + html.escape(knob) + "</th><th>precision</th><th>recall</th><th>coverage</th><th>FD</th>"
+                     "<th>confidence</th></tr>" + cells + "</table>" + _img(sweep_plot(f"{kind}: {knob}", rows), "sweep"))
+    return "".join(parts)
 
 
-def _gate(report: dict[str, Any]) -> str:
-    gate = report.get("filter", {})
-    if not gate.get("active"):
-        return "<h2>Quality gate</h2><p>Off (no <code>filter:</code> in the config): every synthetic row was kept.</p>"
-    reasons = ", ".join(f"{html.escape(k)}: {v}" for k, v in gate["by_reason"].items()) or "none"
-    settings = ", ".join(f"{k}={v}" for k, v in (gate.get("settings") or {}).items() if v not in (None, False))
-    return (f"<h2>Quality gate</h2><p>Settings: <code>{html.escape(settings)}</code>. Dropped "
-            f"<b>{gate['dropped']:,}</b> synthetic rows before publishing ({reasons}).</p>")
+def _filter(report: dict[str, Any]) -> str:
+    block = report.get("filter", {})
+    if not block.get("active"):
+        return ("<h2>Quality filter</h2><p>Off (no <code>filter:</code> in the config): every synthetic row was "
+                "kept.</p>")
+    reasons = ", ".join(f"{html.escape(k)}: {v:,}" for k, v in block["by_reason"].items()) or "none"
+    settings = ", ".join(f"{k}={v}" for k, v in (block.get("settings") or {}).items() if v not in (None, False))
+    classes = ", ".join(f"{html.escape(k)}: {v:,}" for k, v in block.get("by_class", {}).items())
+    return (f"<h2>Quality filter</h2><p>Settings: <code>{html.escape(settings)}</code>. Removed "
+            f"<b>{block['filtered']:,}</b> synthetic rows before publishing ({reasons})"
+            + (f"; by class: {classes}" if classes else "") + ".</p>")
 
 
 def render_html(report: dict[str, Any], pictures: dict[str, Any], per_class: int = 8) -> str:
     body = [_header(report), _verdicts(report), _grids(report, pictures, per_class), _metric_tables(report),
-            _sweep(report), _classifier(report), _utility(report), _gate(report)]
+            _sweep(report), _classifier(report), _utility(report), _filter(report)]
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>synthaug report — "
             f"{html.escape(report['job']['name'])}</title><style>{STYLE}</style></head><body>"
             + "\n".join(body) + "</body></html>\n")

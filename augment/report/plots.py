@@ -71,26 +71,14 @@ def per_class_bars(class_names: list[str], series: dict[str, list[float | None]]
     return _png(fig)
 
 
-def sweep_order(parameter: str, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Rows from most diverse to most faithful: guidance ascending; truncation off (0) first,
-    then descending (a smaller truncation keeps z nearer the mode)."""
-    if parameter == "truncation":
-        return sorted(rows, key=lambda r: -np.inf if not r["value"] else -r["value"])
-    return sorted(rows, key=lambda r: r["value"])
-
-
-def sweep_label(parameter: str, value: float) -> str:
-    return "off" if parameter == "truncation" and not value else f"{value:g}"
-
-
 def sweep_plot(parameter: str, rows: list[dict[str, Any]]) -> bytes:
-    """Precision, recall, coverage and confidence at each swept value of the generator knob."""
+    """Precision, recall, coverage and confidence at each swept value of a family's knob; `rows`
+    come in the family's order (most diverse first), each with its `label`."""
     fig, ax = _figure(6.5, 3.6)
-    rows = sweep_order(parameter, rows)
     x = np.arange(len(rows))
     for key, style in (("precision", "o-"), ("recall", "s-"), ("coverage", "^-"), ("confidence", "d--")):
         ax.plot(x, [np.nan if row.get(key) is None else row[key] for row in rows], style, label=key)
-    ax.set_xticks(x, [sweep_label(parameter, row["value"]) for row in rows])
+    ax.set_xticks(x, [row["label"] for row in rows])
     ax.set_xlabel(f"{parameter} (towards fidelity →)")
     ax.set_ylim(-0.02, 1.05)
     ax.set_title(f"Fidelity vs diversity over {parameter}")

@@ -27,9 +27,12 @@ def _ratio(value: float | None, floor: float | None) -> float | None:
     return value / floor
 
 
-def judge(metrics: dict[str, Any], floor: dict[str, Any] | None, distance_key: str,
+def judge(metrics: dict[str, Any], floor: dict[str, Any] | None, fd_title: str = "FD",
           confidence: float | None = None, copies_expected: bool = False) -> dict[str, Any]:
     """{"grade": good|fair|poor|none, "problems": [...], "line": "..."} for a class or overall.
+
+    `metrics` and `floor` are `compare_sets` results; `fd_title` names their "fd" in the line
+    ("FID", "FD (domain)").
 
     poor: a named problem (precision or recall below half the floor's, near copies, low
     confidence). fair: a weaker shortfall (precision or recall below FAIR_SHARE of the
@@ -61,9 +64,9 @@ def judge(metrics: dict[str, Any], floor: dict[str, Any] | None, distance_key: s
             problems.append(f"copies training images: {near:.0%} near copies")
     if confidence is not None and confidence < LOW_CONFIDENCE:
         problems.append(f"often not its class: classifier confidence {confidence:.2f}")
-    fd_ratio = _ratio(metrics.get(distance_key), floor.get(distance_key))
+    fd_ratio = _ratio(metrics.get("fd"), floor.get("fd"))
     if fd_ratio is not None:
-        fd_said = f"{distance_key.upper()} {fd_ratio:.1f}x the real-vs-real floor"
+        fd_said = f"{fd_title} {fd_ratio:.1f}x the real-vs-real floor"
         if fd_ratio > FD_FAIR:
             shortfalls.append(f"features off real: {fd_said}")
         else:
