@@ -245,6 +245,10 @@ class JobRunner:
         else:
             data = training_data(listed.source, usable, family, where)
             shape = DataShape(data.images.shape[1], data.images.shape[3], tuple(plan.class_names))
+            try:  # hyperparameters that do not suit the data are the config's fault, said before Ray Train
+                family(step.fit, shape, self.config.seed)
+            except ValueError as error:
+                raise ConfigError(f"{where}.fit: {error}") from None
             folder = self.out / "checkpoints" / step.kind
             stages[step.kind] = {"status": "running", "folder": str(folder)}
             self._save_job()

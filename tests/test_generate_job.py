@@ -190,3 +190,16 @@ def test_shard_worker_reports_progress_per_sampler_batch_and_cutting_keeps_bytes
     assert sum(n for _, n in reports_small) == table_small.num_rows == sum(n for _, n in reports_big)
     assert [n for _, n in reports_small] == [min(7, generated - i) for i in range(0, generated, 7)]
     assert len(reports_big) == 1  # one sampler batch
+
+
+def test_hyperparameters_that_do_not_suit_the_images_are_a_config_error(tmp_path: Path) -> None:
+    """Three UNet levels halve 10 px twice: refused before Ray Train starts, naming the step."""
+    config = parse_config({
+        "source": {"kind": "digits", "image_size": 10, "color": "gray"},
+        "quota": {"multiplier": 2}, "report": {"enabled": False},
+        "generate": [{"kind": "diffusion", "fit": {"steps": 1, "block_out_channels": [8, 8, 8]}}],
+    })
+    with pytest.raises(ConfigError, match=r"generate\[0\] \(diffusion\)\.fit: diffusion: image_size 10 is not "
+                                          r"divisible by 2\*\*2"):
+        run_job(config, tmp_path / "out")
+    assert not (tmp_path / "out" / "checkpoints" / "diffusion" / "states").exists()
