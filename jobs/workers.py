@@ -73,8 +73,9 @@ class ShardWorker:
             from augment.classical import ClassicalAugmenter
 
             self.augmenter = ClassicalAugmenter(transforms)
-        # Each generate step's family, loaded once per actor.
-        self.steps = {kind: StepSampler(kind, spec) for kind, spec in (generators or {}).items()}
+        # Each generate step's model, loaded by an actor when a shard first needs it (once).
+        self.generators = generators or {}
+        self.steps: dict[str, StepSampler] = {}
         self.class_names = class_names
         self.png_compress_level = png_compress_level
         self.progress = progress
@@ -85,8 +86,10 @@ class ShardWorker:
             self.scorer = load_scorer(quality)
 
     def _step(self, kind: str, shard: ShardSpec) -> StepSampler:
-        if kind not in self.steps:
+        if kind not in self.generators:
             raise ValueError(f"shard {shard.file} plans {kind} rows but the job has no such generate step")
+        if kind not in self.steps:
+            self.steps[kind] = StepSampler(kind, self.generators[kind])
         return self.steps[kind]
 
     def _children(self, base: Sample, children: Any, shard: ShardSpec) -> list[Sample]:
