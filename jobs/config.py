@@ -205,8 +205,10 @@ class StepConfig(_Strict):
       them, or their own `per_class` counts;
     - parent families (domain transfer) make `per_parent` rows from every usable training
       record and keep its labels;
-    - label-map families make `per_parent` rows from every record's mask (`maps: source`) or
-      from the mask moved by geometric `transforms` (`maps: augmented`).
+    - label-map families make `per_parent` rows from every record's mask (`maps: source`),
+      from the mask moved by geometric `transforms` (`maps: augmented`), or from the masks of
+      frames a `simulator` renders (`maps: simulator`: sim-to-real through labels; the rows'
+      parents are those frames, which are not written themselves).
     """
 
     kind: str
@@ -215,8 +217,12 @@ class StepConfig(_Strict):
     per_class: dict[str, Annotated[int, Field(ge=0)]] | None = Field(
         None, description="class-conditional: this step's own synthetic rows per class name")
     per_parent: int = Field(1, ge=1, le=1000, description="parent / label-map: rows made from each training record")
-    maps: Literal["source", "augmented"] = Field("source", description="label-map: the record's mask as it is, or "
-                                                                       "moved by `transforms`")
+    maps: Literal["source", "augmented", "simulator"] = Field(
+        "source", description="label-map: the record's mask as it is, moved by `transforms`, or a simulator "
+                              "frame's mask")
+    simulator: SimulatorSourceConfig | None = Field(None, description="label-map with maps: simulator: the frames "
+                                                                      "whose masks are painted (its class names "
+                                                                      "must be the source's)")
     transforms: list[TransformConfig] | None = Field(None, description="label-map with maps: augmented: geometric "
                                                                        "albumentations transforms")
     from_pretrained: Path | None = Field(None, description="a local saved generator: sample it, skip the fit")
@@ -232,6 +238,8 @@ class StepConfig(_Strict):
         if isinstance(data, dict) and "num_gpus_per_worker" in data:
             raise ValueError("num_gpus_per_worker moved to execution.num_gpus_per_worker (one setting for "
                              "fitting, sampling and augmenting)")
+        if isinstance(data, dict) and isinstance(data.get("simulator"), dict):  # `kind: simulator` goes unsaid
+            data = {**data, "simulator": {"kind": "simulator", **data["simulator"]}}
         return data
 
     @field_validator("kind")
@@ -265,10 +273,11 @@ class StepConfig(_Strict):
     def _fields_fit_the_request(self) -> StepConfig:
         request = self.family.request
         # Judged by value, not by what was written: a dumped config (job.json) reads back.
-        defaults = {"share": None, "per_class": None, "per_parent": 1, "maps": "source", "transforms": None}
+        defaults = {"share": None, "per_class": None, "per_parent": 1, "maps": "source", "transforms": None,
+                    "simulator": None}
         given = {key for key, default in defaults.items() if getattr(self, key) != default}
         allowed = {"class": {"share", "per_class"}, "parent": {"per_parent"},
-                   "label_map": {"per_parent", "maps", "transforms"}}[request]
+                   "label_map": {"per_parent", "maps", "transforms", "simulator"}}[request]
         for key in sorted(given - allowed):
             raise ValueError(f"{key}: not for a {request.replace('_', '-')} step ({self.kind}); "
                              f"it takes {', '.join(sorted(allowed))}")
@@ -277,6 +286,9 @@ class StepConfig(_Strict):
         if request == "label_map":
             if (self.maps == "augmented") != bool(self.transforms):
                 raise ValueError("maps: augmented needs transforms (geometric), and transforms need maps: augmented")
+            if (self.maps == "simulator") != (self.simulator is not None):
+                raise ValueError("maps: simulator needs a simulator section (the frames whose masks are painted), "
+                                 "and a simulator section needs maps: simulator")
             from augment.classical import check_geometric
 
             for transform in self.transforms or []:
@@ -448,7 +460,8 @@ def format_validation_error(error: ValidationError, where: str) -> str:
     for item in error.errors():
         path = ""
         loc = [p for i, p in enumerate(item["loc"])
-               if not (i and item["loc"][0] in ("source", "report") and p in _UNION_TAGS)]
+               if not (i and item["loc"][0] in ("source", "report") and p in _UNION_TAGS)
+               and not (item["loc"][0] == "generate" and p in _UNION_TAGS and item["loc"][i - 1] == "simulator")]
         for part in loc:
             path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
         value = item.get("input")

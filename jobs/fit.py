@@ -67,8 +67,7 @@ def train_loop_per_worker(loop: dict[str, Any]) -> None:
     rank, world = context.get_world_rank(), context.get_world_size()
     shape = loop["shape"]
     family_class = resolve(loop["family"])
-    family = family_class(family_class.Fit.model_validate(loop["fit"]),
-                          DataShape(shape["image_size"], shape["channels"], tuple(shape["class_names"])), loop["seed"])
+    family = family_class(family_class.Fit.model_validate(loop["fit"]), DataShape.from_dict(shape), loop["seed"])
     started = time.monotonic()
 
     def on_log(progress: trainer.Progress) -> None:
@@ -119,7 +118,7 @@ def fit_step(step: StepConfig, *, family_ref: str, shape: DataShape, seed: int, 
     loop = {
         "family": family_ref,
         "fit": step.fit.model_dump(mode="json"),
-        "shape": {"image_size": shape.image_size, "channels": shape.channels, "class_names": list(shape.class_names)},
+        "shape": shape.as_dict(),
         "seed": seed,
         "data": ray.put(data),
         "states": str(states),

@@ -19,7 +19,7 @@ from augment.errors import ConfigError
 from augment.seeding import derive_seed
 from augment.sources.base import SourceRecord
 from jobs.config import QuotaConfig
-from jobs.quota import CLASSICAL, PlanAugment, PlanStep, Quota, check_plan_size, quota_for
+from jobs.quota import CLASSICAL, PlanAugment, PlanStep, Quota, check_plan_size, mapped_rows, quota_for
 
 Split = Literal["train", "holdout"]
 
@@ -183,7 +183,8 @@ class Generated(Sequence[GeneratedSpec]):
 @dataclass(frozen=True)
 class ShardSpec:
     """One shard's rows. `children_of` names the step whose rows the classical children are
-    made from (None: the source record itself)."""
+    made from (None: the source record itself); `maps_from` the `maps: simulator` step whose
+    frames the parents are (None: the job's source)."""
 
     split: Split
     file: str
@@ -191,6 +192,7 @@ class ShardSpec:
     include_real: bool
     generated: Generated = Generated()
     children_of: str | None = None
+    maps_from: str | None = None
 
     @property
     def rows(self) -> int:
@@ -209,7 +211,8 @@ class ShardSpec:
                                          for m in p.get("mapped", ())))
                         for p in raw["parents"])
         generated = Generated(tuple(GeneratedRun(**run) for run in raw["generated"]["runs"]))
-        return ShardSpec(raw["split"], raw["file"], parents, raw["include_real"], generated, raw.get("children_of"))
+        return ShardSpec(raw["split"], raw["file"], parents, raw["include_real"], generated, raw.get("children_of"),
+                         raw.get("maps_from"))
 
 
 def split_records(
@@ -262,10 +265,13 @@ def assign_children(train: list[SourceRecord], counts: dict[int, int], seed: int
     return children
 
 
-def map_rows(train: list[SourceRecord], steps: Sequence[PlanStep], seed: int) -> dict[str, tuple[StepRows, ...]]:
-    """Every training record's rows from the parent and label-map steps (`per_parent` each)."""
+def map_rows(train: list[SourceRecord], steps: Sequence[PlanStep], seed: int, *, only: str | None = None
+             ) -> dict[str, tuple[StepRows, ...]]:
+    """Every training record's rows from the parent and label-map steps that map them
+    (`per_parent` each); with `only`, the rows of that step alone (its simulator's frames)."""
     mapped: dict[str, tuple[StepRows, ...]] = {}
-    numbered = [(number, step) for number, step in enumerate(steps) if step.request != "class"]
+    numbered = [(number, step) for number, step in enumerate(steps)
+                if (step.kind == only if only is not None else step.maps_records)]
     if not numbered:
         return mapped
     for position, record in enumerate(sorted(train, key=lambda r: r.id)):
@@ -285,8 +291,10 @@ def pack_shards(
     include_real: bool,
     mapped: dict[str, tuple[StepRows, ...]] | None = None,
     children_of: str | None = None,
+    maps_from: str | None = None,
 ) -> list[ShardSpec]:
-    """Group parents (in id order) with their rows into shards of ~rows_per_shard rows."""
+    """Group parents (in id order) with their rows into shards of ~rows_per_shard rows; files
+    are named after the split, or after the `maps_from` step."""
     shards: list[ShardSpec] = []
     current: list[ParentSpec] = []
     rows = 0
@@ -295,8 +303,8 @@ def pack_shards(
     def close() -> None:
         nonlocal current, rows
         if rows:
-            shards.append(ShardSpec(split, f"{split}-{len(shards):05d}.parquet", tuple(current), include_real,
-                                    children_of=children_of))
+            shards.append(ShardSpec(split, f"{maps_from or split}-{len(shards):05d}.parquet", tuple(current),
+                                    include_real, children_of=children_of, maps_from=maps_from))
         current, rows = [], 0
 
     for record in sorted(parents, key=lambda r: r.id):
@@ -390,17 +398,20 @@ def make_plan(
     include_real: bool,
     steps: Sequence[PlanStep] = (),
     augment: PlanAugment | None = CLASSICAL,
+    maps: dict[str, list[SourceRecord]] | None = None,
 ) -> Plan:
     """Plan the shards for usable records (already split and scanned); no quota: copy (and map) only.
 
     Source records carry their own rows: the real one, the rows of parent/label-map steps,
     and classical children (of the record, or of its first mapped row with `augment.after`).
     Each class-conditional step's samples go to shards of their own, with their classical
-    children when `augment.after` names the step.
+    children when `augment.after` names the step; so do the rows of a `maps: simulator` step,
+    whose parents are its simulator's frames (`maps`: {step kind: frame records}).
     """
-    q = quota_for(quota, class_names, train, steps, augment)
+    maps = maps or {}
+    q = quota_for(quota, class_names, train, steps, augment, maps=maps)
     check_plan_size(q.synthetic, q.parents, class_names,
-                    rows=len(train) * int(include_real) + sum(q.mapped.values()) + len(holdout),
+                    rows=len(train) * int(include_real) + mapped_rows(steps, train, maps) + len(holdout),
                     rows_per_shard=rows_per_shard, classical=q.classical)
     after = None if augment is None else augment.after
     after_step = next((s for s in steps if s.kind == after), None)
@@ -414,8 +425,16 @@ def make_plan(
         generated += plan_generated(q.by_step[step.kind], seed, step.kind, class_names, rows_per_shard=rows_per_shard,
                                     first=first, children=kids, child_first=class_rows)
         first += sum(q.by_step[step.kind].values())
-    on_records = after_step is None or after_step.request != "class"
+    on_records = after_step is None or after_step.maps_records
     children = assign_children(train, q.classical, seed, offset=class_rows) if on_records else {}
+    for step in steps:
+        if step.request == "class" or step.maps_records:
+            continue
+        frames = maps.get(step.kind, [])
+        kids = assign_children(frames, q.classical, seed, offset=class_rows) if step.kind == after else {}
+        generated += pack_shards("train", frames, kids, rows_per_shard=rows_per_shard, include_real=False,
+                                 mapped=map_rows(frames, steps, seed, only=step.kind),
+                                 children_of=after if step.kind == after else None, maps_from=step.kind)
     return Plan(
         class_names=class_names,
         train=pack_shards("train", train, children, rows_per_shard=rows_per_shard, include_real=include_real,

@@ -34,6 +34,12 @@ class PlanStep:
     share: float | None = None
     per_class: dict[str, int] | None = None
     per_parent: int = 1
+    maps: str = "source"  # label-map: "simulator" maps the step's own frames, not the training records
+
+    @property
+    def maps_records(self) -> bool:
+        """True for a parent or label-map step that maps the job's training records."""
+        return self.request != "class" and self.maps != "simulator"
 
 
 @dataclass(frozen=True)
@@ -48,7 +54,8 @@ CLASSICAL = PlanAugment()
 
 
 def plan_steps(config: JobConfig) -> tuple[tuple[PlanStep, ...], PlanAugment | None]:
-    steps = tuple(PlanStep(s.kind, s.family.request, s.share, s.per_class, s.per_parent) for s in config.generate)
+    steps = tuple(PlanStep(s.kind, s.family.request, s.share, s.per_class, s.per_parent, s.maps)
+                  for s in config.generate)
     augment = None if config.augment is None else PlanAugment(config.augment.share, config.augment.after)
     return steps, augment
 
@@ -172,6 +179,13 @@ def check_plan_size(counts: dict[int, int], parents: dict[int, int], class_names
                 f"{MAX_SHARD_ROWS:,} rows (lower the quota or add real images)")
 
 
+def mapped_rows(steps: Sequence[PlanStep], train: list[SourceRecord],
+                maps: dict[str, list[SourceRecord]] | None = None) -> int:
+    """Rows of parent and label-map steps in all, labelled or not (`Quota.mapped` counts labelled ones)."""
+    return sum(step.per_parent * len(train if step.maps_records else (maps or {}).get(step.kind, []))
+               for step in steps if step.request != "class")
+
+
 @dataclass(frozen=True)
 class Quota:
     """How a job's rows come about per class: real, mapped by parent/label-map steps, made by
@@ -186,12 +200,16 @@ class Quota:
 
 
 def quota_for(quota: QuotaConfig | None, class_names: list[str], train: list[SourceRecord],
-              steps: Sequence[PlanStep], augment: PlanAugment | None, *, strict: bool = True) -> Quota:
+              steps: Sequence[PlanStep], augment: PlanAugment | None, *, strict: bool = True,
+              maps: dict[str, list[SourceRecord]] | None = None) -> Quota:
+    """`maps`: the frames of each `maps: simulator` step; their rows count like mapped rows."""
     real = dict(Counter(r.label for r in train if r.label is not None))
+    maps = maps or {}
+    frames = {kind: dict(Counter(r.label for r in records if r.label is not None)) for kind, records in maps.items()}
     mapped: dict[int, int] = {}
     for step in steps:
         if step.request != "class":
-            for c, n in real.items():
+            for c, n in (real if step.maps_records else frames.get(step.kind, {})).items():
                 mapped[c] = mapped.get(c, 0) + n * step.per_parent
     counts = {} if quota is None else synthetic_counts(quota, real, class_names, mapped, strict=strict)
     by_step, classical = split_quota(counts, steps, augment, class_names)
@@ -202,18 +220,19 @@ def quota_for(quota: QuotaConfig | None, class_names: list[str], train: list[Sou
     elif step_of[after].request == "class":
         parents = dict(by_step[after])
     else:
-        parents = {c: n * step_of[after].per_parent for c, n in real.items()}
+        made_from = real if step_of[after].maps_records else frames.get(after, {})
+        parents = {c: n * step_of[after].per_parent for c, n in made_from.items()}
     return Quota(real, mapped, counts, by_step, classical, parents)
 
 
 def precheck_quota(quota: QuotaConfig | None, class_names: list[str], train: list[SourceRecord],
                    holdout_rows: int, *, include_real: bool, rows_per_shard: int, steps: Sequence[PlanStep] = (),
-                   augment: PlanAugment | None = CLASSICAL) -> None:
+                   augment: PlanAugment | None = CLASSICAL, maps: dict[str, list[SourceRecord]] | None = None) -> None:
     """The quota checks that need no pixels, run on the listed records before Ray starts:
     unknown class names, impossible splits and sizes no job may hold. Rejected records only
     lower the real counts, which can only raise the synthetic count per image, so nothing
     refused here would pass after the scan."""
-    q = quota_for(quota, class_names, train, steps, augment, strict=False)
+    q = quota_for(quota, class_names, train, steps, augment, strict=False, maps=maps)
     check_plan_size(q.synthetic, q.parents, class_names,
-                    rows=len(train) * int(include_real) + sum(q.mapped.values()) + holdout_rows,
+                    rows=len(train) * int(include_real) + mapped_rows(steps, train, maps) + holdout_rows,
                     rows_per_shard=rows_per_shard, classical=q.classical)

@@ -34,6 +34,7 @@ from augment.shards import (
 from augment.sources.base import SourceRecord
 from jobs.config import JobConfig
 from jobs.lock import LOCK_NAME, JobLock
+from jobs.maps import map_frames
 from jobs.plan import Plan, ShardSpec, make_plan, split_records
 from jobs.quota import plan_steps, precheck_quota
 from jobs.sources import build_source
@@ -136,6 +137,10 @@ class ListedSource:
     holdout: list[SourceRecord]
     trusted: bool  # the source cannot yield bad records (rendered frames): no scan needed
     source: Any = None
+    maps: dict[str, Any] = field(default_factory=dict)  # `maps: simulator` steps' frames (`jobs.maps.MapFrames`)
+
+    def map_records(self) -> dict[str, list[SourceRecord]]:
+        return {kind: frames.records() for kind, frames in self.maps.items()}
 
 
 def list_source(config: JobConfig) -> ListedSource:
@@ -147,13 +152,16 @@ def list_source(config: JobConfig) -> ListedSource:
     train, holdout = split_records(records, config.split.holdout, config.seed)
     # Quota mistakes (unknown class, a size no job may hold) are found here, before Ray starts.
     steps, augment = plan_steps(config)
+    maps = map_frames(config, source.class_names)
     precheck_quota(config.quota, source.class_names, train, len(holdout), include_real=config.output.include_real,
-                   rows_per_shard=config.output.rows_per_shard, steps=steps, augment=augment)
+                   rows_per_shard=config.output.rows_per_shard, steps=steps, augment=augment,
+                   maps={kind: frames.records() for kind, frames in maps.items()})
     for i, step in enumerate(config.generate):
         step_sample_kwargs(step, source.class_names, f"generate[{i}]")
     log.info("source: %d records, %d classes; split %d train / %d holdout",
              len(records), len(source.class_names), len(train), len(holdout))
-    return ListedSource(source.class_names, records, train, holdout, bool(getattr(source, "trusted", False)), source)
+    return ListedSource(source.class_names, records, train, holdout, bool(getattr(source, "trusted", False)), source,
+                        maps)
 
 
 @contextmanager
@@ -244,7 +252,8 @@ class JobRunner:
             self._save_job()
         else:
             data = training_data(listed.source, usable, family, where)
-            shape = DataShape(data.images.shape[1], data.images.shape[3], tuple(plan.class_names))
+            height, width = data.images.shape[1:3]
+            shape = DataShape(height, data.images.shape[3], tuple(plan.class_names), None if width == height else width)
             try:  # hyperparameters that do not suit the data are the config's fault, said before Ray Train
                 family(step.fit, shape, self.config.seed)
             except ValueError as error:
@@ -264,6 +273,8 @@ class JobRunner:
         }
         if step.transforms:
             spec["map_transforms"] = [t.as_spec() for t in step.transforms]
+        if step.simulator is not None:  # maps: simulator
+            spec["maps"] = step.simulator.model_dump(mode="json")
         return spec
 
     def real_side(self, listed: ListedSource, rejected: dict[str, Any]) -> Any:
@@ -406,6 +417,7 @@ class JobRunner:
             include_real=config.output.include_real,
             steps=steps,
             augment=augment,
+            maps=listed.map_records(),
         )
 
         # 4. Keep published shards, make the rest.

@@ -68,6 +68,8 @@ class ShardWorker:
         quality: dict[str, Any] | None = None,
     ) -> None:
         self.source = build_source(_SOURCE_ADAPTER.validate_python(source_config), job_seed)
+        self.job_seed = job_seed
+        self.map_frames: dict[str, Any] = {}  # `maps: simulator` steps' frames, built when first needed
         self.augmenter = None
         if transforms:  # albumentations pulls in torch: only import it when there is work for it
             from augment.classical import ClassicalAugmenter
@@ -92,6 +94,17 @@ class ShardWorker:
             self.steps[kind] = StepSampler(kind, self.generators[kind])
         return self.steps[kind]
 
+    def _parents(self, shard: ShardSpec) -> Any:
+        """Where the shard's parent records load from: the job's source, or a step's simulator frames."""
+        kind = shard.maps_from
+        if kind is None:
+            return self.source
+        if kind not in self.map_frames:
+            from jobs.maps import MapFrames
+
+            self.map_frames[kind] = MapFrames.from_json(kind, self.generators[kind]["maps"], self.job_seed)
+        return self.map_frames[kind]
+
     def _children(self, base: Sample, children: Any, shard: ShardSpec) -> list[Sample]:
         if not len(children):
             return []
@@ -105,8 +118,9 @@ class ShardWorker:
 
     def make_samples(self, shard: ShardSpec) -> list[Sample]:
         samples: list[Sample] = []
+        source = self._parents(shard)
         for parent in shard.parents:
-            real = self.source.load(parent.record)
+            real = source.load(parent.record)
             made: list[Sample] = [real] if shard.include_real else []
             mapped: dict[str, list[Sample]] = {}
             for rows in parent.mapped:

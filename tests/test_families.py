@@ -9,6 +9,7 @@ The three toy families are also the README's example of "Writing a generator fam
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import torch
+from PIL import Image
 from pydantic import Field
 from safetensors.torch import load_file, save_file
 
@@ -204,6 +206,10 @@ STREET = {"kind": "simulator", "family": "street", "frames": 10, "image_size": 3
 SMALL_REPORT = {"extractor_steps": 20, "utility": {"steps": 10, "segmentation": False}, "max_per_source": 200}
 
 
+def png(data: bytes) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(data)))
+
+
 def rows_by_id(folder: Path) -> dict[str, dict[str, Any]]:
     return {row["id"]: row for row in pq.read_table(folder).to_pylist()}
 
@@ -286,3 +292,30 @@ def test_street_frames_keep_instances_and_depth_or_their_moved_map(step: dict, t
         made = assert_labels_carried(rows, kind, ("label", "label_name"))
         assert any(r["mask"] != rows[r["parent_id"]]["mask"] for r in made), "no map was moved"
     assert len(made) == len(parents) * step["per_parent"] > 0
+
+
+def test_a_label_map_step_paints_simulator_frames_masks(tmp_path: Path) -> None:
+    """`maps: simulator`: fitted on the source's (image, mask) pairs, painting the masks of other
+    frames; the rows keep each frame's layers byte for byte, the frames themselves are not written."""
+    from jobs.maps import map_frames
+    from simulators.source import get_family
+
+    step = {"kind": "toy_paint", "maps": "simulator", "per_parent": 2,
+            "simulator": {"family": "street", "frames": 5, "image_size": 32}}
+    config = parse_config({"seed": 2, "source": {**STREET, "frames": 6}, "generate": [step],
+                           "report": {"enabled": False}, "output": {"rows_per_shard": 4}})
+    run_job(config, tmp_path / "out")
+    out = tmp_path / "out"
+    assert verify_shards(out / "shards") == []
+    rows = rows_by_id(out / "shards")
+    painted = [r for r in rows.values() if r["source"] == "toy_paint"]
+    assert len(painted) == 10 and len([r for r in rows.values() if r["source"] == "simulator"]) == 5  # 6 - holdout
+    frames = map_frames(config, list(get_family("street").class_names))["toy_paint"]
+    by_id = {r.id: r for r in frames.records()}
+    assert {r["parent_id"] for r in painted} == set(by_id) and not set(by_id) & set(rows)
+    for row in painted:
+        frame = frames.load(by_id[row["parent_id"]])
+        assert row["id"].startswith(row["parent_id"] + "~toy_paint")
+        assert np.array_equal(png(row["mask"]["bytes"]), frame.mask)
+        assert np.array_equal(png(row["instances"]["bytes"]), frame.instances)
+        assert row["label"] is None and len(row["generator"]["checkpoint_sha256"]) == 64

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterator
 
 import pytest
 
@@ -116,3 +117,71 @@ def test_plan_steps_reads_the_config() -> None:
                  augment={"after": "cgan", "transforms": [{"name": "HorizontalFlip"}]})
     steps, augment = plan_steps(job)
     assert steps == (PlanStep("cgan", "class", share=0.4),) and augment == PlanAugment(None, "cgan")
+
+
+@pytest.fixture
+def paint_family() -> Iterator[None]:
+    """A label-map family registered for config validation (the toy painter of test_families)."""
+    from jobs.registry import register, unregister
+    from tests.test_families import ToyPaint
+
+    register(type("ToyPaintCfg", (ToyPaint,), {"name": "toy_paint_cfg", "__module__": __name__}))
+    yield
+    unregister("toy_paint_cfg")
+
+
+def test_simulator_maps_are_parents_of_their_own_shards_and_count_towards_the_quota() -> None:
+    """A `maps: simulator` step paints its frames' masks: the frames are parents that are not
+    written, in shards named after the step; labelled frames' rows count like mapped rows, and
+    classical augmentation after the step makes its children from them."""
+    train = records({0: 3, 1: 2})
+    frames = [SourceRecord(f"paint-maps/sim/x/{i:06d}", i % 2, str(i)) for i in range(4)]
+    steps = (PlanStep("paint", "label_map", per_parent=2, maps="simulator"),)
+    plan = make_plan(class_names=NAMES, train=train, holdout=[], quota=QuotaConfig(multiplier=4.0), seed=3,
+                     rows_per_shard=5, include_real=True, steps=steps, augment=PlanAugment(after="paint"),
+                     maps={"paint": frames})
+    # a: 3 real + 4 painted (2 frames x 2) + 5 classical = 12; b: 2 + 4 + 2 = 8
+    assert plan.expected_counts() == {"a": 12, "b": 8}
+    record_shards = [s for s in plan.train if s.maps_from is None]
+    map_shards = [s for s in plan.train if s.maps_from == "paint"]
+    assert all(not p.mapped and not len(p.children) for s in record_shards for p in s.parents)
+    assert all(s.file.startswith("paint-") and not s.include_real and s.children_of == "paint" for s in map_shards)
+    mapped = [p for s in map_shards for p in s.parents]
+    assert [p.record for p in mapped] == frames
+    assert mapped[0].mapped[0].rows[1].id == "paint-maps/sim/x/000000~paint1"
+    assert sum(len(p.children) for p in mapped) == 7
+    assert [ShardSpec.from_json(s.to_json()) for s in plan.train] == plan.train
+    # Unlabelled frames (street) are mapped and counted in the size checks, outside the quota.
+    street = [SourceRecord(f"paint-maps/sim/street/{i:06d}", None, str(i)) for i in range(3)]
+    copy = make_plan(class_names=NAMES, train=train, holdout=[], quota=None, seed=3, rows_per_shard=5,
+                     include_real=True, steps=(PlanStep("paint", "label_map", maps="simulator"),), augment=None,
+                     maps={"paint": street})
+    assert copy.expected_counts() == {"a": 3, "b": 2, "unlabelled": 3}
+
+
+@pytest.mark.parametrize("step, message", [
+    ({"kind": "toy_paint_cfg", "maps": "simulator"}, r"maps: simulator needs a simulator section"),
+    ({"kind": "toy_paint_cfg", "simulator": {"family": "street", "frames": 2}}, r"a simulator section needs maps"),
+    ({"kind": "toy_paint_cfg", "maps": "simulator", "simulator": {"family": "street", "frames": 0}},
+     r"generate\[0\]\.simulator\.frames: 0 — Input should be greater than or equal to 1"),
+])
+def test_simulator_maps_config_errors_name_the_field(step: dict, message: str, paint_family: None) -> None:
+    with pytest.raises(ConfigError, match=message):
+        config(generate=[step])
+
+
+def test_simulator_maps_classes_must_be_the_sources(paint_family: None) -> None:
+    from jobs.maps import map_frames
+
+    job = config(generate=[{"kind": "toy_paint_cfg", "maps": "simulator",
+                            "simulator": {"family": "street", "frames": 2, "image_size": 32}}])
+    with pytest.raises(ConfigError, match=r"generate\[0\] \(toy_paint_cfg\)\.simulator: the street simulator's "
+                                          r"classes \['sky'.* are not the source's \['0'"):
+        map_frames(job, [str(d) for d in range(10)])
+    sky = map_frames(job.model_copy(update={"seed": 5}), ["sky", "building", "pole", "road", "sidewalk", "tree",
+                                                           "sign", "fence", "car", "pedestrian", "bicyclist", "void"])
+    frames = sky["toy_paint_cfg"]
+    assert [r.id for r in frames.records()] == ["toy_paint_cfg-maps/sim/street/000000",
+                                                "toy_paint_cfg-maps/sim/street/000001"]
+    sample = frames.load(frames.records()[1])
+    assert sample.id == "toy_paint_cfg-maps/sim/street/000001" and sample.mask.shape == (32, 32)

@@ -50,6 +50,9 @@ class CGANFit(Hyperparameters):
         return self
 
     def check_shape(self, shape: DataShape) -> None:
+        if not shape.square:
+            raise ValueError(f"cgan: needs square images, got {shape.image_width}x{shape.height} "
+                             "(set the source's image_size)")
         if shape.image_size not in IMAGE_SIZES:
             raise ValueError(f"cgan: image_size must be one of {IMAGE_SIZES}, got {shape.image_size}")
         if shape.channels not in (1, 3):

@@ -55,6 +55,9 @@ class DiffusionFit(Hyperparameters):
         return self
 
     def check_shape(self, shape: DataShape) -> None:
+        if not shape.square:
+            raise ValueError(f"diffusion: needs square images, got {shape.image_width}x{shape.height} "
+                             "(set the source's image_size)")
         levels = len(self.block_out_channels)
         if shape.channels not in (1, 3):
             raise ValueError(f"diffusion: channels must be 1 or 3, got {shape.channels}")

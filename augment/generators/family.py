@@ -61,25 +61,57 @@ class NoHyperparameters(Hyperparameters):
 
 @dataclass(frozen=True)
 class DataShape:
-    """What a fit learns from the data rather than from the config."""
+    """What a fit learns from the data rather than from the config: `image_size` is the
+    images' height, and their width too unless `width` is given (landscape street frames)."""
 
     image_size: int
     channels: int
     class_names: tuple[str, ...]
+    width: int | None = None
 
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
 
+    @property
+    def height(self) -> int:
+        return self.image_size
+
+    @property
+    def image_width(self) -> int:
+        return self.image_size if self.width is None else self.width
+
+    @property
+    def square(self) -> bool:
+        return self.image_width == self.image_size
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON form (saved configs, Ray Train's loop config); `width` only when not square."""
+        out: dict[str, Any] = {"image_size": self.image_size, "channels": self.channels,
+                               "class_names": list(self.class_names)}
+        if not self.square:
+            out["width"] = self.image_width
+        return out
+
+    @staticmethod
+    def from_dict(raw: dict[str, Any]) -> DataShape:
+        width = raw.get("width")
+        return DataShape(int(raw["image_size"]), int(raw["channels"]), tuple(str(n) for n in raw["class_names"]),
+                         None if width is None else int(width))
+
 
 @dataclass(frozen=True)
 class TrainingData:
     """The usable training records as arrays: images uint8 N×H×W×C, labels int64 N (-1: none),
-    masks uint16 N×H×W when every record has one (label-map families need them)."""
+    masks uint16 N×H×W when every record has one (label-map families need them).
+
+    `target`: for a family that `needs_target` (domain transfer), the target domain's images
+    (uint8 M×H×W×C, the size of `images`; their labels are never used)."""
 
     images: np.ndarray
     labels: np.ndarray
     masks: np.ndarray | None = None
+    target: np.ndarray | None = None
 
 
 class Sampler(Protocol):
@@ -124,6 +156,9 @@ class Family(ABC):
     # Modules (keys of `build`) whose exponential moving average the trainer keeps; the
     # sampler usually samples with the averaged weights.
     ema_modules: ClassVar[tuple[str, ...]] = ()
+    # Domain transfer learns a mapping to a target domain: the step's `target:` source gives
+    # its images as `TrainingData.target`.
+    needs_target: ClassVar[bool] = False
 
     def __init__(self, fit: Hyperparameters, shape: DataShape, seed: int) -> None:
         if not isinstance(fit, self.Fit):

@@ -70,8 +70,7 @@ def trained_with(family: Family) -> dict[str, Any]:
     fit.pop("steps", None)  # a resumed fit may run longer
     shape = family.shape
     return {"family": family.name, "fit": fit, "seed": family.seed,
-            "shape": {"image_size": shape.image_size, "channels": shape.channels,
-                      "class_names": list(shape.class_names)}}
+            "shape": shape.as_dict()}
 
 
 def _check_trained_with(recorded: dict[str, Any], family: Family, where: str) -> None:
@@ -279,11 +278,11 @@ def check_data(data: TrainingData, family: Family) -> None:
     """ValueError unless `data` fits the family's data shape and request kind."""
     name, shape = family.name, family.shape
     images, labels = data.images, np.asarray(data.labels)
-    size, channels = shape.image_size, shape.channels
+    size, width, channels = shape.height, shape.image_width, shape.channels
     if not isinstance(images, np.ndarray) or images.dtype != np.uint8 or images.ndim != 4 \
-            or images.shape[1:] != (size, size, channels) or len(images) == 0:
+            or images.shape[1:] != (size, width, channels) or len(images) == 0:
         got = (getattr(images, "dtype", type(images).__name__), getattr(images, "shape", None))
-        raise ValueError(f"{name}: images must be uint8 Nx{size}x{size}x{channels} with N > 0, got {got}")
+        raise ValueError(f"{name}: images must be uint8 Nx{size}x{width}x{channels} with N > 0, got {got}")
     if labels.shape != (len(images),) or not np.issubdtype(labels.dtype, np.integer):
         raise ValueError(f"{name}: labels must be {len(images)} integers, got {labels.dtype} {labels.shape}")
     low = 0 if family.request == "class" else -1  # -1: no label, fine unless the class is the condition
@@ -293,10 +292,17 @@ def check_data(data: TrainingData, family: Family) -> None:
     if data.masks is not None:
         masks = data.masks
         if masks.dtype != np.uint16 or masks.shape != images.shape[:3]:
-            raise ValueError(f"{name}: masks must be uint16 Nx{size}x{size} like the images, "
+            raise ValueError(f"{name}: masks must be uint16 Nx{size}x{width} like the images, "
                              f"got {masks.dtype} {masks.shape}")
     elif family.request == "label_map":
         raise ValueError(f"{name}: a label-map family needs every training record's mask, got none")
+    if family.needs_target:
+        target = data.target
+        if not isinstance(target, np.ndarray) or target.dtype != np.uint8 or target.ndim != 4 \
+                or target.shape[1:] != images.shape[1:] or len(target) == 0:
+            got = (getattr(target, "dtype", type(target).__name__), getattr(target, "shape", None))
+            raise ValueError(f"{name}: target images must be uint8 Mx{size}x{width}x{channels} like the source "
+                             f"images, with M > 0, got {got}")
 
 
 @dataclass(frozen=True)
