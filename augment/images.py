@@ -324,3 +324,26 @@ def resize_image(array: np.ndarray, size: int) -> np.ndarray:
     image = Image.fromarray(np.ascontiguousarray(array[..., 0] if mode == "L" else array))
     out = np.asarray(image.resize((size, size), resample=Image.Resampling.BICUBIC))
     return np.array(out[..., None] if mode == "L" else out, dtype=np.uint8)
+
+
+def crop_resize(array: np.ndarray, height: int, width: int) -> np.ndarray:
+    """uint8 HxWxC (C 1 or 3) to height x width: the centred crop of that aspect ratio, then
+    Pillow's bicubic resize, so nothing is stretched (a 240x180 frame to 128x96 is a pure resize)."""
+    if height < 1 or width < 1:
+        raise ValueError(f"height and width must be >= 1, got {height}x{width}")
+    if array.dtype != np.uint8 or array.ndim != 3 or array.shape[2] not in (1, 3):
+        raise ValueError(f"crop_resize takes uint8 HxWx1 or HxWx3, got {array.dtype} {array.shape}")
+    h, w = array.shape[:2]
+    if (h, w) == (height, width):
+        return array
+    # The largest centred window of aspect width/height: crop whichever side is too long.
+    if w * height > h * width:
+        keep = max(1, round(h * width / height))
+        array = array[:, (w - keep) // 2:(w - keep) // 2 + keep]
+    elif w * height < h * width:
+        keep = max(1, round(w * height / width))
+        array = array[(h - keep) // 2:(h - keep) // 2 + keep]
+    mode = "L" if array.shape[2] == 1 else "RGB"
+    image = Image.fromarray(np.ascontiguousarray(array[..., 0] if mode == "L" else array))
+    out = np.asarray(image.resize((width, height), resample=Image.Resampling.BICUBIC))
+    return np.array(out[..., None] if mode == "L" else out, dtype=np.uint8)

@@ -48,10 +48,12 @@ class DigitsSourceConfig(_Strict):
 
 
 class FolderSourceConfig(_Strict):
-    """An image folder with one sub-folder per class."""
+    """An image folder with one sub-folder per class (`layout: flat`: any images, no classes)."""
 
     kind: Literal["folder"]
     root: Path
+    layout: Literal["classes", "flat"] = Field("classes", description="flat: every image under root, unlabelled "
+                                                                      "(a transfer step's target)")
     color: Color = "rgb"
     image_size: int | None = Field(None, ge=8, le=4096)
     max_pixels: int = Field(40_000_000, gt=0)
@@ -225,6 +227,9 @@ class StepConfig(_Strict):
                                                                       "must be the source's)")
     transforms: list[TransformConfig] | None = Field(None, description="label-map with maps: augmented: geometric "
                                                                        "albumentations transforms")
+    target: SourceConfig | None = Field(None, description="domain transfer: the target domain's images (labels "
+                                                          "unused); its training split is fitted on, its holdout "
+                                                          "is what the report compares with")
     from_pretrained: Path | None = Field(None, description="a local saved generator: sample it, skip the fit")
     train_workers: int = Field(1, ge=1, le=1024, description="Ray Train workers (DDP)")
     checkpoint_every: int = Field(250, ge=1, description="steps between saved states and sample grids")
@@ -283,6 +288,11 @@ class StepConfig(_Strict):
                              f"it takes {', '.join(sorted(allowed))}")
         if self.share is not None and self.per_class is not None:
             raise ValueError("give share or per_class, not both")
+        if self.family.needs_target and self.target is None and self.from_pretrained is None:
+            raise ValueError(f"target: {self.kind} learns a mapping to a target domain; give its images as a "
+                             "source section (for example {kind: folder, root: real/})")
+        if self.target is not None and not self.family.needs_target:
+            raise ValueError(f"target: {self.kind} does not learn from a target domain")
         if request == "label_map":
             if (self.maps == "augmented") != bool(self.transforms):
                 raise ValueError("maps: augmented needs transforms (geometric), and transforms need maps: augmented")
@@ -406,6 +416,11 @@ class JobConfig(_Strict):
         return [step for step in self.generate if step.family.request == "class"]
 
     @property
+    def transfer_target(self) -> SourceConfig | None:
+        """The first step's target domain: the report's real side when `report.reference` is unset."""
+        return next((step.target for step in self.generate if step.target is not None), None)
+
+    @property
     def makes_synthetic(self) -> bool:
         return bool(self.generate) or self.augment is not None
 
@@ -461,7 +476,8 @@ def format_validation_error(error: ValidationError, where: str) -> str:
         path = ""
         loc = [p for i, p in enumerate(item["loc"])
                if not (i and item["loc"][0] in ("source", "report") and p in _UNION_TAGS)
-               and not (item["loc"][0] == "generate" and p in _UNION_TAGS and item["loc"][i - 1] == "simulator")]
+               and not (item["loc"][0] == "generate" and p in _UNION_TAGS
+                        and item["loc"][i - 1] in ("simulator", "target"))]
         for part in loc:
             path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
         value = item.get("input")
@@ -483,6 +499,8 @@ def _resolve_paths(raw: dict[str, Any], base: Path) -> dict[str, Any]:
     generate = raw.get("generate")
     for step in generate if isinstance(generate, list) else [generate]:
         sections.append((step, _PATH_KEYS["generate"]))
+        if isinstance(step, dict):  # a transfer step's target takes the path keys of `source`
+            sections.append((step.get("target"), _PATH_KEYS["source"]))
     for mapping, keys in sections:
         if not isinstance(mapping, dict):
             continue

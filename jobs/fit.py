@@ -49,6 +49,45 @@ def training_data(source: Any, records: list[SourceRecord], family: type[Family]
     return TrainingData(np.stack([s.image for s in samples]), labels, masks)
 
 
+MIN_TARGET_IMAGES = 8
+
+
+def target_images(step: StepConfig, job_seed: int, holdout: float, like: np.ndarray, where: str) -> np.ndarray:
+    """The target domain's training split as uint8 M×H×W×C, like the source images `like`.
+
+    Conversions, documented because they change what is learnt: each image gets the source's
+    channel count (grey to RGB by repetition, RGB to grey by luma) and its size (the centred crop
+    of the source's aspect ratio, then bicubic). Records that fail to load are skipped with a
+    warning; labels are never read. Fewer than `MIN_TARGET_IMAGES` usable images is an error."""
+    from augment.errors import InputRejected
+    from augment.images import crop_resize
+    from augment.metrics.preprocess import match_channels
+    from jobs.plan import other_source_split
+    from jobs.sources import build_source
+
+    if step.target is None:
+        raise ConfigError(f"{where}.target: {step.kind} needs a target domain")
+    source = build_source(step.target, job_seed)
+    records, _ = other_source_split(source.records(), holdout, job_seed)
+    height, width, channels = like.shape[1:4]
+    images, skipped = [], []
+    for record in records:
+        try:
+            image = source.load(record).image
+        except InputRejected as rejected:
+            skipped.append(f"{rejected.path}: {rejected.reason}")
+            continue
+        images.append(crop_resize(match_channels(image, channels), height, width))
+    if skipped:
+        log.warning("%s.target: skipped %d unusable images (%s%s)", where, len(skipped), skipped[0],
+                    ", ..." if len(skipped) > 1 else "")
+    if len(images) < MIN_TARGET_IMAGES:
+        raise ConfigError(f"{where}.target: {len(images)} usable target training images "
+                          f"({len(records)} in the training split, {len(skipped)} unusable); {step.kind} needs at "
+                          f"least {MIN_TARGET_IMAGES}")
+    return np.stack(images)
+
+
 def train_loop_per_worker(loop: dict[str, Any]) -> None:
     """Runs on every Ray Train worker: the shared trainer's resumable `run`, with this worker's
     rank and device, DDP across workers, progress on rank 0 and `ray.train.report` per chunk.

@@ -238,6 +238,17 @@ def split_records(
     return train, held
 
 
+OTHER_SOURCE_HOLDOUT = 0.2  # a second source's own holdout when the job keeps none
+
+
+def other_source_split(records: list[SourceRecord], holdout: float, seed: int
+                       ) -> tuple[list[SourceRecord], list[SourceRecord]]:
+    """The split of a source other than the job's (`report.reference`, a step's `target`): the
+    job's holdout fraction and seed, so a transfer step fits the very images the report does not
+    compare against."""
+    return split_records(records, holdout or OTHER_SOURCE_HOLDOUT, seed)
+
+
 def assign_children(train: list[SourceRecord], counts: dict[int, int], seed: int, offset: int = 0
                     ) -> dict[str, ChildRange]:
     """Spread each class's classical count over its parents (seeded permutation, round robin).

@@ -25,7 +25,7 @@ from augment.report.inputs import RealImages, RealSide
 from augment.seeding import derive_seed
 from augment.sources.base import SourceRecord
 from jobs.config import JobConfig
-from jobs.plan import split_records
+from jobs.plan import other_source_split
 from jobs.sources import build_source
 
 log = logging.getLogger("synthaug")
@@ -36,7 +36,6 @@ QUALITY_JSON = "quality.json"
 DEFAULT_MAX_SIZE = 32  # the small CNNs are 4x cheaper than at 64 px and digits-like data lose nothing
 RANDOM_SEED_STREAM = 71
 SUBSAMPLE_STREAM = 72
-REFERENCE_HOLDOUT = 0.2  # a reference source's own split when the job keeps no holdout
 WEAK_EXTRACTOR_ACCURACY = 0.8
 
 
@@ -82,7 +81,7 @@ def real_side(config: JobConfig, listed: Any, rejected: dict[str, Any]) -> RealS
     first = listed.source.load(usable[0])
     channels, size = int(first.image.shape[2]), metric_size(config, first.image)
     limit = config.report.max_per_source
-    reference = config.report.reference
+    reference = config.report.reference or config.transfer_target
     if reference is None:
         holdout = [r for r in listed.holdout if r.id not in rejected]
         source, label_map, origin = listed.source, None, "source"
@@ -90,8 +89,9 @@ def real_side(config: JobConfig, listed: Any, rejected: dict[str, Any]) -> RealS
         source = build_source(reference, config.seed)
         names = {name: i for i, name in enumerate(listed.class_names)}
         label_map = {i: names[n] for i, n in enumerate(source.class_names) if n in names}
-        usable, holdout = split_records(source.records(), config.split.holdout or REFERENCE_HOLDOUT, config.seed)
-        origin = f"report.reference ({reference.kind})"
+        usable, holdout = other_source_split(source.records(), config.split.holdout, config.seed)
+        origin = (f"report.reference ({reference.kind})" if config.report.reference is not None
+                  else f"the transfer target ({reference.kind})")
     train = load_real(source, subsample(usable, limit, config.seed, 1), size, channels, label_map)
     held = load_real(source, subsample(holdout, limit, config.seed, 2), size, channels, label_map)
     if len(train) <= config.report.k:

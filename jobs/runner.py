@@ -17,7 +17,7 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -232,7 +232,7 @@ class JobRunner:
     def fit(self, number: int, listed: ListedSource, rejected: dict[str, Any], plan: Plan) -> dict[str, Any]:
         """Fit generate step `number` (or take its `from_pretrained`); the workers' settings for it."""
         from augment.generators.family import DataShape
-        from jobs.fit import fit_step, training_data
+        from jobs.fit import fit_step, target_images, training_data
         from jobs.registry import family_ref
 
         step = self.config.generate[number]
@@ -252,6 +252,9 @@ class JobRunner:
             self._save_job()
         else:
             data = training_data(listed.source, usable, family, where)
+            if family.needs_target:
+                data = replace(data, target=target_images(step, self.config.seed, self.config.split.holdout,
+                                                          data.images, where))
             height, width = data.images.shape[1:3]
             shape = DataShape(height, data.images.shape[3], tuple(plan.class_names), None if width == height else width)
             try:  # hyperparameters that do not suit the data are the config's fault, said before Ray Train

@@ -26,7 +26,8 @@ def build_source(config: SourceConfig, job_seed: int = 0) -> Source:
             from augment.sources.folder import ImageFolderSource
 
             return ImageFolderSource(
-                config.root, color=config.color, max_pixels=config.max_pixels, image_size=config.image_size
+                config.root, color=config.color, max_pixels=config.max_pixels, image_size=config.image_size,
+                layout=config.layout,
             )
         case CocoSourceConfig():
             from augment.sources.coco import CocoSource

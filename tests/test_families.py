@@ -188,7 +188,33 @@ class ToyPaint(_Untrained):
     kind = "label_map"
 
 
-TOYS = (ToyColour, ToyTint, ToyPaint)
+class ToyShift(ToyColour):
+    """Domain transfer: learns the target domain's mean colour and tints parents towards it."""
+
+    name = "toy_shift"
+    request = "parent"
+    needs_target = True
+    sweep_knob = None
+
+    def make_step(self, data: TrainingData, device: torch.device, rank: int) -> Any:
+        target = torch.from_numpy(data.target.reshape(-1, data.target.shape[3]).mean(0) / 255).float()
+
+        def step(state: TrainState, k: int) -> dict[str, torch.Tensor]:
+            loss = torch.nn.functional.mse_loss(state.modules["palette"].colours[0], target.to(device))
+            optimizer = state.optimizers["palette"]
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            return {"loss": loss.detach()}
+
+        return step
+
+    def sampler(self, state: TrainState) -> ToySampler:
+        table = state.ema["palette"].colours.detach().cpu().numpy()
+        return ToySampler("parent", table, self.shape.class_names, self.shape.image_size)
+
+
+TOYS = (ToyColour, ToyTint, ToyPaint, ToyShift)
 
 
 @pytest.fixture(scope="module")
@@ -319,3 +345,59 @@ def test_a_label_map_step_paints_simulator_frames_masks(tmp_path: Path) -> None:
         assert np.array_equal(png(row["mask"]["bytes"]), frame.mask)
         assert np.array_equal(png(row["instances"]["bytes"]), frame.instances)
         assert row["label"] is None and len(row["generator"]["checkpoint_sha256"]) == 64
+
+
+def write_target(root: Path, sizes: list[tuple[int, int]], colour: tuple[int, int, int], grey: int = 0) -> Path:
+    """A flat folder of tiny images of one colour (plus `grey` greyscale ones), in mixed sizes."""
+    root.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for i, (w, h) in enumerate(sizes):
+        pixels = np.clip(np.array(colour) + rng.normal(0, 8, (h, w, 3)), 0, 255).astype(np.uint8)
+        Image.fromarray(pixels).save(root / f"real_{i:02d}.png")
+    for i in range(grey):
+        Image.fromarray(np.full((16, 16), 90, np.uint8), mode="L").save(root / f"grey_{i:02d}.png")
+    return root
+
+
+def test_a_transfer_step_fits_on_its_target_domain_and_the_report_compares_with_it(tmp_path: Path) -> None:
+    """A family that `needs_target` gets the target's training split, converted to the source's
+    size and channels (mixed sizes, a grey image among RGB); its rows keep their parents' labels;
+    the report's real side is the target."""
+    target = write_target(tmp_path / "real", [(20, 20), (24, 16), (16, 24)] * 5, (200, 40, 40), grey=1)
+    config = parse_config({
+        "seed": 1, "source": {"kind": "simulator", "family": "digits", "frames": 60, "image_size": 16},
+        "generate": [{"kind": "toy_shift", "checkpoint_every": 30, "fit": {"steps": 60, "lr": 2.0},
+                      "target": {"kind": "folder", "root": str(target), "layout": "flat"}}],
+        "report": SMALL_REPORT, "output": {"rows_per_shard": 50},
+    })
+    run_job(config, tmp_path / "out")
+    out = tmp_path / "out"
+    assert verify_shards(out / "shards") == []
+    rows = rows_by_id(out / "shards")
+    made = assert_labels_carried(rows, "toy_shift", ("label", "label_name", "mask", "boxes"))
+    assert len(made) == len([r for r in rows.values() if r["source"] == "simulator"]) > 0
+    # 13 of 16 target images are fitted (holdout 0.2): their mean colour, mostly red
+    table = ToySampler.from_pretrained(out / "checkpoints" / "toy_shift" / "model").table
+    assert table[0][0] > 0.6 and table[0][1] < 0.35 and table[0][2] < 0.35
+    report = json.loads((out / "report" / "report.json").read_text())
+    assert "transfer target (folder)" in json.dumps(report)
+
+
+@pytest.mark.parametrize("target, message", [
+    (None, r"generate\[0\]: target: toy_shift learns a mapping to a target domain"),
+    ({"kind": "folder", "root": "empty", "layout": "flat"}, r"empty: no image files"),
+    ({"kind": "folder", "root": "few", "layout": "flat"}, r"generate\[0\] \(toy_shift\)\.target: 2 usable target "
+                                                         r"training images \(2 in the training split, 0 unusable\); "
+                                                         r"toy_shift needs at least 8"),
+    ({"kind": "folder", "root": "few", "layout": "sideways"}, r"generate\[0\]\.target\.layout: 'sideways'"),
+])
+def test_bad_targets_are_refused_before_fitting(target: dict | None, message: str, tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    write_target(tmp_path / "few", [(16, 16)] * 3, (0, 0, 200))
+    step: dict[str, Any] = {"kind": "toy_shift", "fit": {"steps": 2}}
+    if target is not None:
+        step["target"] = {**target, "root": str(tmp_path / target["root"])}
+    with pytest.raises(ConfigError, match=message):
+        config = parse_config({"source": {"kind": "simulator", "family": "digits", "frames": 20, "image_size": 16},
+                               "split": {"holdout": 0.0}, "generate": [step], "report": {"enabled": False}})
+        run_job(config, tmp_path / "out")

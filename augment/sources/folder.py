@@ -4,6 +4,9 @@
     root/cat/more/002.jpg     (found recursively)
     root/dog/001.png
 
+With `layout="flat"` every image under `root` is a record without a label (a domain
+transfer's target: real images whose classes are never used).
+
 Class names are the sorted sub-folder names; entries starting with '.' are ignored
 everywhere. Symlinked files are listed, but `load` refuses any that resolve outside
 `root`; symlinked sub-folders inside a class folder are not followed.
@@ -55,6 +58,7 @@ class ImageFolderSource(ListedRecordsSource):
         color: Color = "rgb",
         max_pixels: int = DEFAULT_MAX_PIXELS,
         image_size: int | None = None,
+        layout: str = "classes",
     ) -> None:
         self.root = Path(root)
         try:
@@ -67,6 +71,11 @@ class ImageFolderSource(ListedRecordsSource):
         self.image_size = image_size
         if not self.root.is_dir():
             raise ConfigError(f"{self.root}: image folder not found (or not a directory)")
+        if layout not in ("classes", "flat"):
+            raise ConfigError(f"{self.root}: layout must be 'classes' or 'flat', got {layout!r}")
+        if layout == "flat":
+            self._list_flat()
+            return
         class_dirs = sorted(
             (p for p in self.root.iterdir() if p.is_dir() and not p.name.startswith(".")),
             key=lambda p: p.name,
@@ -91,6 +100,22 @@ class ImageFolderSource(ListedRecordsSource):
                 if refused is not None:
                     self._refused[rel] = refused
                 records[rel] = SourceRecord(id=rel, label=label, ref=rel)
+        self._records = sorted(records.values(), key=lambda r: r.id)
+
+    def _list_flat(self) -> None:
+        files = walk_files(self.root)
+        if not files:
+            raise ConfigError(f"{self.root}: no image files ({', '.join(sorted(IMAGE_EXTENSIONS))})")
+        self._class_names, self._refused = [], {}
+        records: dict[str, SourceRecord] = {}
+        for file in files:
+            rel, refused = listed_name(file.relative_to(self.root).as_posix())
+            if rel in records:
+                raise ConfigError(f"{self.root}: two files are listed as {rel!r} (one name is not valid UTF-8 "
+                                  "and reads like the other once its bytes are escaped); rename one")
+            if refused is not None:
+                self._refused[rel] = refused
+            records[rel] = SourceRecord(id=rel, label=None, ref=rel)
         self._records = sorted(records.values(), key=lambda r: r.id)
 
     def load(self, record: SourceRecord) -> Sample:
