@@ -1,1 +1,7 @@
-"""Domain transfer (CycleGAN, CyCADA): simulator frames to the look of real images."""
+"""Domain transfer (CycleGAN, CyCADA): simulator frames to the look of real images.
+
+CycleGAN (Zhu et al. 2017) is one module per role: `networks` (ResNet G/F, PatchGAN D),
+`losses`, `image_pool` (history of fakes), `cyclegan_config` (the `fit:` section),
+`cyclegan_train` (modules, optimizers, one iteration), `cyclegan` (the translator that is
+saved and sampled) and `cyclegan_family` (the `cyclegan` generator family).
+"""

@@ -18,9 +18,11 @@ from pydantic import (
     ConfigDict,
     Field,
     SerializeAsAny,
+    SerializerFunctionWrapHandler,
     ValidationError,
     ValidationInfo,
     field_validator,
+    model_serializer,
     model_validator,
 )
 
@@ -86,11 +88,54 @@ class _SimulatorConfig(_Strict):
 
 
 class StreetSimulatorConfig(_SimulatorConfig):
-    """Driving-camera street scenes with the CamVid label set."""
+    """Driving-camera street scenes with the CamVid label set.
+
+    Frames are `image_size` × `image_size` (square, 256 when nothing is given), or
+    `width` × `height` pixels (e.g. 320 × 240 for a 4:3 dashcam; give both, and no
+    image_size). `controls.fov` is the horizontal field of view either way.
+    """
 
     family: Literal["street"]
-    image_size: int = Field(256, ge=32, le=2048)
+    image_size: int | None = Field(None, ge=32, le=2048, description="square frames; default 256")
+    width: int | None = Field(None, ge=32, le=2048, description="with height, instead of image_size")
+    height: int | None = Field(None, ge=32, le=2048, description="with width, instead of image_size")
     controls: StreetControls = StreetControls()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _square_by_default(cls, data: Any) -> Any:
+        if isinstance(data, dict) and all(data.get(k) is None for k in ("image_size", "width", "height")):
+            return {**data, "image_size": 256}
+        return data
+
+    @model_validator(mode="after")
+    def _one_frame_shape(self) -> StreetSimulatorConfig:
+        if self.image_size is not None and (self.width is not None or self.height is not None):
+            given = ", ".join(f"{k} {getattr(self, k)}" for k in ("width", "height") if getattr(self, k) is not None)
+            raise ValueError(f"image_size {self.image_size} and {given}: give image_size (square frames) or "
+                             "width and height, not both")
+        if self.image_size is None and (self.width is None or self.height is None):
+            missing, given = ("height", "width") if self.height is None else ("width", "height")
+            raise ValueError(f"{given} {getattr(self, given)} needs {missing} too (or give image_size alone)")
+        if self.width is not None and self.height is not None and self.height > 2 * self.width:
+            raise ValueError(f"height {self.height} is more than twice width {self.width}")
+        return self
+
+    @model_serializer(mode="wrap")
+    def _omit_unused_shape(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """Leave out the frame fields not in use, so a square config dumps (and hashes) as before."""
+        data = handler(self)
+        for key in ("image_size", "width", "height"):
+            if data.get(key, 0) is None:
+                del data[key]
+        return data
+
+    @property
+    def frame_size(self) -> tuple[int, int]:
+        """(width, height) in pixels."""
+        if self.image_size is not None:
+            return self.image_size, self.image_size
+        return self.width, self.height  # type: ignore[return-value]  # both set (validated)
 
 
 class DigitsSimulatorConfig(_SimulatorConfig):

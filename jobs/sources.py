@@ -47,6 +47,10 @@ def build_source(config: SourceConfig, job_seed: int = 0) -> Source:
             from simulators.source import SimulatorSource
 
             seed = job_seed if config.seed is None else config.seed
+            if isinstance(config, StreetSimulatorConfig) and config.image_size is None:
+                width, height = config.frame_size
+                return SimulatorSource(config.family, frames=config.frames, width=width, height=height, seed=seed,
+                                       controls=config.controls)
             return SimulatorSource(config.family, frames=config.frames, size=config.image_size, seed=seed,
                                    controls=config.controls)
         case ExternalSourceConfig():

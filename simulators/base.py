@@ -40,6 +40,9 @@ class SceneFamily(Protocol):
     name: str
     class_names: list[str]
     controls_model: type[BaseModel]
+    # True when `describe` also takes keyword `width` and `height` (frames of any shape);
+    # otherwise frames are `size` × `size`.
+    rectangular: bool
 
     def describe(self, seed: int, controls: BaseModel, size: int) -> dict[str, Any]:
         """Draw one scene description from `np.random.default_rng(seed)`; JSON-able."""

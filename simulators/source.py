@@ -53,19 +53,38 @@ class SimulatorSource:
     # Rendered frames cannot be corrupt: the job skips its decode-everything scan.
     trusted = True
 
-    def __init__(self, family: str, *, frames: int, size: int, seed: int, controls: BaseModel) -> None:
+    def __init__(self, family: str, *, frames: int, seed: int, controls: BaseModel, size: int | None = None,
+                 width: int | None = None, height: int | None = None) -> None:
+        """Frames are `size` × `size` pixels, or `width` × `height` for families that take
+        both (`rectangular`, e.g. street); width == height is the same as that size."""
         self.family = get_family(family)
         self.frames = frames
-        self.size = size
         self.seed = seed
         self.controls = controls
+        if size is not None and (width is not None or height is not None):
+            raise ConfigError(f"simulator frames: give size or width and height, not both "
+                              f"(size {size}, width {width}, height {height})")
+        if size is None:
+            if width is None or height is None:
+                raise ConfigError(f"simulator frames need size, or both width and height "
+                                  f"(width {width}, height {height})")
+            if width == height:
+                size = width
+            elif not getattr(self.family, "rectangular", False):
+                raise ConfigError(f"simulator family {self.family.name!r} renders square frames only; "
+                                  f"got width {width}, height {height}")
+        self.size = size
+        self.width, self.height = (size, size) if size is not None else (width, height)
 
     @property
     def class_names(self) -> list[str]:
         return list(self.family.class_names)
 
     def describe(self, index: int) -> dict[str, Any]:
-        return self.family.describe(frame_seed(self.seed, index), self.controls, self.size)
+        seed = frame_seed(self.seed, index)
+        if self.size is not None:
+            return self.family.describe(seed, self.controls, self.size)
+        return self.family.describe(seed, self.controls, width=self.width, height=self.height)
 
     def records(self) -> list[SourceRecord]:
         width = max(6, len(str(self.frames - 1)))

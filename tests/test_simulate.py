@@ -118,3 +118,89 @@ def test_external_simulator_frames_through_run(tmp_path: Path) -> None:
     first = next(s for s in samples if s.id.endswith("000"))
     assert first.mask[3, 5] == 1 and first.mask[10, 10] == 0 and first.source == "simulator"
     assert (out / "contact_sheet.png").exists()
+
+
+# --- landscape street frames: source.width / source.height --------------------------------
+
+
+def _street(**source) -> dict:
+    return {"source": {"kind": "simulator", "family": "street", **source}}
+
+
+def test_street_width_and_height_make_landscape_frames_that_re_render_exactly() -> None:
+    from jobs.sources import build_source
+
+    config = parse_config(_street(frames=3, width=80, height=60, seed=2))
+    assert config.source.frame_size == (80, 60)
+    source = build_source(config.source)
+    sample = source.load(source.records()[1])
+    assert sample.image.shape == (60, 80, 3)
+    assert sample.mask.shape == sample.instances.shape == sample.depth.shape == (60, 80)
+    assert all(0 <= b.x and b.x + b.w <= 80 and 0 <= b.y and b.y + b.h <= 60 for b in sample.boxes)
+    again = render_description(sample.generator.params_json)
+    assert again.image.tobytes() == sample.image.tobytes() and again.mask.tobytes() == sample.mask.tobytes()
+
+
+def test_a_square_street_config_dumps_and_hashes_as_before_width_and_height() -> None:
+    square = parse_config(_street(image_size=64))
+    assert "width" not in square.source.model_dump() and "height" not in square.source.model_dump()
+    # sha256 of this config's content before the street source took width and height.
+    assert square.content_hash() == "2e9763d76739bd4982936b4b84bad497beea48cdc78c483a3f72369a8003c8ae"
+    assert parse_config(_street()).source.image_size == 256
+    wide = parse_config(_street(width=96, height=72)).source.model_dump(mode="json")
+    assert (wide["width"], wide["height"]) == (96, 72) and "image_size" not in wide
+
+
+def test_width_height_equal_is_the_same_frames_as_image_size() -> None:
+    from jobs.sources import build_source
+
+    a = build_source(parse_config(_street(frames=2, image_size=48, seed=1)).source)
+    b = build_source(parse_config(_street(frames=2, width=48, height=48, seed=1)).source)
+    sa, sb = a.load(a.records()[0]), b.load(b.records()[0])
+    assert sa.image.tobytes() == sb.image.tobytes() and sa.generator.params_json == sb.generator.params_json
+
+
+@pytest.mark.parametrize(("source", "message"), [
+    ({"width": 10, "height": 60}, r"source\.width: 10 — "),
+    ({"width": 80, "height": 4000}, r"source\.height: 4000 — "),
+    ({"width": 80}, r"source: width 80 needs height"),
+    ({"height": 60}, r"source: height 60 needs width"),
+    ({"image_size": 64, "width": 80, "height": 60}, r"image_size 64 and width 80, height 60"),
+    ({"width": 40, "height": 90}, r"height 90 is more than twice width 40"),
+])
+def test_bad_street_frame_shapes_name_the_field_and_value(source: dict, message: str) -> None:
+    from augment.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=message):
+        parse_config(_street(**source))
+
+
+def test_square_only_families_refuse_width_and_height() -> None:
+    from augment.errors import ConfigError
+    from simulators.digits import DigitsControls
+
+    with pytest.raises(ConfigError, match="square frames only; got width 40, height 30"):
+        SimulatorSource("digits", frames=2, width=40, height=30, seed=0, controls=DigitsControls())
+    square = SimulatorSource("digits", frames=2, width=32, height=32, seed=0, controls=DigitsControls())
+    assert square.load(square.records()[0]).image.shape[:2] == (32, 32)
+
+
+@pytest.mark.usefixtures("ray_session")
+def test_landscape_street_frames_through_run(tmp_path: Path) -> None:
+    config = parse_config({"name": "wide", **_street(frames=4, width=64, height=48), "split": {"holdout": 0.0}})
+    run_job(config, tmp_path / "out")
+    table = pq.read_table(tmp_path / "out" / "shards")
+    assert table.num_rows == 4
+    assert set(table.column("height").to_pylist()) == {48} and set(table.column("width").to_pylist()) == {64}
+    assert all(s.image.shape == (48, 64, 3) and s.mask.shape == (48, 64) for s in table_to_samples(table))
+
+
+def test_a_street_style_is_a_control_that_names_its_field_when_wrong() -> None:
+    from augment.errors import ConfigError
+
+    config = parse_config(_street(width=96, height=72, controls={"style": "camvid", "trees": [1, 2]}))
+    controls = config.source.controls
+    assert controls.style == "camvid" and controls.trees == (1, 2) and controls.parked_cars == (2, 8)
+    assert config.source.model_dump(mode="json")["controls"]["style"] == "camvid"
+    with pytest.raises(ConfigError, match=r"source\.controls\.style: 'gta'"):
+        parse_config(_street(controls={"style": "gta"}))

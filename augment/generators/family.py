@@ -13,8 +13,9 @@ A family declares, in one class (see ../shared/DESIGN.md, "Family"):
 - how to fit, through the one shared trainer (`augment.generators.trainer`, run by the job
   under Ray Train): the family builds its modules from its seed (`build`), their optimizers
   (`optimizers`), one training step (`make_step`) and the sampler of the trained modules
-  (`sampler`); the trainer does device and DDP, learning-rate and EMA warm-up, resumable
-  states, sample grids, progress and the data checks;
+  (`sampler`); the trainer does device and DDP, the learning-rate schedule (`lr_scale`,
+  by default a warm-up), EMA warm-up, resumable states, grids (`sample_grid` for class
+  families, `grid` for others), progress and the data checks;
 - how to load a saved model (`from_pretrained`);
 - `sweep_knob`: the `sample:` field the report sweeps for its fidelity/diversity plot.
 
@@ -183,6 +184,13 @@ class Family(ABC):
         """Decay of the EMA of `ema_modules` after its warm-up (`fit.ema_decay`)."""
         return float(getattr(self.fit, "ema_decay", 0.999))
 
+    def lr_scale(self, k: int) -> float:
+        """Factor on the optimizers' base learning rates at step k (0-based): the trainer sets
+        lr = base · lr_scale(k) before each step. Default: linear warm-up from 0 over
+        `warmup_steps` (Goyal et al. 2017, §2.2), then 1; override for another schedule."""
+        warmup = self.warmup_steps
+        return min(1.0, (k + 1) / warmup) if warmup else 1.0
+
     @abstractmethod
     def build(self) -> dict[str, torch.nn.Module]:
         """Fresh modules by name, on the CPU, initialised from `self.seed` (never the global RNG)."""
@@ -205,6 +213,13 @@ class Family(ABC):
     def sampler(self, state: TrainState) -> Sampler:
         """The trained model, ready to sample and `save_pretrained`; use `state.ema[...]` or
         `state.module(...)` (unwrapped): rank 0 samples grids alone, outside DDP."""
+
+    def grid(self, state: TrainState, data: TrainingData) -> np.ndarray | None:
+        """For a family whose request is not class ids: a uint8 H×W×3 picture of the fit so
+        far, which the trainer's `run` saves as PNG every `checkpoint_every` steps (rank 0,
+        unwrapped modules, as `sampler`); None: no picture. Class families get
+        `trainer.sample_grid` instead."""
+        return None
 
     # -- loading and sampling --------------------------------------------------------------
 

@@ -7,8 +7,9 @@ this module does the rest, the same way for all of them:
   training device, then wrapped by a `prepare` callable (`ray.train.torch.prepare_model`
   when Ray Train runs several workers); EMA copies, samplers and saved states always use
   the unwrapped modules (`unwrap`);
-- learning-rate warm-up: linear from 0 over the family's `warmup_steps` (Goyal et al. 2017,
-  "Accurate, Large Minibatch SGD", §2.2);
+- the learning-rate schedule: base rate × `Family.lr_scale(k)`, by default a linear warm-up
+  from 0 over the family's `warmup_steps` (Goyal et al. 2017, "Accurate, Large Minibatch
+  SGD", §2.2);
 - EMA of weights with the warm-up of diffusers' `EMAModel`, decay_k = min(decay, (1 + k) /
   (10 + k)), so that short runs are not dominated by the random initialisation;
 - training states: modules, EMA copies and optimizer tensors in one safetensors file; step,
@@ -342,18 +343,17 @@ def train(family: Family, data: TrainingData, state: TrainState, until: int | No
     total = family.steps
     until = total if until is None else until
     step_fn = family.make_step(data, state.device, rank)
-    warmup = family.warmup_steps
     for module in state.modules.values():
         module.train()
     sums: dict[str, torch.Tensor] = {}
     window, tick = 0, time.perf_counter()
     while state.step < until:
         k = state.step
-        # 1. Learning rate: linear warm-up from 0 over `warmup` steps.
-        if warmup:
-            for name, optimizer in state.optimizers.items():
-                for group, base in zip(optimizer.param_groups, state.base_lrs[name], strict=True):
-                    group["lr"] = base * min(1.0, (k + 1) / warmup)
+        # 1. Learning rate: the family's schedule (default: linear warm-up from 0).
+        scale = family.lr_scale(k)
+        for name, optimizer in state.optimizers.items():
+            for group, base in zip(optimizer.param_groups, state.base_lrs[name], strict=True):
+                group["lr"] = base * scale
         # 2. The family's optimizer step(s) on its batch (its losses cite their papers).
         losses = step_fn(state, k)
         # 3. EMA of the weights with warm-up: decay_k = min(decay, (1 + k) / (10 + k)).
@@ -433,6 +433,18 @@ def sample_grid(sampler: Sampler, class_names: Iterable[str], sample_kwargs: dic
     Image.fromarray(grid).resize((grid.shape[1] * scale, grid.shape[0] * scale), Image.Resampling.NEAREST).save(path)
 
 
+def save_grid(picture: np.ndarray, path: Path, name: str = "grid") -> None:
+    """A family's `grid` picture (uint8 H×W×3) as a PNG; ValueError naming what else it got."""
+    from PIL import Image
+
+    if not isinstance(picture, np.ndarray) or picture.dtype != np.uint8 or picture.ndim != 3 \
+            or picture.shape[2] != 3 or picture.size == 0:
+        got = (getattr(picture, "dtype", type(picture).__name__), getattr(picture, "shape", None))
+        raise ValueError(f"{name}: grid must return a uint8 HxWx3 image or None, got {got}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(picture).save(path)
+
+
 def publish(sampler: Sampler, directory: Path) -> None:
     """`save_pretrained` to a temporary sibling, then rename: the folder appears complete or not at all."""
     directory = Path(directory)
@@ -446,9 +458,10 @@ def run(family: Family, data: TrainingData, *, states: Path, model: Path, checkp
         grids: Path | None = None, grid_kwargs: dict[str, Any] | None = None, device: str | torch.device = "cpu",
         rank: int = 0, prepare: PrepareFn | None = None, on_log: LogFn | None = None,
         on_checkpoint: Callable[[TrainState], None] | None = None) -> TrainState:
-    """Fit resumably: continue from `states/LATEST` if there is one, save a state (and, for a
-    class-conditional family, a grid under `grids`) every `checkpoint_every` steps, publish
-    the sampler to `model` at the end. Every worker runs it; rank 0 alone writes files.
+    """Fit resumably: continue from `states/LATEST` if there is one, save a state (and a grid
+    under `grids`: `sample_grid` for a class-conditional family, `Family.grid` for others)
+    every `checkpoint_every` steps, publish the sampler to `model` at the end. Every worker
+    runs it; rank 0 alone writes files.
 
     `prepare` wraps each trained module (DDP); `on_checkpoint(state)` runs on every rank
     after each chunk (Ray Train's `report`, which all workers must call).
@@ -467,9 +480,14 @@ def run(family: Family, data: TrainingData, *, states: Path, model: Path, checkp
         train(family, data, state, until, rank=rank, on_log=on_log, log_every=log_every)
         if rank == 0:
             save_checkpoint(state, states)
-            if grids is not None and family.request == "class":
-                sample_grid(family.sampler(state), family.shape.class_names, grid_kwargs or {},
-                            Path(grids) / f"step-{state.step:08d}.png")
+            if grids is not None:
+                path = Path(grids) / f"step-{state.step:08d}.png"
+                if family.request == "class":
+                    sample_grid(family.sampler(state), family.shape.class_names, grid_kwargs or {}, path)
+                else:
+                    picture = family.grid(state, data)
+                    if picture is not None:
+                        save_grid(picture, path, family.name)
         if on_checkpoint is not None:
             on_checkpoint(state)
     if rank == 0:

@@ -26,6 +26,7 @@ class DigitsFamily:
         self.name = "digits"
         self.class_names = [str(d) for d in range(10)]
         self.controls_model: type[BaseModel] = DigitsControls
+        self.rectangular = False  # square crops only
 
     def describe(self, seed: int, controls: BaseModel, size: int) -> dict[str, Any]:
         """Draw one crop from `np.random.default_rng(seed)`; JSON-able."""

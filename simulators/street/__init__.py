@@ -28,13 +28,18 @@ class StreetFamily:
     name = "street"
     class_names = CAMVID_CLASSES
     controls_model = StreetControls
+    rectangular = True  # takes width and height, not only a square size
 
-    def describe(self, seed: int, controls: BaseModel, size: int) -> dict[str, Any]:
-        """Draw one scene from `np.random.default_rng(seed)`; plain JSON types only."""
+    def describe(self, seed: int, controls: BaseModel, size: int | None = None, *, width: int | None = None,
+                 height: int | None = None) -> dict[str, Any]:
+        """Draw one scene from `np.random.default_rng(seed)`; plain JSON types only.
+
+        The frame is `size` × `size` pixels, or `width` × `height` (e.g. 320 × 240, 4:3).
+        """
         if not isinstance(controls, StreetControls):
             controls = StreetControls.model_validate(controls.model_dump() if isinstance(controls, BaseModel)
                                                      else controls)
-        return describe_scene(seed, controls, size)
+        return describe_scene(seed, controls, size, width=width, height=height)
 
     def render(self, description: dict[str, Any]) -> Frame:
         """Image, mask, instances, depth (mm) and boxes of a description; same bytes every time."""

@@ -38,22 +38,22 @@ def lighting(cond: dict[str, Any]) -> dict[str, Any]:
     return {"objects": amb, "ground": amb, "facades": amb * np.float32(FACADE_LIGHT[time]), "on": LIGHTS_ON[time]}
 
 
-def _glows(size: int, lights: list, strength: float) -> np.ndarray:
+def _glows(height: int, width: int, lights: list, strength: float) -> np.ndarray:
     """Light sources as soft discs: drawn at quarter resolution, blurred, scaled up."""
-    s = max(size // 4, 4)
-    buf = np.zeros((s, s, 3), np.float32)
-    k = s / size
+    sh, sw = max(height // 4, 4), max(width // 4, 4)
+    buf = np.zeros((sh, sw, 3), np.float32)
+    ky, kx = sh / height, sw / width
     for u, v, radius, colour in lights:
-        r = max(round(radius * k), 1)
-        cv2.circle(buf, (int(u * k), int(v * k)), r, tuple(float(c) for c in colour), -1, cv2.LINE_AA)
+        r = max(round(radius * ky), 1)
+        cv2.circle(buf, (int(u * kx), int(v * ky)), r, tuple(float(c) for c in colour), -1, cv2.LINE_AA)
     buf = cv2.GaussianBlur(buf, (0, 0), 1.0)
     if strength != 1.0:
         buf *= np.float32(strength)
-    return cv2.resize(buf, (size, size), interpolation=cv2.INTER_LINEAR)
+    return cv2.resize(buf, (width, height), interpolation=cv2.INTER_LINEAR)
 
 
-def _pools(desc: dict[str, Any], cam: Any, size: int) -> np.ndarray | None:
-    """Light on the ground under the street lamps (0..~1 of day light), (size, size) or None.
+def _pools(desc: dict[str, Any], cam: Any, height: int, width: int) -> np.ndarray | None:
+    """Light on the ground under the street lamps (0..~1 of day light), (height, width) or None.
 
     Evaluated on the ground point each pixel sees, at a quarter of the resolution (the
     pools are smooth), then scaled up.
@@ -62,7 +62,7 @@ def _pools(desc: dict[str, Any], cam: Any, size: int) -> np.ndarray | None:
              for o in desc["objects"] if o["kind"] == "pole" and o["z"] > -12.0]
     if not lamps:
         return None
-    step = max(size // 64, 1)
+    step = max(min(height, width) // 64, 1)
     dy, dx, dz = cam.rays(step)
     below = np.flatnonzero(dy < 0)
     if below.size == 0:
@@ -81,39 +81,39 @@ def _pools(desc: dict[str, Any], cam: Any, size: int) -> np.ndarray | None:
         d2 *= inv
         acc += cv2.exp(d2)
     np.minimum(acc, np.float32(1.4), out=acc)
-    return cv2.resize(low, (size, size), interpolation=cv2.INTER_LINEAR)
+    return cv2.resize(low, (width, height), interpolation=cv2.INTER_LINEAR)
 
 
 def _rain(img: np.ndarray, rng: np.random.Generator, intensity: float, wind: float, bright: float) -> None:
     """Streaks: short bright slanted segments, alpha-blended, vectorised over all points."""
-    n = img.shape[0]
-    count = int((80 + 500 * intensity) * (n / 256) ** 2)
-    length = max(int(n * (0.03 + 0.04 * intensity)), 3)
-    x0 = rng.uniform(-0.2 * n, 1.2 * n, count)
-    y0 = rng.uniform(-length, n, count)
+    h, w = img.shape[:2]
+    count = int((80 + 500 * intensity) * (h / 256) * (w / 256))
+    length = max(int(h * (0.03 + 0.04 * intensity)), 3)
+    x0 = rng.uniform(-0.2 * w, 1.2 * w, count)
+    y0 = rng.uniform(-length, h, count)
     steps = np.arange(length)
     xs = np.rint(x0[:, None] + np.sin(wind) * steps[None, :]).astype(np.int64).ravel()
     ys = np.rint(y0[:, None] + np.cos(wind) * steps[None, :]).astype(np.int64).ravel()
-    ok = (xs >= 0) & (xs < n) & (ys >= 0) & (ys < n)
-    flat = ys[ok] * n + xs[ok]
+    ok = (xs >= 0) & (xs < w) & (ys >= 0) & (ys < h)
+    flat = ys[ok] * w + xs[ok]
     pix = img.reshape(-1, 3)
     pix[flat] = pix[flat] * np.float32(0.6) + np.float32(0.4 * bright)
 
 
 def _snow(img: np.ndarray, rng: np.random.Generator, intensity: float, white: float) -> None:
     """Flakes: 1–3 pixel white squares, nearer (bigger) ones fewer."""
-    n = img.shape[0]
-    count = int((150 + 900 * intensity) * (n / 256) ** 2)
-    xs = rng.integers(0, n, count)
-    ys = rng.integers(0, n, count)
+    h, w = img.shape[:2]
+    count = int((150 + 900 * intensity) * (h / 256) * (w / 256))
+    xs = rng.integers(0, w, count)
+    ys = rng.integers(0, h, count)
     big = rng.random(count)
-    scale = max(n // 256, 1)
+    scale = max(min(h, w) // 256, 1)
     pix = img.reshape(-1, 3)
     for size, frac in ((1 * scale, 1.0), (2 * scale, 0.35), (3 * scale, 0.08)):
         sel = big < frac
         for dy in range(size):
             for dx in range(size):
-                flat = np.minimum(ys[sel] + dy, n - 1) * n + np.minimum(xs[sel] + dx, n - 1)
+                flat = np.minimum(ys[sel] + dy, h - 1) * w + np.minimum(xs[sel] + dx, w - 1)
                 pix[flat] = pix[flat] * np.float32(0.15) + np.float32(0.85 * white)
 
 
@@ -122,13 +122,13 @@ def apply_conditions(canvas: Any, depth_m: np.ndarray, sky: np.ndarray, lights: 
     """Lit, weathered uint8 image from the ambient-lit colour layer (modified in place)."""
     time, weather, i = cond["time_of_day"], cond["weather"], float(cond["intensity"])
     img = canvas.color
-    size = img.shape[0]
-    rows = img.reshape(size, size * 3)  # row-wise view: per-channel constants as one long row
+    height, width = img.shape[:2]
+    rows = img.reshape(height, width * 3)  # row-wise view: per-channel constants as one long row
     # 1. Light sources: pools under street lamps (multiply the lit surfaces), lit windows,
     # lamps and car lights (additive).
     on = float(light["on"])
     if on > 0.0:
-        pool = _pools(desc, cam, size)
+        pool = _pools(desc, cam, height, width)
         if pool is not None:
             gain = POOL_LIGHT * np.float32(POOL_PEAK * on) / np.maximum(light["ground"], np.float32(0.05))
             chans = [pool * g for g in gain.tolist()]
@@ -140,14 +140,14 @@ def apply_conditions(canvas: Any, depth_m: np.ndarray, sky: np.ndarray, lights: 
             keep = canvas.mask.ravel()[idx] == 1  # still the building: not hidden by an object
             img.reshape(-1, 3)[idx[keep]] += add[keep]
         if lights:
-            img += _glows(size, lights, 0.9 * on)
+            img += _glows(height, width, lights, 0.9 * on)
     # 2. Fog / haze by depth (Koschmieder); the sky is seen through SKY_DEPTH metres of it.
     density = np.float32(HAZE[weather] + HAZE_GAIN[weather] * i)
     trans = canvas.buffers["tmp1"]
     np.multiply(depth_m, -density, out=trans)
     cv2.exp(trans, dst=trans)  # exp(-inf) = 0 at the sky, set next
     trans[sky] = np.exp(-density * SKY_DEPTH)
-    fog_row = np.tile(np.array(FOG_COLOUR[time], np.float32), size)
+    fog_row = np.tile(np.array(FOG_COLOUR[time], np.float32), width)
     rows -= fog_row
     cv2.multiply(img, cv2.merge([trans, trans, trans], dst=canvas.buffers["tmp3"]), dst=img)
     rows += fog_row
@@ -165,7 +165,7 @@ def apply_conditions(canvas: Any, depth_m: np.ndarray, sky: np.ndarray, lights: 
         _rain(img, rng, i, float(cond["wind"]), 210.0 if time == "day" else 150.0 if time == "dusk" else 110.0)
     elif weather == "snow":
         white = SNOW_WHITE[time]
-        rows = img.reshape(size, size * 3)
+        rows = img.reshape(height, width * 3)
         rows *= np.float32(1 - 0.3 * i)
         rows += np.float32(white * 0.3 * i)
         _snow(img, rng, i, min(white + 25.0, 245.0))

@@ -15,19 +15,11 @@ from typing import Any
 import numpy as np
 
 from simulators.street.controls import TIMES_OF_DAY, WEATHERS, StreetControls
+from simulators.street.styles import LOOKS, Look
 
 DESCRIPTION_VERSION = 1
 STREET_LENGTH = 320.0  # metres of buildings per side; farther facades are the last one
-
-# Base colours (RGB, day light) that colour jitter moves around.
-BUILDING_COLOURS = [(190, 170, 140), (150, 80, 60), (160, 160, 165), (215, 210, 195), (120, 95, 75), (200, 185, 160)]
-CAR_COLOURS = [(200, 200, 205), (30, 30, 35), (150, 20, 25), (40, 60, 120), (120, 125, 130), (230, 230, 225),
-               (60, 90, 60), (190, 150, 40)]
-SHIRT_COLOURS = [(40, 50, 90), (170, 40, 40), (220, 220, 210), (60, 60, 60), (50, 110, 70), (200, 150, 40)]
-PANTS_COLOURS = [(30, 35, 60), (40, 40, 40), (90, 80, 70), (60, 70, 90)]
-SKIN_COLOURS = [(230, 190, 160), (190, 140, 110), (120, 80, 60), (210, 170, 130)]
-FENCE_COLOURS = [(90, 100, 95), (130, 100, 70), (170, 170, 170)]
-SIGN_SHAPES = ["circle", "triangle", "octagon", "rect"]
+# Base colours (RGB, day light) that colour jitter moves around: see styles.py.
 
 
 def _f(value: float, digits: int = 3) -> float:
@@ -54,7 +46,7 @@ class _Colours:
         v = min(max(v * (1.0 + 0.25 * amount * dv), 0.0), 1.0)
         return [round(255 * c) for c in colorsys.hsv_to_rgb(h, s, v)]
 
-    def pick(self, palette: list[tuple[int, int, int]], amount: float | None = None) -> list[int]:
+    def pick(self, palette: tuple[tuple[int, int, int], ...], amount: float | None = None) -> list[int]:
         """A palette entry chosen uniformly, then jittered."""
         if not self.uniforms:
             self.uniforms = self.rng.random(256).tolist()
@@ -65,23 +57,23 @@ def _count(rng: np.random.Generator, pair: tuple[int, int]) -> int:
     return int(rng.integers(pair[0], pair[1] + 1))
 
 
-def _road(rng: np.random.Generator, c: StreetControls, col: _Colours) -> dict[str, Any]:
+def _road(rng: np.random.Generator, c: StreetControls, col: _Colours, look: Look) -> dict[str, Any]:
     lanes = _count(rng, c.lanes)
     lane_width = _f(rng.uniform(3.0, 3.6))
-    grey = int(rng.integers(70, 100))
+    grey = int(rng.integers(*look.road_grey))
     return {
         "lanes": lanes,
         "lane_width": lane_width,
         "half_width": _f(lanes * lane_width / 2),
-        "sidewalk": [_f(rng.uniform(2.0, 5.0)), _f(rng.uniform(2.0, 5.0))],  # left, right
+        "sidewalk": [_f(rng.uniform(*look.sidewalk_width)), _f(rng.uniform(*look.sidewalk_width))],  # left, right
         "crosswalk_z": _f(rng.uniform(12.0, 40.0)) if rng.random() < 0.35 else None,
         "road_color": col.jitter((grey, grey, grey + 4)),
-        "sidewalk_color": col.jitter((165, 160, 150)),
+        "sidewalk_color": col.jitter(look.sidewalk_colour),
         "marking_color": [235, 235, 225] if rng.random() < 0.7 else [235, 200, 60],
     }
 
 
-def _buildings(rng: np.random.Generator, col: _Colours) -> list[dict[str, Any]]:
+def _buildings(rng: np.random.Generator, c: StreetControls, col: _Colours, look: Look) -> list[dict[str, Any]]:
     """Contiguous buildings along both facades, from 10 m behind the camera to STREET_LENGTH."""
     out: list[dict[str, Any]] = []
     n = int(STREET_LENGTH // 8) + 2  # enough lots of at least 8 m
@@ -95,11 +87,12 @@ def _buildings(rng: np.random.Generator, col: _Colours) -> list[dict[str, Any]]:
             if z0[i] >= STREET_LENGTH:
                 break
             h, sp, fl, ww, wh, lit, _ = u[i]
+            low, high = c.building_height
             out.append({
                 "side": side, "z0": float(z0[i]), "z1": float(z1[i]),
-                "height": _f(6.0 + 24.0 * h),
-                "color": col.pick(BUILDING_COLOURS),
-                "window_color": col.jitter((60, 75, 95)),
+                "height": _f(low + (high - low) * h),
+                "color": col.pick(look.building_colours),
+                "window_color": col.jitter(look.window_colour),
                 "window_spacing": _f(2.4 + 1.6 * sp),
                 "floor_height": _f(3.0 + 0.6 * fl),
                 "window_size": [_f(0.35 + 0.3 * ww), _f(0.4 + 0.2 * wh)],
@@ -109,7 +102,8 @@ def _buildings(rng: np.random.Generator, col: _Colours) -> list[dict[str, Any]]:
     return out
 
 
-def _cars(rng: np.random.Generator, c: StreetControls, col: _Colours, road: dict[str, Any], cam_lane: int) -> list[dict]:
+def _cars(rng: np.random.Generator, c: StreetControls, col: _Colours, road: dict[str, Any], cam_lane: int,
+          look: Look) -> list[dict]:
     lanes, lw, half = road["lanes"], road["lane_width"], road["half_width"]
     placed: list[tuple[int, float]] = []
     cars = []
@@ -129,13 +123,40 @@ def _cars(rng: np.random.Generator, c: StreetControls, col: _Colours, road: dict
             "width": _f(rng.uniform(1.7, 1.95)),
             "height": _f(rng.uniform(1.9, 2.3) if van else rng.uniform(1.4, 1.6)),
             "length": _f(rng.uniform(4.8, 5.5) if van else rng.uniform(4.0, 4.8)),
-            "color": col.pick(CAR_COLOURS),
+            "color": col.pick(look.car_colours),
             "facing": "away" if lane >= lanes // 2 else "toward",
         })
     return cars
 
 
-def _people(rng: np.random.Generator, c: StreetControls, col: _Colours, road: dict[str, Any]) -> list[dict]:
+def _parked_cars(rng: np.random.Generator, c: StreetControls, col: _Colours, road: dict[str, Any], cam_lane: int,
+                 objects: list[dict], look: Look) -> list[dict]:
+    """Cars parked at the kerb in the outer lanes the camera does not drive in, clear of the
+    cars driving in those lanes."""
+    lanes, lw, half = road["lanes"], road["lane_width"], road["half_width"]
+    kerbs = [(lane, side) for lane, side in ((0, -1), (lanes - 1, 1)) if lane != cam_lane]
+    taken = [(int((o["x"] + half) // lw), o["z"]) for o in objects if o["kind"] == "car"]
+    parked: list[dict] = []
+    for _ in range(_count(rng, c.parked_cars) if kerbs else 0):
+        for _try in range(8):
+            lane, side = kerbs[int(rng.integers(len(kerbs)))]
+            z = float(rng.uniform(3.0, 60.0))
+            if all(pl != lane or abs(pz - z) > 6.5 for pl, pz in taken):
+                break
+        else:
+            continue
+        taken.append((lane, z))
+        width = float(rng.uniform(1.7, 1.9))
+        parked.append({
+            "kind": "car", "x": _f(side * (half - 0.25 - width / 2)), "z": _f(z), "width": _f(width),
+            "height": _f(rng.uniform(1.4, 1.6)), "length": _f(rng.uniform(4.0, 4.8)),
+            "color": col.pick(look.car_colours), "facing": "away" if side > 0 else "toward",
+        })
+    return parked
+
+
+def _people(rng: np.random.Generator, c: StreetControls, col: _Colours, road: dict[str, Any],
+            look: Look) -> list[dict]:
     half = road["half_width"]
     out = []
     for _ in range(_count(rng, c.pedestrians)):
@@ -146,43 +167,62 @@ def _people(rng: np.random.Generator, c: StreetControls, col: _Colours, road: di
         z = road["crosswalk_z"] + rng.uniform(-1.0, 1.0) if on_crossing else rng.uniform(4.0, 50.0)
         out.append({
             "kind": "pedestrian", "x": _f(x), "z": _f(z), "height": _f(rng.uniform(1.55, 1.9)),
-            "stride": _f(rng.uniform(-0.25, 0.25)), "shirt": col.pick(SHIRT_COLOURS),
-            "pants": col.pick(PANTS_COLOURS), "skin": col.pick(SKIN_COLOURS, 0.3),
+            "stride": _f(rng.uniform(-0.25, 0.25)), "shirt": col.pick(look.shirt_colours),
+            "pants": col.pick(look.pants_colours), "skin": col.pick(look.skin_colours, 0.3),
         })
     for _ in range(_count(rng, c.bicyclists)):
         side = 1 if rng.random() < 0.8 else -1
         out.append({
             "kind": "bicyclist", "x": _f(side * (half - rng.uniform(0.5, 0.9))), "z": _f(rng.uniform(5.0, 50.0)),
-            "height": _f(rng.uniform(1.6, 1.85)), "shirt": col.pick(SHIRT_COLOURS),
-            "pants": col.pick(PANTS_COLOURS), "skin": col.pick(SKIN_COLOURS, 0.3),
-            "bike": col.pick(CAR_COLOURS),
+            "height": _f(rng.uniform(1.6, 1.85)), "shirt": col.pick(look.shirt_colours),
+            "pants": col.pick(look.pants_colours), "skin": col.pick(look.skin_colours, 0.3),
+            "bike": col.pick(look.car_colours),
         })
     return out
 
 
-def _street_furniture(rng: np.random.Generator, c: StreetControls, col: _Colours, road: dict[str, Any]) -> list[dict]:
+def _tree(rng: np.random.Generator, col: _Colours, half: float, look: Look) -> dict[str, Any]:
+    side = -1 if rng.random() < 0.5 else 1
+    tree = {
+        "kind": "tree", "x": _f(side * (half + 0.9)), "z": _f(rng.uniform(4.0, 120.0)),
+        "trunk": _f(rng.uniform(*look.trunk)), "radius": _f(rng.uniform(*look.tree_radius)),
+        "color": col.jitter(look.tree_colour) if look.tree_colours is None else col.pick(look.tree_colours),
+        "trunk_color": [85, 65, 45],
+    }
+    if look.bare_trees and rng.random() < look.bare_trees:
+        # Leafless: grey twigs against the sky, one crown colour, and the seed of its branches.
+        tree["bare"] = int(rng.integers(1, 2**31 - 1))
+        tree["color"] = col.jitter((166, 167, 166), 0.3)
+        tree["trunk_color"] = [70, 64, 58]
+    return tree
+
+
+def _sign(rng: np.random.Generator, col: _Colours, half: float, look: Look) -> dict[str, Any]:
+    side = 1 if rng.random() < 0.75 else -1
+    sign = {
+        "kind": "sign", "x": _f(side * (half + 0.5)), "z": _f(rng.uniform(6.0, 45.0)),
+        "post": _f(rng.uniform(2.0, 2.6)), "panel": _f(rng.uniform(0.6, 0.9)),
+        "shape": look.sign_shapes[int(rng.integers(len(look.sign_shapes)))],
+    }
+    if sign["shape"] == "board":  # a shop board or banner: wider, on one or two posts, any height
+        sign.update(post=_f(rng.uniform(0.3, 3.0)), panel=_f(rng.uniform(0.9, 2.2)), color=col.pick(look.board_colours))
+    elif sign["shape"] == "light":  # a traffic light: a dark housing on a taller post
+        sign.update(post=_f(rng.uniform(2.2, 3.2)), panel=_f(rng.uniform(0.35, 0.45)),
+                    lit=int(rng.integers(3)))
+    return sign
+
+
+def _street_furniture(rng: np.random.Generator, c: StreetControls, col: _Colours, road: dict[str, Any],
+                      look: Look) -> list[dict]:
     half = road["half_width"]
-    out = []
-    for _ in range(_count(rng, c.trees)):
-        side = -1 if rng.random() < 0.5 else 1
-        out.append({
-            "kind": "tree", "x": _f(side * (half + 0.9)), "z": _f(rng.uniform(4.0, 120.0)),
-            "trunk": _f(rng.uniform(2.0, 3.2)), "radius": _f(rng.uniform(1.2, 2.4)),
-            "color": col.jitter((60, 110, 45)), "trunk_color": [85, 65, 45],
-        })
+    out = [_tree(rng, col, half, look) for _ in range(_count(rng, c.trees))]
     for _ in range(_count(rng, c.poles)):
         side = -1 if rng.random() < 0.5 else 1
         out.append({
             "kind": "pole", "x": _f(side * (half + 0.4)), "z": _f(rng.uniform(4.0, 120.0)),
-            "height": _f(rng.uniform(6.0, 9.0)), "arm": _f(rng.uniform(1.0, 2.0)), "color": [120, 122, 125],
+            "height": _f(rng.uniform(6.0, 9.0)), "arm": _f(rng.uniform(1.0, 2.0)), "color": list(look.pole_colour),
         })
-    for _ in range(_count(rng, c.signs)):
-        side = 1 if rng.random() < 0.75 else -1
-        out.append({
-            "kind": "sign", "x": _f(side * (half + 0.5)), "z": _f(rng.uniform(6.0, 45.0)),
-            "post": _f(rng.uniform(2.0, 2.6)), "panel": _f(rng.uniform(0.6, 0.9)),
-            "shape": SIGN_SHAPES[int(rng.integers(len(SIGN_SHAPES)))],
-        })
+    out += [_sign(rng, col, half, look) for _ in range(_count(rng, c.signs))]
     for _ in range(_count(rng, c.fences)):
         side = -1 if rng.random() < 0.5 else 1
         walk = road["sidewalk"][0 if side < 0 else 1]
@@ -190,8 +230,8 @@ def _street_furniture(rng: np.random.Generator, c: StreetControls, col: _Colours
         z0 = rng.uniform(3.0, 60.0)
         out.append({
             "kind": "fence", "x": _f(side * (half + (0.15 if at_kerb else walk - 0.2))), "z": _f(z0),
-            "z1": _f(z0 + rng.uniform(6.0, 30.0)), "height": _f(rng.uniform(0.9, 1.3)),
-            "color": col.pick(FENCE_COLOURS),
+            "z1": _f(z0 + rng.uniform(*look.fence_length)), "height": _f(rng.uniform(*look.fence_height)),
+            "color": col.pick(look.fence_colours),
         })
     return out
 
@@ -209,50 +249,95 @@ def _camera(rng: np.random.Generator, c: StreetControls, road: dict[str, Any], c
     }
 
 
-def _conditions(rng: np.random.Generator, c: StreetControls) -> dict[str, Any]:
+def _conditions(rng: np.random.Generator, c: StreetControls, look: Look) -> dict[str, Any]:
     """Weather and time of day (own stream: they never move the scene's objects)."""
     col = _Colours(rng, c.color_jitter)
     weather = WEATHERS[int(rng.integers(len(WEATHERS)))] if c.weather == "random" else c.weather
     time = TIMES_OF_DAY[int(rng.integers(len(TIMES_OF_DAY)))] if c.time_of_day == "random" else c.time_of_day
-    sky = {"day": ((80, 135, 215), (185, 210, 235)), "dusk": ((60, 55, 115), (245, 150, 90)),
-           "night": ((4, 6, 18), (22, 26, 45))}[time]
+    sky = look.sky[time]
+    if look.overcast and rng.random() < look.overcast:
+        sky = look.overcast_sky[time]
     return {
         "weather": weather,
         "intensity": _f(c.weather_intensity),
         "time_of_day": time,
         "sky_top": col.jitter(sky[0]), "sky_horizon": col.jitter(sky[1], 0.5 * c.color_jitter),
-        "sun": _f(rng.uniform(0.9, 1.1)),
+        "sun": _f(rng.uniform(*look.sun)),
         "wind": _f(rng.normal(0.0, 0.25)),  # slant of rain streaks, radians
         "particle_seed": int(rng.integers(0, 2**31 - 1)),
     }
 
 
-def describe_scene(seed: int, controls: StreetControls, size: int) -> dict[str, Any]:
-    """One frame's scene: road, camera, buildings, objects with instance ids, conditions."""
-    if size < 16:
-        raise ValueError(f"street frames need size >= 16 pixels, got {size}")
+MIN_SIDE = 16  # pixels
+MAX_PORTRAIT = 2  # height / width at most: taller frames would see behind the camera at wide fov
+
+
+def _whole(value: object) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
+def frame_fields(size: int | None, width: int | None, height: int | None) -> dict[str, int]:
+    """The description's frame keys: {"size": n} for a square frame (as before there were
+    other shapes, so square descriptions and their bytes stay what they were), else
+    {"width": w, "height": h}. Errors name the argument and its value."""
+    if size is not None and (width is not None or height is not None):
+        raise ValueError(f"give size (a square frame) or width and height, not both: size {size}, "
+                         f"width {width}, height {height}")
+    if size is None:
+        if width is None or height is None:
+            missing = "height" if width is not None else "width" if height is not None else "size"
+            raise ValueError(f"street frames need size, or width and height: {missing} is missing")
+        for name, value in (("width", width), ("height", height)):
+            if not _whole(value) or value < MIN_SIDE:
+                raise ValueError(f"street frames need {name} >= {MIN_SIDE} pixels, got {name} {value!r}")
+        if height > MAX_PORTRAIT * width:
+            raise ValueError(f"street frames may be at most {MAX_PORTRAIT}× as high as wide, "
+                             f"got width {width}, height {height}")
+        if width != height:
+            return {"width": int(width), "height": int(height)}
+        size = width
+    if not _whole(size) or size < MIN_SIDE:
+        raise ValueError(f"street frames need size >= {MIN_SIDE} pixels, got size {size!r}")
+    return {"size": int(size)}
+
+
+def describe_scene(seed: int, controls: StreetControls, size: int | None = None, *, width: int | None = None,
+                   height: int | None = None) -> dict[str, Any]:
+    """One frame's scene: road, camera, buildings, objects with instance ids, conditions.
+
+    The frame is `size` × `size` pixels, or `width` × `height`. The scene itself does not
+    depend on the frame: a seed puts the same objects in the world at every frame shape,
+    and the camera's horizontal field of view (`controls.fov`) spans the width.
+    """
+    frame = frame_fields(size, width, height)
+    look = LOOKS[controls.style]
     scene_rng, camera_rng, cond_rng = np.random.default_rng(seed).spawn(3)
     col = _Colours(scene_rng, controls.color_jitter)
-    road = _road(scene_rng, controls, col)
-    buildings = _buildings(scene_rng, col)
+    road = _road(scene_rng, controls, col, look)
+    buildings = _buildings(scene_rng, controls, col, look)
     cam_lane = int(scene_rng.integers(road["lanes"] // 2, road["lanes"]))
-    objects = _cars(scene_rng, controls, col, road, cam_lane)
-    objects += _people(scene_rng, controls, col, road)
-    objects += _street_furniture(scene_rng, controls, col, road)
+    objects = _cars(scene_rng, controls, col, road, cam_lane, look)
+    objects += _people(scene_rng, controls, col, road, look)
+    objects += _street_furniture(scene_rng, controls, col, road, look)
+    if controls.parked_cars[1] > 0:
+        objects += _parked_cars(scene_rng, controls, col, road, cam_lane, objects, look)
     for i, obj in enumerate(objects, start=1):
         obj["instance"] = i
     camera = _camera(camera_rng, controls, road, cam_lane)
+    # Only a non-default style is recorded (for reading; render needs nothing but the scene).
+    style = {} if controls.style == "default" else {"style": controls.style}
     return {
         "family": "street",
         "version": DESCRIPTION_VERSION,
         "seed": int(seed),
-        "size": int(size),
+        **frame,
         "label": None,
+        **style,
         "texture": bool(controls.texture),
         "texture_seed": int(scene_rng.integers(0, 2**31 - 1)),
         "camera": camera,
         "road": road,
         "buildings": buildings,
         "objects": objects,
-        "conditions": _conditions(cond_rng, controls),
+        "conditions": _conditions(cond_rng, controls, look),
     }

@@ -34,22 +34,29 @@ LIT_COLOURS = np.array([[255, 200, 120], [255, 214, 150], [250, 180, 100], [255,
 class Camera:
     """Pinhole camera at (x, height, 0), pitched up by `pitch` and turned right by `yaw`.
 
-    Pixel coordinates are continuous: pixel (r, c) covers [c, c+1) × [r, r+1).
+    The frame is `width` × `height` pixels with square pixels and the principal point at
+    its centre, so one focal length serves both axes: a landscape frame sees wider than it
+    sees high, and nothing is stretched. Pixel coordinates are continuous: pixel (r, c)
+    covers [c, c+1) × [r, r+1).
     """
 
-    def __init__(self, size: int, x: float, height: float, pitch: float, yaw: float, focal: float) -> None:
-        self.size, self.x, self.height = size, x, height
+    def __init__(self, width: int, height_px: int, x: float, height: float, pitch: float, yaw: float,
+                 focal: float) -> None:
+        self.width, self.height_px, self.x, self.height = width, height_px, x, height  # pixels, pixels, m, m
         self.pitch, self.yaw, self.focal = pitch, yaw, focal  # radians, radians, pixels
+        self.short_side = min(width, height_px)
         sp, cp, sy, cy = np.sin(pitch), np.cos(pitch), np.sin(yaw), np.cos(yaw)
         # Rows: the world directions of the camera's right, up and forward axes.
         self.rotation = np.array([[cy, 0.0, -sy], [-sy * sp, cp, -cy * sp], [sy * cp, sp, cy * cp]])
         self.rot_t = np.ascontiguousarray(self.rotation.T)
         self.origin = np.array([x, height, 0.0])
+        self.centre = np.array([width / 2.0, height_px / 2.0])
 
     @classmethod
-    def from_description(cls, cam: dict[str, Any], size: int) -> Camera:
-        focal = (size / 2.0) / np.tan(np.radians(float(cam["fov"])) / 2.0)
-        return cls(size, float(cam["x"]), float(cam["height"]), float(np.radians(float(cam["pitch"]))),
+    def from_description(cls, cam: dict[str, Any], width: int, height_px: int) -> Camera:
+        """`fov` is the horizontal field of view; the vertical one follows from the aspect."""
+        focal = (width / 2.0) / np.tan(np.radians(float(cam["fov"])) / 2.0)
+        return cls(width, height_px, float(cam["x"]), float(cam["height"]), float(np.radians(float(cam["pitch"]))),
                    float(np.radians(float(cam["yaw"]))), float(focal))
 
     def project(self, points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -59,7 +66,7 @@ class Camera:
         scale = self.focal / np.maximum(depth, 1e-3)
         uv = c[:, :2] * scale[:, None]
         uv[:, 1] *= -1.0
-        uv += self.size / 2.0
+        uv += self.centre
         return uv, depth
 
     def rays(self, step: int = 1) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -68,16 +75,24 @@ class Camera:
         Scaling by the forward component makes the ray parameter t equal camera depth.
         `step` > 1 samples every step-th pixel (centres of step × step blocks).
         """
-        n, c = self.size, self.size / 2.0
-        p = np.arange(0, n, step, dtype=np.float32) + np.float32(step / 2 if step > 1 else 0.5)
-        a = (p - np.float32(c)) * np.float32(1 / self.focal)  # right, per column
-        b = (np.float32(c) - p) * np.float32(1 / self.focal)  # up, per row
+        half = np.float32(step / 2 if step > 1 else 0.5)
+        cols = np.arange(0, self.width, step, dtype=np.float32) + half
+        rows = np.arange(0, self.height_px, step, dtype=np.float32) + half
+        a = (cols - np.float32(self.width / 2.0)) * np.float32(1 / self.focal)  # right, per column
+        b = (np.float32(self.height_px / 2.0) - rows) * np.float32(1 / self.focal)  # up, per row
         sp, cp = np.float32(np.sin(self.pitch)), np.float32(np.cos(self.pitch))
         sy, cy = np.float32(np.sin(self.yaw)), np.float32(np.cos(self.yaw))
         dy = b * cp + sp
         dx = np.add.outer(sy * cp - b * sy * sp, a * cy)
         dz = np.add.outer(cy * cp - b * cy * sp, -a * sy)
         return dy, dx, dz
+
+
+def frame_shape(desc: dict[str, Any]) -> tuple[int, int]:
+    """(height, width) of a description's frame: `size` for a square one, else both given."""
+    if "width" in desc:
+        return int(desc["height"]), int(desc["width"])
+    return int(desc["size"]), int(desc["size"])
 
 
 def _noise_tile(seed: int) -> np.ndarray:
@@ -369,12 +384,12 @@ def _boxes(canvas: Canvas, extents: dict[int, tuple[int, int, int, int, int]]) -
 
 def render_scene(desc: dict[str, Any]) -> Frame:
     """Render every layer of a street description; same description → same bytes."""
-    size = int(desc["size"])
-    cam = Camera.from_description(desc["camera"], size)
+    rows, cols = frame_shape(desc)
+    cam = Camera.from_description(desc["camera"], cols, rows)
     cond = {**desc["conditions"]}
     light = lighting(cond)
     cond["lights"] = light["on"]
-    canvas = Canvas(size, light["objects"])
+    canvas = Canvas(rows, cols, light["objects"])
     tex = _noise_tile(int(desc["texture_seed"])) if desc["texture"] else None
     # 1. Static world: sky, ground below the horizon, facades over both where they stand,
     # as palette ids and brightness, then coloured with one gather.

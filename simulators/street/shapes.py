@@ -25,22 +25,23 @@ POLE, TREE, SIGN, FENCE, CAR, PEDESTRIAN, BICYCLIST = 2, 5, 6, 7, 8, 9, 10
 BOXED_CLASSES = frozenset({SIGN, CAR, PEDESTRIAN, BICYCLIST})
 FENCE_PIECE = 2.5  # metres: long fences are split so each piece has a fair single depth
 DETAIL = 6.0  # pixels per metre below which objects are drawn without painted details
-GLOW_MAX = 0.02  # largest radius of a car light's glow, of the frame size (near cars must not drown in it)
+GLOW_MAX = 0.02  # largest radius of a car light's glow, of the frame's shorter side (near cars must not drown in it)
 Light = tuple[float, float, float, tuple[float, float, float]]  # u, v, radius px, colour
 
 
 _LOCAL = threading.local()
 
 
-def scratch(size: int) -> dict[str, np.ndarray]:
-    """Work buffers of one frame size, kept per thread and reused frame after frame.
+def scratch(height: int, width: int) -> dict[str, np.ndarray]:
+    """Work buffers of one frame shape, kept per thread and reused frame after frame.
 
     Allocating and freeing a few MB of full-frame temporaries per frame makes the C
     allocator hand the pages back to the OS and fault them in again, every frame; the
     layers that are not returned to the caller live here instead.
     """
     cache = getattr(_LOCAL, "buffers", None)
-    if cache is None or cache["size"] != size:
+    shape = (height, width)
+    if cache is None or cache["shape"] != shape:
         if cache is None:
             # The temporaries of a frame still add up to a few MB, and in a fresh process
             # glibc trims its heap back to the OS after each frame (its trim threshold starts
@@ -49,15 +50,15 @@ def scratch(size: int) -> dict[str, np.ndarray]:
             # freed so far (as in any process that has handled a large array); freeing one 16 MB
             # block once does that here.
             np.empty(16 << 20, np.uint8)
-        cache = {"size": size}
+        cache = {"shape": shape}
         for name in ("color", "tmp3"):
-            cache[name] = np.empty((size, size, 3), np.float32)
+            cache[name] = np.empty((*shape, 3), np.float32)
         for name in ("depth_bg", "zbuf", "shade", "tmp1", "f0", "f1", "f2", "f3"):
-            cache[name] = np.empty((size, size), np.float32)
+            cache[name] = np.empty(shape, np.float32)
         for name in ("ids", "ids2", "ids3"):
-            cache[name] = np.empty((size, size), np.int32)
+            cache[name] = np.empty(shape, np.int32)
         for name in ("b0", "b1", "b2"):
-            cache[name] = np.empty((size, size), bool)
+            cache[name] = np.empty(shape, bool)
         _LOCAL.buffers = cache
     return cache
 
@@ -65,13 +66,13 @@ def scratch(size: int) -> dict[str, np.ndarray]:
 class Canvas:
     """All layers being painted: colour (float RGB), class, instance, depths (metres)."""
 
-    def __init__(self, size: int, light: np.ndarray | None = None) -> None:
-        self.size = size
+    def __init__(self, height: int, width: int, light: np.ndarray | None = None) -> None:
+        self.height, self.width = height, width
         self.light = np.ones(3, np.float32) if light is None else np.asarray(light, np.float32)
-        self.buffers = scratch(size)
+        self.buffers = scratch(height, width)
         self.color = self.buffers["color"]  # render fills it with the lit background
-        self.mask = np.zeros((size, size), np.uint16)
-        self.instances = np.zeros((size, size), np.uint16)
+        self.mask = np.zeros((height, width), np.uint16)
+        self.instances = np.zeros((height, width), np.uint16)
         self.depth_bg = self.buffers["depth_bg"]  # sky, road, facades
         self.depth_bg.fill(np.inf)
         self.zbuf = self.buffers["zbuf"]  # objects only
@@ -84,10 +85,9 @@ class Canvas:
 
     def _raster(self, uv: np.ndarray, thickness: int) -> tuple[int, int, np.ndarray] | None:
         """Polygon (or polyline, thickness > 0) → (x0, y0, local 0/1 patch) clipped to the frame."""
-        n = self.size
         (lx, ly), (hx, hy) = uv.min(axis=0).tolist(), uv.max(axis=0).tolist()
         x0, y0 = max(int(lx) - thickness - 1, 0), max(int(ly) - thickness - 1, 0)
-        x1, y1 = min(int(hx) + thickness + 2, n), min(int(hy) + thickness + 2, n)
+        x1, y1 = min(int(hx) + thickness + 2, self.width), min(int(hy) + thickness + 2, self.height)
         if x1 <= x0 or y1 <= y0:
             return None
         if min(lx, ly) < -1e6 or max(hx, hy) > 1e6:  # keep cv2's fixed-point coordinates in range
@@ -117,7 +117,6 @@ class Canvas:
         what a depth buffer with a `<=` test gives in queue order, but lets OpenCV draw
         each part straight into the full-frame layers.
         """
-        n = self.size
         ops, self._ops = sorted(self._ops, key=itemgetter(0), reverse=True), []
         for depth, is_paint, uv, cls, inst, colour, thickness in ops:
             if is_paint:
@@ -125,7 +124,7 @@ class Canvas:
                 continue
             (lx, ly), (hx, hy) = uv.min(axis=0).tolist(), uv.max(axis=0).tolist()
             x0, y0 = max(int(lx) - thickness - 1, 0), max(int(ly) - thickness - 1, 0)
-            x1, y1 = min(int(hx) + thickness + 2, n), min(int(hy) + thickness + 2, n)
+            x1, y1 = min(int(hx) + thickness + 2, self.width), min(int(hy) + thickness + 2, self.height)
             if x1 <= x0 or y1 <= y0:
                 continue
             if min(lx, ly) < -1e6 or max(hx, hy) > 1e6:  # keep cv2's fixed-point coordinates in range
@@ -221,7 +220,7 @@ def _car(cv: Canvas, cam: Camera, o: dict[str, Any], lights: list) -> None:
     lamps = [(x0 + 0.08, x0 + 0.4), (x1 - 0.4, x1 - 0.08)]
     if cam.focal / depth < DETAIL:  # far: the lights still shine at night
         uv = cam.project(np.array([[(a + b) / 2, 0.73 * hb, z] for a, b in lamps]))[0]
-        lights += [(u, v, inst, min(0.4 * cam.focal / depth, GLOW_MAX * cam.size), glow) for u, v in uv.tolist()]
+        lights += [(u, v, inst, min(0.4 * cam.focal / depth, GLOW_MAX * cam.short_side), glow) for u, v in uv.tolist()]
         return
     # 2. Paint: roof, side, near face, tyres, lights, plate.
     if cam.height > h:
@@ -240,7 +239,7 @@ def _car(cv: Canvas, cam: Camera, o: dict[str, Any], lights: list) -> None:
         uv = cam.project(_quad_z(z, lx0, lx1, 0.62 * hb, 0.85 * hb))[0]
         cv.paint(uv, lamp, inst)
         c = uv.mean(axis=0)
-        lights.append((c[0], c[1], inst, min(0.4 * cam.focal / depth, GLOW_MAX * cam.size), glow))
+        lights.append((c[0], c[1], inst, min(0.4 * cam.focal / depth, GLOW_MAX * cam.short_side), glow))
 
 
 def _person(cv: Canvas, cam: Camera, o: dict[str, Any], cls: int, depth: float, z: float,
@@ -295,7 +294,7 @@ def _bicyclist(cv: Canvas, cam: Camera, o: dict[str, Any], lights: list) -> None
     cv.fill(cam.project(frame)[0], depth, BICYCLIST, inst, bike, px)
     _person(cv, cam, o, BICYCLIST, depth, z + 0.3, seated=True)
     uv = cam.project(np.array([[x, 0.8, z]]))[0][0]
-    lights.append((uv[0], uv[1], inst, min(0.25 * cam.focal / depth, GLOW_MAX * cam.size), (255, 40, 30)))
+    lights.append((uv[0], uv[1], inst, min(0.25 * cam.focal / depth, GLOW_MAX * cam.short_side), (255, 40, 30)))
 
 
 def _tree(cv: Canvas, cam: Camera, o: dict[str, Any], lights: list) -> None:
@@ -307,10 +306,41 @@ def _tree(cv: Canvas, cam: Camera, o: dict[str, Any], lights: list) -> None:
     stem = np.array([[-0.15, 0.0], [0.15, 0.0], [0.12, trunk + 0.5 * r], [-0.12, trunk + 0.5 * r]])
     cv.fill(_billboard(cam, x, z, stem), depth, TREE, inst, np.array(o["trunk_color"], np.float32))
     cv.fill(_billboard(cam, x, z, _ellipse(0.0, trunk + 0.95 * r, r, 1.1 * r, 14)), depth, TREE, inst, col)
+    if o.get("bare"):
+        _branches(cv, cam, o, col, depth)
+        return
     if cam.focal / depth < DETAIL:
         return
     cv.paint(_billboard(cam, x, z, _ellipse(0.3 * r, trunk + 0.6 * r, 0.75 * r, 0.6 * r, 10)), col * 0.7, inst)
     cv.paint(_billboard(cam, x, z, _ellipse(-0.3 * r, trunk + 1.35 * r, 0.45 * r, 0.4 * r, 10)), col * 1.25, inst)
+
+
+def _branches(cv: Canvas, cam: Camera, o: dict[str, Any], col: np.ndarray, depth: float) -> None:
+    """A leafless crown: the crown's fill is the grey of fine twigs; over it, patches where the
+    sky shows through, then dark limbs fanning out from the trunk with twigs at their ends
+    (all drawn from an RNG seeded by the description's o["bare"])."""
+    x, z, r, trunk, inst = o["x"], o["z"], o["radius"], o["trunk"], o["instance"]
+    rng = np.random.default_rng(int(o["bare"]))
+    bark = np.array(o["trunk_color"], np.float32)
+    cy = trunk + 0.95 * r
+    px_per_m = cam.focal / depth
+    gaps, limbs = rng.uniform(-1.0, 1.0, (10, 2)), rng.uniform(0.0, 1.0, (9, 2))
+    if px_per_m * r >= 6:  # the crown spans a dozen pixels: show its texture
+        gap = np.minimum(col * 1.3, 235.0)
+        for gx, gy in gaps.tolist():
+            if gx * gx + gy * gy < 0.8:
+                cv.paint(_billboard(cam, x, z, _ellipse(gx * r, cy + gy * 1.1 * r, 0.16 * r, 0.12 * r, 8)), gap, inst)
+    base = (0.0, trunk + 0.4 * r)
+    for a, k in limbs.tolist():
+        a = np.pi / 2 + 2.4 * (a - 0.5)
+        reach = 0.7 + 0.3 * k
+        end = (np.cos(a) * r * reach, cy - 0.2 * r + np.sin(a) * 1.1 * r * reach)
+        cv.paint(_billboard(cam, x, z, _bar(base, end, max(0.1, 0.8 / px_per_m))), bark, inst)
+        if px_per_m < DETAIL:
+            continue
+        for t in (-0.5, 0.45):
+            tip = (end[0] + np.cos(a + t) * 0.4 * r, end[1] + np.sin(a + t) * 0.4 * r)
+            cv.paint(_billboard(cam, x, z, _bar(end, tip, max(0.04, 0.6 / px_per_m))), bark * 1.15, inst)
 
 
 def _pole(cv: Canvas, cam: Camera, o: dict[str, Any], lights: list) -> None:
@@ -326,7 +356,48 @@ def _pole(cv: Canvas, cam: Camera, o: dict[str, Any], lights: list) -> None:
                      [d * arm - 0.3, hgt + 0.02]])
     cv.fill(_billboard(cam, x, z, lamp), depth, POLE, inst, np.array([230, 225, 200], np.float32))
     c = _billboard(cam, x, z, np.array([[d * arm, hgt - 0.1]]))[0]
-    lights.append((c[0], c[1], inst, min(1.0 * cam.focal / depth, 2 * GLOW_MAX * cam.size), (255, 220, 160)))
+    lights.append((c[0], c[1], inst, min(1.0 * cam.focal / depth, 2 * GLOW_MAX * cam.short_side), (255, 220, 160)))
+
+
+def _board(cv: Canvas, cam: Camera, o: dict[str, Any], depth: float, grey: np.ndarray) -> None:
+    """A shop board or banner: a wide panel of one colour with lines of lettering, on a post
+    unless it stands on the ground."""
+    x, z, post, p, inst = o["x"], o["z"] - 0.03, o["post"], o["panel"], o["instance"]
+    top = post + 0.6 * p
+    if post > 0.5:
+        cv.fill(_billboard(cam, x, z + 0.03, np.array([[-0.05, 0], [0.05, 0], [0.05, top], [-0.05, top]])),
+                depth, POLE, 0, grey)
+    colour = np.array(o["color"], np.float32)
+    cv.fill(_billboard(cam, x, z, np.array([[-p / 2, post], [p / 2, post], [p / 2, top], [-p / 2, top]])),
+            depth - 0.03, SIGN, inst, colour)
+    if cam.focal / depth < DETAIL / 2:
+        return
+    ink = np.array([235, 235, 225], np.float32) if colour.mean() < 128 else np.array([30, 30, 35], np.float32)
+    for k in (0.2, 0.45):  # two lines of lettering
+        y0 = post + (0.6 - k) * p - 0.08 * p
+        cv.paint(_billboard(cam, x, z, np.array([[-0.38 * p, y0], [0.38 * p, y0], [0.38 * p, y0 + 0.1 * p],
+                                                 [-0.38 * p, y0 + 0.1 * p]])), ink, inst)
+
+
+def _traffic_light(cv: Canvas, cam: Camera, o: dict[str, Any], depth: float, grey: np.ndarray,
+                   lights: list) -> None:
+    """A dark housing with three lamps, one of them lit (o["lit"]: 0 red, 1 amber, 2 green)."""
+    x, z, post, p, inst = o["x"], o["z"] - 0.03, o["post"], o["panel"], o["instance"]
+    w, h = 0.7 * p, 2.2 * p
+    cv.fill(_billboard(cam, x, z + 0.03, np.array([[-0.05, 0], [0.05, 0], [0.05, post], [-0.05, post]])),
+            depth, POLE, 0, grey)
+    cv.fill(_billboard(cam, x, z, np.array([[-w / 2, post], [w / 2, post], [w / 2, post + h], [-w / 2, post + h]])),
+            depth - 0.03, SIGN, inst, np.array([38, 40, 38], np.float32))
+    lamps = ((200, 30, 25), (230, 150, 20), (40, 200, 90))
+    for k, rgb in enumerate(lamps):
+        cy = post + h * (0.8 - 0.3 * k)
+        on = k == int(o["lit"])
+        colour = np.array(rgb, np.float32) if on else np.array([55, 55, 52], np.float32)
+        if cam.focal / depth >= DETAIL / 2:
+            cv.paint(_billboard(cam, x, z, _ellipse(0.0, cy, 0.3 * w, 0.3 * w, 8)), colour, inst)
+        if on:
+            c = _billboard(cam, x, z, np.array([[0.0, cy]]))[0]
+            lights.append((c[0], c[1], inst, min(0.3 * cam.focal / depth, GLOW_MAX * cam.short_side), rgb))
 
 
 def _sign(cv: Canvas, cam: Camera, o: dict[str, Any], lights: list) -> None:
@@ -335,6 +406,12 @@ def _sign(cv: Canvas, cam: Camera, o: dict[str, Any], lights: list) -> None:
     if depth < 0.5:
         return
     grey = np.array([140, 140, 140], np.float32)
+    if o["shape"] == "board":
+        _board(cv, cam, o, depth, grey)
+        return
+    if o["shape"] == "light":
+        _traffic_light(cv, cam, o, depth, grey, lights)
+        return
     cv.fill(_billboard(cam, x, z, np.array([[-0.04, 0], [0.04, 0], [0.04, post + p / 2], [-0.04, post + p / 2]])),
             depth, POLE, 0, grey)  # the post is pole, without an instance of its own
     cy, r = post + p / 2, p / 2
@@ -399,9 +476,8 @@ def draw_objects(desc: dict[str, Any], cam: Camera, cv: Canvas) -> tuple[dict, l
     for i in order:
         DRAW[objects[i]["kind"]](cv, cam, objects[i], lights)
     cv.flush()
-    n = cv.size
     visible: list[Light] = []
     for u, v, inst, radius, colour in lights:
-        if 0 <= u < n and 0 <= v < n and cv.instances[int(v), int(u)] == inst:
+        if 0 <= u < cv.width and 0 <= v < cv.height and cv.instances[int(v), int(u)] == inst:
             visible.append((float(u), float(v), float(radius), colour))
     return cv.extents, visible
