@@ -326,9 +326,10 @@ def resize_image(array: np.ndarray, size: int) -> np.ndarray:
     return np.array(out[..., None] if mode == "L" else out, dtype=np.uint8)
 
 
-def crop_resize(array: np.ndarray, height: int, width: int) -> np.ndarray:
+def crop_resize(array: np.ndarray, height: int, width: int, *, nearest: bool = False) -> np.ndarray:
     """uint8 HxWxC (C 1 or 3) to height x width: the centred crop of that aspect ratio, then
-    Pillow's bicubic resize, so nothing is stretched (a 240x180 frame to 128x96 is a pure resize)."""
+    Pillow's bicubic resize, so nothing is stretched (a 240x180 frame to 128x96 is a pure resize).
+    `nearest`: nearest-neighbour instead, for label maps (class ids must stay class ids)."""
     if height < 1 or width < 1:
         raise ValueError(f"height and width must be >= 1, got {height}x{width}")
     if array.dtype != np.uint8 or array.ndim != 3 or array.shape[2] not in (1, 3):
@@ -345,5 +346,6 @@ def crop_resize(array: np.ndarray, height: int, width: int) -> np.ndarray:
         array = array[(h - keep) // 2:(h - keep) // 2 + keep]
     mode = "L" if array.shape[2] == 1 else "RGB"
     image = Image.fromarray(np.ascontiguousarray(array[..., 0] if mode == "L" else array))
-    out = np.asarray(image.resize((width, height), resample=Image.Resampling.BICUBIC))
+    resample = Image.Resampling.NEAREST if nearest else Image.Resampling.BICUBIC
+    out = np.asarray(image.resize((width, height), resample=resample))
     return np.array(out[..., None] if mode == "L" else out, dtype=np.uint8)

@@ -33,8 +33,15 @@ class GeneratorInfo:
 
 @dataclass(frozen=True)
 class Scores:
+    """A synthetic row's quality scores (None: not measured for this row).
+
+    `label_preservation` is measured on rows made from a parent record whose labels the
+    job carried over: how well the frozen source task model's prediction on the new image
+    still agrees with those labels (`augment.metrics.preservation`)."""
+
     realism: float | None = None
     confidence: float | None = None
+    label_preservation: float | None = None
 
 
 @dataclass

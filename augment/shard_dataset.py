@@ -22,11 +22,14 @@ def _row_to_item(row: dict[str, Any]) -> dict[str, Any]:
     """One shard row as training tensors (instances and depth are not read).
 
     Missing values become collate-friendly stand-ins: label -1, label_name "", seed -1,
-    parent_id "", mask an empty int64 tensor of shape (0, 0).
+    parent_id "", mask an empty int64 tensor of shape (0, 0), label_preservation nan (not
+    measured, or a shard written before the score existed), so a training loop can weight
+    or drop rows by it.
     """
     image = decode_png(row["image"]["bytes"])
     mask = row["mask"]
     boxes = row["boxes"] or []
+    preserved = (row.get("scores") or {}).get("label_preservation")
     return {
         "id": row["id"],
         "image": torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))),
@@ -39,10 +42,11 @@ def _row_to_item(row: dict[str, Any]) -> dict[str, Any]:
         "source": row["source"],
         "seed": -1 if row["seed"] is None else int(row["seed"]),
         "parent_id": row["parent_id"] or "",
+        "label_preservation": float("nan") if preserved is None else float(preserved),
     }
 
 
-_ITEM_COLUMNS = ["id", "image", "label", "label_name", "mask", "boxes", "source", "seed", "parent_id"]
+_ITEM_COLUMNS = ["id", "image", "label", "label_name", "mask", "boxes", "source", "seed", "parent_id", "scores"]
 
 
 def collate_items(items: list[dict[str, Any]]) -> dict[str, Any]:
@@ -50,6 +54,8 @@ def collate_items(items: list[dict[str, Any]]) -> dict[str, Any]:
     out: dict[str, Any] = {k: [it[k] for it in items] for k in items[0]}
     out["label"] = torch.tensor(out["label"], dtype=torch.int64)
     out["seed"] = torch.tensor(out["seed"], dtype=torch.int64)
+    if "label_preservation" in out:
+        out["label_preservation"] = torch.tensor(out["label_preservation"], dtype=torch.float32)
     if len({tuple(im.shape) for im in out["image"]}) == 1:
         out["image"] = torch.stack(out["image"])
     return out

@@ -64,14 +64,14 @@ class CycleGANTranslator:
 
     def _check(self, request: SampleRequest) -> list[np.ndarray]:
         if request.parents is None:
-            raise ValueError("cyclegan: translates parent records; the request has no parents")
+            raise ValueError(f"{self.name}: translates parent records; the request has no parents")
         images = []
         for parent in request.parents:
             image = parent.image
             if not (isinstance(image, np.ndarray) and image.dtype == np.uint8 and image.ndim == 3
                     and image.shape[2] == self.shape.channels and min(image.shape[:2]) >= MIN_SIZE):
                 got = (getattr(image, "dtype", type(image).__name__), getattr(image, "shape", None))
-                raise ValueError(f"cyclegan: parent {parent.id!r} must be a uint8 HxWx{self.shape.channels} image "
+                raise ValueError(f"{self.name}: parent {parent.id!r} must be a uint8 HxWx{self.shape.channels} image "
                                  f"of at least {MIN_SIZE}x{MIN_SIZE} (the model's channels), got {got}")
             images.append(image)
         return images
@@ -81,7 +81,7 @@ class CycleGANTranslator:
         """G(parent image) per request entry, same H×W×C; labels are the request's (the job
         carries the parent's annotations). Seeds are recorded, not used: G is deterministic."""
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"cyclegan: batch_size must be a positive integer, got {batch_size!r}")
+            raise ValueError(f"{self.name}: batch_size must be a positive integer, got {batch_size!r}")
         images = self._check(request)
         info = GeneratorInfo(name=self.name, checkpoint_sha256=self.checkpoint_sha256,
                              params_json=json.dumps({"direction": "X->Y"}))

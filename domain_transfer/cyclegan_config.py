@@ -12,6 +12,8 @@ crops (of 256 from frames resized to 286) and horizontal flips.
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 from pydantic import Field, model_validator
 
 from augment.generators.family import DataShape, Hyperparameters
@@ -69,6 +71,8 @@ class CycleGANFit(Hyperparameters):
     flip: bool = Field(True, description="random horizontal flips of training images")
     bf16: bool = Field(False, description="bf16 autocast on CUDA")
 
+    family_name: ClassVar[str] = "cyclegan"  # prefix of check_shape's errors (CyCADAFit reuses them)
+
     @model_validator(mode="after")
     def _consistent(self) -> CycleGANFit:
         if not all(0.0 <= b < 1.0 for b in self.betas):
@@ -90,15 +94,15 @@ class CycleGANFit(Hyperparameters):
 
     def check_shape(self, shape: DataShape) -> None:
         if shape.channels not in (1, 3):
-            raise ValueError(f"cyclegan: channels must be 1 or 3, got {shape.channels}")
-        height, width = shape.height, shape.image_width
+            raise ValueError(f"{self.family_name}: channels must be 1 or 3, got {shape.channels}")
+        name, (height, width) = self.family_name, (shape.height, shape.image_width)
         if min(height, width) < MIN_SIZE:
-            raise ValueError(f"cyclegan: images must be at least {MIN_SIZE}x{MIN_SIZE}, got {width}x{height}")
+            raise ValueError(f"{name}: images must be at least {MIN_SIZE}x{MIN_SIZE}, got {width}x{height}")
         if self.crop > min(height, width):
-            raise ValueError(f"cyclegan: crop must be at most the images' smaller side ({min(height, width)}), "
+            raise ValueError(f"{name}: crop must be at most the images' smaller side ({min(height, width)}), "
                              f"got crop={self.crop} for {width}x{height} images")
         side = min(self.train_size(shape))
         if patchgan_output_size(side, self.d_layers) < 1:
             where = f"crop={self.crop}" if self.crop else f"{width}x{height} images"
-            raise ValueError(f"cyclegan: d_layers={self.d_layers} (patches of {receptive_field(self.d_layers)} px) "
+            raise ValueError(f"{name}: d_layers={self.d_layers} (patches of {receptive_field(self.d_layers)} px) "
                              f"leaves no patch score on {where}; lower d_layers or train on larger windows")

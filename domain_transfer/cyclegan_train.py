@@ -103,26 +103,45 @@ class CycleGANStep:
         self.order_x = EpochBatches(len(self.source), fit.batch_size, seed, _ORDER_X, rank)
         self.order_y = EpochBatches(len(self.target), fit.batch_size, seed, _ORDER_Y, rank)
 
-    def _batch(self, images: torch.Tensor, order: EpochBatches, step: int, stream: int) -> torch.Tensor:
-        """Batch `step` of `images`, each randomly cropped (fit.crop) and flipped (fit.flip)."""
+    def _views(self, order: EpochBatches, step: int, stream: int,
+               *tensors: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Batch `step`: its record indices, and each of `tensors` (N×H×W…: images, and masks
+        that must follow them) at those records, cropped (fit.crop) and flipped (fit.flip)
+        the same way."""
         index = order(step)
         rng = _rng(self.seed, stream, self.rank, step)
-        _, height, width, _ = images.shape
+        _, height, width = tensors[0].shape[:3]
         size_h, size_w = (self.fit.crop, self.fit.crop) if self.fit.crop else (height, width)
         tops = torch.randint(height - size_h + 1, (len(index),), generator=rng).tolist()
         lefts = torch.randint(width - size_w + 1, (len(index),), generator=rng).tolist()
         flips = (torch.rand(len(index), generator=rng) < 0.5).tolist()
-        views = []
-        for i, top, left, flip in zip(index.tolist(), tops, lefts, flips, strict=True):
-            view = images[i, top:top + size_h, left:left + size_w]
-            views.append(view.flip(1) if flip and self.fit.flip else view)
-        return to_float(torch.stack(views))
+        out = []
+        for tensor in tensors:
+            views = []
+            for i, top, left, flip in zip(index.tolist(), tops, lefts, flips, strict=True):
+                view = tensor[i, top:top + size_h, left:left + size_w]
+                views.append(view.flip(1) if flip and self.fit.flip else view)
+            out.append(torch.stack(views))
+        return index, out
+
+    def _batch(self, images: torch.Tensor, order: EpochBatches, step: int, stream: int) -> torch.Tensor:
+        """Batch `step` of `images`, each randomly cropped (fit.crop) and flipped (fit.flip)."""
+        return to_float(self._views(order, step, stream, images)[1][0])
 
     def __call__(self, state: TrainState, step: int) -> dict[str, torch.Tensor]:
-        fit = self.fit
-        g, f = state.modules["G"], state.modules["F"]
         real_x = self._batch(self.source, self.order_x, step, _VIEW_X)
         real_y = self._batch(self.target, self.order_y, step, _VIEW_Y)
+        fake_y, fake_x, losses = self.generator_losses(state, real_x, real_y)
+        descend(sum(losses.values()), state.optimizers["generators"])
+        d_loss = self.discriminator_step(state, step, real_x, real_y, fake_y, fake_x)
+        return {"G": losses["G"].detach(), "D": d_loss.detach(), "cycle": losses["cycle"].detach(),
+                "idt": losses["idt"].detach()}
+
+    def generator_losses(self, state: TrainState, real_x: torch.Tensor,
+                         real_y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+        """G(x), F(y) and G and F's loss terms by name, D_X and D_Y held fixed (CyCADA adds its
+        semantic term to these before the one descent)."""
+        fit, g, f = self.fit, state.modules["G"], state.modules["F"]
         # 1. G and F: adversarial (eq. 1, least squares) + cycle (eq. 2) + identity (§5.2).
         d_x, d_y = frozen(state.module("D_X")), frozen(state.module("D_Y"))
         with autocast(self.device, fit.bf16):
@@ -135,7 +154,12 @@ class CycleGANStep:
                     + identity_loss(f(real_x), real_x, fit.lambda_cycle, fit.lambda_identity)
             else:
                 idt = torch.zeros((), device=self.device)
-        descend(adversarial + cycle + idt, state.optimizers["generators"])
+        return fake_y, fake_x, {"G": adversarial, "cycle": cycle, "idt": idt}
+
+    def discriminator_step(self, state: TrainState, step: int, real_x: torch.Tensor, real_y: torch.Tensor,
+                           fake_y: torch.Tensor, fake_x: torch.Tensor) -> torch.Tensor:
+        """D_Y and D_X's descent on this step's reals and pooled fakes; returns their loss."""
+        fit = self.fit
         # 2. D_Y and D_X: real against a fake from the history pool (Shrivastava et al. 2017).
         pool_rng = _rng(self.seed, _POOL, self.rank, step)
         history_y = state.module("D_Y").pool.query(fake_y.detach().float(), pool_rng)
@@ -146,7 +170,7 @@ class CycleGANStep:
             scores_x = state.modules["D_X"](torch.cat([real_x, history_x]))
             d_loss = lsgan_d_loss(scores_y[:b], scores_y[b:]) + lsgan_d_loss(scores_x[:b], scores_x[b:])
         descend(d_loss, state.optimizers["discriminators"])
-        return {"G": adversarial.detach(), "D": d_loss.detach(), "cycle": cycle.detach(), "idt": idt.detach()}
+        return d_loss
 
 
 def _pick(images: np.ndarray, rows: int) -> np.ndarray:

@@ -414,10 +414,15 @@ class FilterConfig(_Strict):
     min_confidence: float | None = Field(None, ge=0.0, le=1.0,
                                          description="the domain classifier's probability of the row's label")
     drop_near_copies: bool = False
+    min_label_preservation: float | None = Field(
+        None, ge=0.0, le=1.0, description="rows a parent-request step (cyclegan, cycada) made: the frozen source "
+                                          "task model's pixel accuracy on the carried mask, or its probability of "
+                                          "the carried label")
 
     @property
     def active(self) -> bool:
-        return self.min_realism is not None or self.min_confidence is not None or self.drop_near_copies
+        return (self.min_realism is not None or self.min_confidence is not None or self.drop_near_copies
+                or self.min_label_preservation is not None)
 
 
 # --- output and execution ---------------------------------------------------------------
@@ -493,6 +498,10 @@ class JobConfig(_Strict):
         if given > 1.0 + 1e-9 or (shares and None not in shares and abs(given - 1.0) > 1e-9):
             raise ValueError(f"the shares of the synthetic rows add up to {given:g}; they must make 1 "
                              "(leave one out to give it the rest)")
+        if self.filter is not None and self.filter.min_label_preservation is not None \
+                and not any(s.family.request == "parent" for s in self.generate):
+            raise ValueError("filter.min_label_preservation: no generate step makes rows from a parent record "
+                             "(domain transfer: cyclegan, cycada), so no row has a label preservation score")
         if self.filter is not None and self.filter.active and not self.makes_synthetic:
             raise ValueError("filter: there are no synthetic rows to filter (no augment or generate section)")
         return self

@@ -8,10 +8,16 @@ quality filter) before a shard is published, and the report stage can reuse them
 
 Every image is resized to one square `size` (bicubic) and to the job's channel count
 before any extractor sees it (`augment.metrics.preprocess`): a named, recorded choice.
+
+When a generate step takes a parent record (its rows keep the parent's labels), the frozen
+source task model (`augment.metrics.preservation`) is fitted on the job's own source
+training split, never on a `report.reference`, and saved next to the domain classifier,
+so workers can score label preservation. It is reused while its settings match.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from pathlib import Path
@@ -25,13 +31,16 @@ from augment.report.inputs import RealImages, RealSide
 from augment.seeding import derive_seed
 from augment.sources.base import SourceRecord
 from jobs.config import JobConfig
-from jobs.plan import other_source_split
+from jobs.plan import other_source_split, split_records
 from jobs.sources import build_source
 
 log = logging.getLogger("synthaug")
 
 REFERENCE_DIR = Path("report") / "reference"
 DOMAIN_DIR = "domain"
+LABEL_PRESERVATION_DIR = "label_preservation"
+LABEL_PRESERVATION_STREAM = 73  # derive_seed(job seed, stream): the task model's weights, batches, subsample
+SCORED_REQUESTS = ("parent",)  # the families whose rows get label_preservation: those carrying a parent's labels
 QUALITY_JSON = "quality.json"
 DEFAULT_MAX_SIZE = 32  # the small CNNs are 4x cheaper than at 64 px and digits-like data lose nothing
 RANDOM_SEED_STREAM = 71
@@ -133,8 +142,19 @@ def feature_kinds(config: JobConfig, labelled: bool) -> list[str]:
 
 
 def prepare_reference(config: JobConfig, out: Path, real_train: RealImages, real_holdout: RealImages,
-                      num_classes: int, channels: int, size: int) -> dict[str, Any]:
-    """Train (or reload) the domain classifier, embed the real split; the workers' settings."""
+                      num_classes: int, channels: int, size: int, *, listed: Any = None,
+                      rejected: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Train (or reload) the domain classifier, embed the real split, fit (or reload) the label
+    preservation task model; the workers' settings. `listed` / `rejected`: the job's listed
+    source and its rejected records (None: the source is listed again here)."""
+    quality = _prepare_domain_reference(config, out, real_train, real_holdout, num_classes, channels, size)
+    folder = Path(quality["dir"])
+    return {**quality, "label_preservation": prepare_label_preservation(config, folder, listed, rejected)}
+
+
+def _prepare_domain_reference(config: JobConfig, out: Path, real_train: RealImages, real_holdout: RealImages,
+                              num_classes: int, channels: int, size: int) -> dict[str, Any]:
+    """The domain classifier and the real reference features (quality.json marks them done)."""
     from augment.metrics.features import DomainExtractor
     from augment.metrics.scoring import RealReference
 
@@ -173,6 +193,104 @@ def prepare_reference(config: JobConfig, out: Path, real_train: RealImages, real
     return quality
 
 
+def preserved_sources(config: JobConfig) -> list[str]:
+    """The generate steps whose rows carry a parent record's labels (scored for label preservation)."""
+    return [step.kind for step in config.generate if step.family.request in SCORED_REQUESTS]
+
+
+def _source_train(config: JobConfig, listed: Any, rejected: dict[str, Any] | None) -> tuple[Any, list[SourceRecord]]:
+    """The job's own source and its training split (the plan's split), less rejected records."""
+    if listed is None:
+        source = build_source(config.source, config.seed)
+        train, _ = split_records(source.records(), config.split.holdout, config.seed)
+    else:
+        source, train = listed.source, listed.train
+    return source, [r for r in train if r.id not in (rejected or {})]
+
+
+def _load_labelled(source: Any, records: list[SourceRecord], task: str) -> tuple[list[np.ndarray], list[Any]]:
+    """Images and their labels (classification) or masks (segmentation); unusable records left out."""
+    images: list[np.ndarray] = []
+    targets: list[Any] = []
+    for record in records:
+        try:
+            sample = source.load(record)
+        except InputRejected as rejected:
+            log.warning("label preservation: skipped %s: %s", rejected.path, rejected.reason)
+            continue
+        target = sample.label if task == "classification" else sample.mask
+        if target is not None:
+            images.append(sample.image)
+            targets.append(target)
+    return images, targets
+
+
+def prepare_label_preservation(config: JobConfig, folder: Path, listed: Any = None,
+                               rejected: dict[str, Any] | None = None) -> dict[str, Any] | None:
+    """Fit (or reuse) the frozen source task model when a step takes parent records.
+
+    Class labels win when the training records have them (a classifier; digits frames have
+    a label and a digit/background mask, and the label is what a content change breaks);
+    otherwise masks (a segmenter; street frames). Returns the workers' settings: the
+    sources to score, the model's folder (None: nothing to fit on) and its task; None when
+    no step takes a parent record."""
+    from augment.metrics.preservation import fit_task_model, read_config, task_shape
+
+    sources = preserved_sources(config)
+    if not sources:
+        return None
+    source, train = _source_train(config, listed, rejected)
+    records = subsample(train, config.report.max_per_source, config.seed, LABEL_PRESERVATION_STREAM)
+    task = "classification" if any(r.label is not None for r in records) else "segmentation"
+    if task == "classification":
+        records = [r for r in records if r.label is not None]
+    first = None
+    for record in records:
+        try:
+            first = source.load(record)
+            break
+        except InputRejected:
+            continue
+    if first is None or (task == "segmentation" and first.mask is None):
+        log.warning("label preservation: the source's training records have no class labels or masks; "
+                    "rows of %s are not scored", ", ".join(sources))
+        return {"sources": sources, "dir": None, "task": None}
+    class_names = list(source.class_names)
+    fingerprint = hashlib.sha256(json.dumps([[r.id, r.label] for r in records]).encode()).hexdigest()
+    settings = {"task": task, "source": config.source.model_dump(mode="json"), "records": fingerprint,
+                "n_records": len(records), "class_names": class_names, "steps": config.report.extractor_steps,
+                "seed": derive_seed(config.seed, LABEL_PRESERVATION_STREAM),
+                "shape": list(task_shape(*first.image.shape[:2])), "channels": int(first.image.shape[2])}
+    model_dir = folder / LABEL_PRESERVATION_DIR
+    saved = read_config(model_dir)
+    if saved is not None and saved.get("training", {}).get("settings") == settings:
+        log.info("label preservation: reusing the task model in %s", model_dir)
+        return {"sources": sources, "dir": str(model_dir), "task": task}
+    images, targets = _load_labelled(source, records, task)
+    if len(images) < 2:
+        log.warning("label preservation: %d usable labelled training images, too few to fit a task model; "
+                    "rows of %s are not scored", len(images), ", ".join(sources))
+        return {"sources": sources, "dir": None, "task": None}
+    log.info("label preservation: fitting the %s task model on %d source training images (%d steps)",
+             task, len(images), settings["steps"])
+    model = fit_task_model(images, **{"labels" if task == "classification" else "masks": targets},
+                           class_names=class_names, seed=settings["seed"], steps=settings["steps"],
+                           shape=tuple(settings["shape"]), progress="quality: label-preservation model")
+    model.training["settings"] = settings
+    model.save(model_dir)
+    return {"sources": sources, "dir": str(model_dir), "task": task}
+
+
+def load_task_model(quality: dict[str, Any]) -> Any:
+    """The saved label-preservation task model, or None when the job scores none."""
+    from augment.metrics.preservation import TaskModel
+
+    settings = quality.get("label_preservation")
+    if not settings or settings.get("dir") is None:
+        return None
+    return TaskModel.load(Path(settings["dir"]))
+
+
 def load_domain(quality: dict[str, Any]) -> Any:
     """The saved domain classifier, or None when the real side has no labels."""
     from augment.metrics.features import DomainExtractor
@@ -191,4 +309,6 @@ def load_scorer(quality: dict[str, Any]) -> Any:
 
     domain = load_domain(quality)
     extractor = build_extractor(quality["kinds"][0], quality, domain)
-    return RowScorer(extractor, RealReference.load(Path(quality["dir"])), classifier=domain)
+    preservation = quality.get("label_preservation") or {}
+    return RowScorer(extractor, RealReference.load(Path(quality["dir"])), classifier=domain,
+                     task_model=load_task_model(quality), preserved_sources=preservation.get("sources", ()))

@@ -25,8 +25,9 @@ from augment.report.assemble import (
 )
 from augment.report.files import write_report as write_report_files
 from augment.report.inputs import RealSide, SyntheticRows, read_synthetic
+from augment.report.preservation import mask_class_accuracy, preservation_summary, read_scored, worst_pictures
 from jobs.config import JobConfig
-from jobs.quality import load_domain, load_extractor
+from jobs.quality import load_domain, load_extractor, load_task_model
 
 log = logging.getLogger("synthaug")
 
@@ -109,6 +110,12 @@ def build_report(config: JobConfig, out: Path, real: RealSide, quality: dict[str
     report = assemble_report({"name": config.name, "config_hash": config.content_hash()}, real, synthetic,
                              class_names, settings, measured, extractors, domain,
                              filter_summary(filtered, quality.get("filter"), class_names), sweep)
+    report["label_preservation"] = preservation_summary(read_scored(shards), filtered, class_names)
+    task_model = load_task_model(quality)
+    with timed("label preservation per mask class"):
+        mask_class_accuracy(task_model, shards, report["label_preservation"], class_names,
+                            config.report.max_per_source, config.seed)
+    report["label_preservation_model"] = None if task_model is None else task_model.describe()
     report["seconds"] = round(time.monotonic() - started, 1)
     return report, synthetic
 
@@ -143,4 +150,5 @@ def _sweep(config: JobConfig, out: Path, real: RealSide, quality: dict[str, Any]
 def write_report(report: dict[str, Any], out: Path, real: RealSide, synthetic: dict[str, SyntheticRows],
                  per_class: int = 8) -> Path:
     """OUT/report/report.json and report.html; returns the path of report.json."""
-    return write_report_files(report, out / REPORT_DIR, real, synthetic, per_class)
+    worst = worst_pictures(out / "shards", report.get("label_preservation"), report["classes"])
+    return write_report_files(report, out / REPORT_DIR, real, synthetic, per_class, worst)

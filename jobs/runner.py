@@ -290,6 +290,7 @@ class JobRunner:
 
     def report(self, listed: ListedSource, rejected: dict[str, Any], class_names: list[str]) -> Path | None:
         """Metrics of the published shards against the real side; report.json + report.html."""
+        from jobs.adaptation import adaptation_report
         from jobs.quality import prepare_reference
         from jobs.report import build_report, write_report
 
@@ -302,8 +303,11 @@ class JobRunner:
             return None
         # Reuses the saved reference when it was made with these settings, else remakes it.
         quality = prepare_reference(self.config, self.out, real.train, real.holdout, len(class_names),
-                                    real.channels, real.size)
+                                    real.channels, real.size, listed=listed, rejected=rejected)
         report, synthetic = build_report(self.config, self.out, real, quality, class_names)
+        models = {kind: Path(stage["model"]) for kind, stage in self.job.get("stages", {}).get("fit", {}).items()
+                  if isinstance(stage, dict) and stage.get("model")}
+        report["adaptation"] = adaptation_report(self.config, models, class_names)
         path = write_report(report, self.out, real, synthetic, self.config.report.grid_per_class)
         self._stage("report", status="done", path=str(path), seconds=report["seconds"])
         log.info("report: %s", path.with_name("report.html"))
@@ -319,7 +323,7 @@ class JobRunner:
         self._stage("quality", status="running")
         real = self.real_side(listed, rejected)
         quality = prepare_reference(self.config, self.out, real.train, real.holdout, len(plan.class_names),
-                                    real.channels, real.size)
+                                    real.channels, real.size, listed=listed, rejected=rejected)
         self._stage("quality", status="done", folder=quality["dir"], features=quality["kinds"])
         return quality
 

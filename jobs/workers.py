@@ -155,9 +155,14 @@ class ShardWorker:
         size, channels = self.quality["size"], self.quality["channels"]
         images = np.stack([to_metric_size(samples[i].image, size, channels) for i in synthetic])
         scores = self.scorer.score(images, [samples[i].label for i in synthetic])
+        # Rows of parent-request families, at their own size with the labels the job carried over.
+        scores.label_preservation = self.scorer.label_preservation([samples[i] for i in synthetic])
+        preserved = scores.label_preservation
         for j, i in enumerate(synthetic):
             confidence = None if np.isnan(scores.confidence[j]) else float(scores.confidence[j])
-            samples[i].scores = Scores(realism=float(scores.realism[j]), confidence=confidence)
+            kept = None if preserved is None or np.isnan(preserved[j]) else float(preserved[j])
+            samples[i].scores = Scores(realism=float(scores.realism[j]), confidence=confidence,
+                                       label_preservation=kept)
         settings = self.quality.get("filter")
         if settings:
             for j, reasons in enumerate(filter_reasons(scores, **settings)):

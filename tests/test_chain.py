@@ -91,3 +91,53 @@ def test_a_chain_resumes_after_kill_9_and_reruns_byte_for_byte(tmp_path: Path) -
     manifest = read_manifest(killed / "shards")
     real = manifest.source_counts["simulator"]
     assert manifest.source_counts["cgan"] + manifest.source_counts["classical"] == real  # multiplier 2
+
+
+def tiny_sim2real(tmp_path: Path) -> Path:
+    """configs/sim2real_digits.yaml at test size: same source, target, family and gate."""
+    config = yaml.safe_load((REPO / "configs" / "sim2real_digits.yaml").read_text())
+    config["source"]["frames"] = 200
+    config["generate"][0]["fit"].update(steps=30, ngf=4, ndf=8, n_blocks=1)
+    config["generate"][0]["checkpoint_every"] = 10
+    config["output"]["rows_per_shard"] = 100
+    config["report"] = {"enabled": False, "extractor_steps": 40, "max_per_source": 200}
+    config["execution"] = {"num_workers": 2}
+    path = tmp_path / "sim2real.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+@pytest.mark.slow
+def test_sim2real_resumes_after_kill_9_and_reruns_byte_for_byte(tmp_path: Path) -> None:
+    """The shipped digits sim-to-real config (shrunk): CycleGAN fitted on simulator crops towards
+    real digits, killed mid-fit, resumed; the gate's drops and the rows equal a clean run's."""
+    config = tiny_sim2real(tmp_path)
+    killed, clean = tmp_path / "killed", tmp_path / "clean"
+    driver = subprocess.Popen(cli_command("run", str(config), "--out", str(killed)), env=cli_env(),
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    states = killed / "checkpoints" / "cyclegan" / "states"
+    deadline = time.monotonic() + 600
+    while not (states / "LATEST").is_file() and time.monotonic() < deadline and driver.poll() is None:
+        time.sleep(0.05)
+    os.kill(driver.pid, signal.SIGKILL)
+    driver.wait()
+    try:
+        os.killpg(driver.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    assert (states / "LATEST").is_file(), "the fit saved no state before the deadline"
+    assert not (killed / "checkpoints" / "cyclegan" / "model").exists(), "the fit finished before the kill"
+    again = run_cli(config, killed)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "resuming from" in again.stderr
+    done = run_cli(config, clean)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert verify_shards(killed / "shards") == []
+    assert shard_rows(killed / "shards") == shard_rows(clean / "shards")
+    assert [(e.file, e.sha256) for e in read_manifest(killed / "shards").shards] == \
+        [(e.file, e.sha256) for e in read_manifest(clean / "shards").shards]
+    table = pq.read_table(killed / "shards", columns=["source", "parent_id", "label", "scores"]).to_pylist()
+    made = [r for r in table if r["source"] == "cyclegan"]
+    assert made and all(r["scores"]["label_preservation"] >= 0.5 for r in made)  # the gate's threshold
+    frames = sum(r["source"] == "simulator" for r in table)
+    assert len(made) <= frames

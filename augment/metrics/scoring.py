@@ -3,13 +3,16 @@
 A `RealReference` holds what scoring needs from the real training split in one feature
 space: the features, their k-NN radii (Kynkäänniemi et al. 2019) and the near-copy
 threshold taken from real-holdout-to-train distances. `RowScorer` turns images (+ labels)
-into realism, classifier confidence, nearest-real-train distance and a near-copy flag;
+into realism, classifier confidence, nearest-real-train distance and a near-copy flag.
+With a task model (`augment.metrics.preservation`) it also scores label preservation on
+the rows made from a parent record whose labels the job carried over.
 `filter_reasons` applies the quality filter (the config's `filter:`) to those scores.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -74,15 +77,35 @@ class RowScores:
     confidence: np.ndarray  # P(label | image) under the domain classifier; nan without one or a label
     nearest_real: np.ndarray  # distance to the nearest real training image
     near_copy: np.ndarray  # bool
+    label_preservation: np.ndarray | None = None  # nan where not measured; None: no row was
 
 
 class RowScorer:
-    """Scores images in the reference's feature space; confidence from the domain classifier."""
+    """Scores images in the reference's feature space; confidence from the domain classifier;
+    label preservation from the frozen source task model, on rows of `preserved_sources`."""
 
-    def __init__(self, extractor: Any, reference: RealReference, classifier: Any = None) -> None:
+    def __init__(self, extractor: Any, reference: RealReference, classifier: Any = None,
+                 task_model: Any = None, preserved_sources: Collection[str] = ()) -> None:
         self.extractor = extractor
         self.reference = reference
         self.classifier = classifier  # anything with .probs(images) -> N x C
+        self.task_model = task_model  # a preservation.TaskModel, or None
+        self.preserved_sources = frozenset(preserved_sources)
+
+    def label_preservation(self, samples: Sequence[Any]) -> np.ndarray | None:
+        """Per sample (at its own size, with its carried label and mask): the task model's
+        label preservation where the row's `source` is a parent-request family; nan elsewhere.
+        None when there is no task model or no such row."""
+        from augment.metrics.preservation import label_preservation
+
+        rows = [i for i, s in enumerate(samples) if s.source in self.preserved_sources]
+        if self.task_model is None or not rows:
+            return None
+        out = np.full(len(samples), np.nan)
+        out[rows] = label_preservation(self.task_model, [samples[i].image for i in rows],
+                                       labels=[samples[i].label for i in rows],
+                                       masks=[samples[i].mask for i in rows])
+        return out
 
     def score(self, images: np.ndarray, labels: list[int | None]) -> RowScores:
         features = np.asarray(self.extractor(images), dtype=np.float32)
@@ -102,9 +125,11 @@ class RowScorer:
 
 
 def filter_reasons(scores: RowScores, *, min_realism: float | None, min_confidence: float | None,
-                   drop_near_copies: bool) -> list[list[str]]:
-    """Why each row fails the quality filter (an empty list: it passes)."""
+                   drop_near_copies: bool, min_label_preservation: float | None = None) -> list[list[str]]:
+    """Why each row fails the quality filter (an empty list: it passes). A row without a
+    confidence or label preservation (nan: not measured) is not judged on it."""
     reasons: list[list[str]] = [[] for _ in range(len(scores.realism))]
+    preserved = scores.label_preservation
     for i in range(len(reasons)):
         if min_realism is not None and not scores.realism[i] >= min_realism:
             reasons[i].append("low_realism")
@@ -113,4 +138,7 @@ def filter_reasons(scores: RowScores, *, min_realism: float | None, min_confiden
             reasons[i].append("low_confidence")
         if drop_near_copies and scores.near_copy[i]:
             reasons[i].append("near_copy")
+        if min_label_preservation is not None and preserved is not None and not np.isnan(preserved[i]) \
+                and preserved[i] < min_label_preservation:
+            reasons[i].append("low_label_preservation")
     return reasons

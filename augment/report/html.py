@@ -2,7 +2,8 @@
 
 Top to bottom: what was compared, the verdicts, the pictures a person looks at first
 (real beside synthetic per class), then the metric tables with the real-vs-real floor,
-plots, downstream utility, the quality filter and notes.
+plots, downstream utility, label preservation (rows made from a parent record: the worst
+beside their parents), the quality filter and notes.
 """
 
 from __future__ import annotations
@@ -271,6 +272,45 @@ def _sweep(report: dict[str, Any]) -> str:
     return "".join(parts)
 
 
+def _label_preservation(report: dict[str, Any], pictures: dict[str, Any]) -> str:
+    summary = report.get("label_preservation")
+    if not summary:
+        return ""
+    model = report.get("label_preservation_model") or {}
+    what = ("pixel accuracy of the frozen source segmenter against the carried mask (void pixels left out)"
+            if model.get("task") == "segmentation" else
+            "the frozen source classifier's probability of the carried label")
+    parts = ["<h2>Label preservation</h2>",
+             f"<p class='caption'>Rows made from a parent record keep its labels; their score is {what}, a task "
+             "model fitted on the job's source training split only. Low: the new pixels no longer show what the "
+             "labels say. Mean over every scored row made (dropped ones too); dropped: removed by "
+             "<code>filter.min_label_preservation</code>.</p>"]
+    for tag, block in summary.items():
+        rows = "".join(f'<tr><td class="l">{html.escape(name)}</td><td>{c["rows"]:,}</td><td>{_fmt(c["mean"])}</td>'
+                       f'<td>{c["dropped"]:,}</td></tr>' for name, c in block["per_class"].items())
+        parts.append(f"<h3>{html.escape(tag)}</h3><table><tr><th class='l'>class</th><th>published</th>"
+                     f"<th>mean</th><th>dropped</th></tr><tr><td class='l'><b>overall</b></td>"
+                     f"<td>{block['rows']:,}</td><td>{_fmt(block['mean'])}</td><td>{block['dropped']:,}</td></tr>"
+                     + rows + "</table>")
+        per_mask = block.get("per_mask_class")
+        if per_mask:
+            cells = "".join(f'<tr><td class="l">{html.escape(name)}</td><td>{c["pixels"]:,}</td>'
+                            f'<td>{_fmt(c["pixel_accuracy"])}</td></tr>' for name, c in per_mask.items())
+            parts.append("<p class='caption'>Per mask class, over the published rows: the share of its pixels the "
+                         "source segmenter still labels as that class (low: that content was changed).</p><table>"
+                         "<tr><th class='l'>mask class</th><th>pixels</th><th>pixel accuracy</th></tr>"
+                         + cells + "</table>")
+        shown = (pictures.get("label_preservation") or {}).get(tag) or []
+        if shown:
+            cells = "".join(
+                f"<tr><td class='l grid'>{_img(w['png'], w['id'])}</td><td class='l'>{_fmt(w['label_preservation'])}"
+                f"<br>{html.escape(w['class'])}<br><code>{html.escape(w['id'])}</code>"
+                + ("" if w["parent_found"] else "<br>parent not in the shards") + "</td></tr>" for w in shown)
+            parts.append(f"<p class='caption'>Lowest-scoring published rows: parent frame | {html.escape(tag)} row"
+                         " | carried mask (when there is one).</p><table>" + cells + "</table>")
+    return "\n".join(parts)
+
+
 def _filter(report: dict[str, Any]) -> str:
     block = report.get("filter", {})
     if not block.get("active"):
@@ -286,7 +326,8 @@ def _filter(report: dict[str, Any]) -> str:
 
 def render_html(report: dict[str, Any], pictures: dict[str, Any], per_class: int = 8) -> str:
     body = [_header(report), _verdicts(report), _grids(report, pictures, per_class), _metric_tables(report),
-            _sweep(report), _classifier(report), _utility(report), _filter(report)]
+            _sweep(report), _classifier(report), _utility(report), _label_preservation(report, pictures),
+            _filter(report)]
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>synthaug report — "
             f"{html.escape(report['job']['name'])}</title><style>{STYLE}</style></head><body>"
             + "\n".join(body) + "</body></html>\n")

@@ -1,0 +1,127 @@
+"""Digits sim-to-real through the service: does translating simulator crops help a real classifier?
+
+One fixed classifier (the report's `SmallCNN`, one budget) is trained on
+(a) the simulator's labelled crops as rendered (source only),
+(b) the same crops translated by CycleGAN,
+(c) the same crops translated by CyCADA,
+(d) the real target's training split (oracle; its labels are used here only),
+and tested on the real target's holdout. (b) and (c) come from running the shipped config
+(`configs/sim2real_digits.yaml`, the transfer step's kind swapped) as a job: its fit, its
+gate, its shards. The translators see the real training split without labels and never the
+holdout (the job's own split of the target).
+
+    python benchmarks/sim2real_digits.py [--steps 3000] [--frames 2000] [--out runs/bench_sim2real_digits]
+
+Gap closed = (x − source_only) / (oracle − source_only). Last line:
+`source_only=… cyclegan=… cycada=… oracle=… gap_closed_cyclegan=… gap_closed_cycada=…`.
+A family whose job is already in `--out` is reused (delete the folder to refit).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import io
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import yaml
+from PIL import Image
+
+from augment.metrics.classifier import predict_proba, train_classifier
+from jobs.config import parse_config
+from jobs.plan import other_source_split
+from jobs.registry import families
+from jobs.runner import run_job
+from jobs.sources import build_source
+
+REPO = Path(__file__).resolve().parent.parent
+CONFIG = REPO / "configs" / "sim2real_digits.yaml"
+FAMILIES = ("cyclegan", "cycada")
+CLASSIFIER_STEPS = 1500  # one fixed budget for every training set
+CLASSIFIER_SEED = 5
+
+
+def decode(cell: dict) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(cell["bytes"])).convert("RGB"))
+
+
+def shard_images(out: Path, source: str) -> tuple[np.ndarray, np.ndarray]:
+    """The published training rows of one `source` (images and labels)."""
+    table = pq.read_table(out / "shards", columns=["image", "label", "source"])
+    rows = [r for r in table.to_pylist() if r["source"] == source and r["label"] is not None]
+    if not rows:
+        raise SystemExit(f"{out}: no {source} rows in the shards")
+    return np.stack([decode(r["image"]) for r in rows]), np.array([r["label"] for r in rows], np.int64)
+
+
+def run_family(kind: str, raw: dict, out: Path) -> float:
+    """Run the config with the transfer step's kind set to `kind`; seconds taken (0: reused)."""
+    if (out / "shards" / "_manifest.json").is_file():
+        print(f"{kind}: reusing {out}")
+        return 0.0
+    config = copy.deepcopy(raw)
+    config["generate"][0]["kind"] = kind
+    config["name"] = f"sim2real_digits_{kind}"
+    started = time.perf_counter()
+    run_job(parse_config(config, where=f"{CONFIG} ({kind})", base=CONFIG.parent), out)
+    return time.perf_counter() - started
+
+
+def accuracy(images: np.ndarray, labels: np.ndarray, test: tuple[np.ndarray, np.ndarray]) -> float:
+    model = train_classifier(images, labels, 10, seed=CLASSIFIER_SEED, steps=CLASSIFIER_STEPS,
+                             progress="classifier")
+    predicted = predict_proba(model, test[0]).argmax(1)
+    return float((predicted == test[1]).mean())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--steps", type=int, default=None, help="translator fit steps (default: the config's)")
+    parser.add_argument("--frames", type=int, default=None, help="simulator frames (default: the config's)")
+    parser.add_argument("--out", type=Path, default=REPO / "runs" / "bench_sim2real_digits")
+    parser.add_argument("--families", nargs="+", default=list(FAMILIES))
+    args = parser.parse_args()
+    raw = yaml.safe_load(CONFIG.read_text())
+    if args.steps is not None:
+        raw["generate"][0].setdefault("fit", {})["steps"] = args.steps
+    if args.frames is not None:
+        raw["source"]["frames"] = args.frames
+    kinds = [k for k in args.families if k in families()]
+
+    seconds = {kind: run_family(kind, raw, args.out / kind) for kind in kinds}
+    # The real target as the job split it: the translators fitted its training part (no labels).
+    job = parse_config(raw, base=CONFIG.parent)
+    target = job.generate[0].target
+    real = build_source(target, job.seed)
+    train_records, holdout_records = other_source_split(real.records(), job.split.holdout, job.seed)
+
+    def load(records: list) -> tuple[np.ndarray, np.ndarray]:
+        samples = [real.load(r) for r in records]
+        return np.stack([s.image for s in samples]), np.array([s.label for s in samples], np.int64)
+
+    test = load(holdout_records)
+    first = args.out / kinds[0] if kinds else None
+    if first is None:
+        raise SystemExit("no transfer family is registered")
+    results = {"source_only": accuracy(*shard_images(first, "simulator"), test)}
+    for kind in FAMILIES:
+        if kind in kinds:
+            results[kind] = accuracy(*shard_images(args.out / kind, kind), test)
+    results["oracle"] = accuracy(*load(train_records), test)
+
+    gap = results["oracle"] - results["source_only"]
+    print(f"\n{'training set':<16} {'accuracy':>9} {'gap closed':>11} {'job s':>7}   (real holdout: {len(test[1])})")
+    for name, value in results.items():
+        closed = (value - results["source_only"]) / gap if gap > 0 else float("nan")
+        print(f"{name:<16} {value:9.3f} {closed:11.2f} {seconds.get(name, 0.0):7.0f}")
+    line = " ".join(f"{k}={v:.3f}" for k, v in results.items())
+    line += "".join(f" gap_closed_{k}={(results[k] - results['source_only']) / gap:.3f}"
+                    for k in FAMILIES if k in results and gap > 0)
+    print(line)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,145 @@
+"""Street sim-to-real through the service: does translating simulator frames help a real segmenter?
+
+One fixed small segmenter (the report's `TinySegmenter`, one budget) is trained on
+(a) the street simulator's 4:3 frames as rendered (source only),
+(b) the same frames translated by CycleGAN,
+(c) the same frames translated by CyCADA,
+(d) CamVid `train/` (oracle; its masks are used here only),
+and scored on CamVid `val/` (never fitted on: the translators see `train/` images only).
+Masks travel with the frames unchanged (domain transfer keeps geometry). (b) and (c) come
+from running the shipped config (`configs/sim2real_street.yaml`, the transfer step's kind
+swapped) as a job: its fit, its gate, its shards.
+
+    python benchmarks/sim2real_street.py [--steps 3000] [--frames 1200] [--out runs/bench_sim2real_street]
+
+mIoU is over the 11 CamVid classes (void pixels are ignored). Prints the per-class IoU table,
+then `source_only_miou=… cyclegan_miou=… cycada_miou=… oracle_miou=…` (and the gap closed,
+(x − source_only) / (oracle − source_only), per family). A family whose job is already in
+`--out` is reused (delete the folder to refit).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import io
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import yaml
+from PIL import Image
+
+from augment.images import crop_resize
+from augment.metrics.utility import confusion_matrix, mean_iou, predict_masks, train_segmenter
+from jobs.config import ExternalSourceConfig, parse_config
+from jobs.registry import families
+from jobs.runner import run_job
+from jobs.sources import build_source
+
+REPO = Path(__file__).resolve().parent.parent
+CONFIG = REPO / "configs" / "sim2real_street.yaml"
+FAMILIES = ("cyclegan", "cycada")
+SEGMENTER_STEPS = 2000  # one fixed budget for every training set
+SEGMENTER_SEED = 5
+
+
+def decode(cell: dict | None, mode: str) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(cell["bytes"])).convert(mode) if mode == "RGB"
+                      else Image.open(io.BytesIO(cell["bytes"])))
+
+
+def shard_pairs(out: Path, source: str) -> tuple[np.ndarray, np.ndarray]:
+    """(images, masks) of the published training rows of one `source`."""
+    table = pq.read_table(out / "shards", columns=["image", "mask", "source"])
+    rows = [r for r in table.to_pylist() if r["source"] == source and r["mask"] is not None]
+    if not rows:
+        raise SystemExit(f"{out}: no {source} rows with masks in the shards")
+    return (np.stack([decode(r["image"], "RGB") for r in rows]),
+            np.stack([decode(r["mask"], "I") for r in rows]).astype(np.int64))
+
+
+def camvid(split: str, target: ExternalSourceConfig, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+    """CamVid `split` at the simulator's size (4:3 to 4:3: a pure resize; masks nearest)."""
+    source = build_source(target.model_copy(update={"root": target.root.parent / split}))
+    images, masks = [], []
+    for record in source.records():
+        sample = source.load(record)
+        images.append(crop_resize(sample.image, height, width))
+        masks.append(crop_resize(sample.mask.astype(np.uint8)[..., None], height, width, nearest=True)[..., 0])
+    return np.stack(images), np.stack(masks).astype(np.int64)
+
+
+def run_family(kind: str, raw: dict, out: Path) -> float:
+    if (out / "shards" / "_manifest.json").is_file():
+        print(f"{kind}: reusing {out}")
+        return 0.0
+    config = copy.deepcopy(raw)
+    config["generate"][0]["kind"] = kind
+    if kind == "cycada":  # street frames flip without changing their masks' meaning
+        config["generate"][0].setdefault("fit", {}).setdefault("flip", True)
+    config["name"] = f"sim2real_street_{kind}"
+    started = time.perf_counter()
+    run_job(parse_config(config, where=f"{CONFIG} ({kind})", base=CONFIG.parent), out)
+    return time.perf_counter() - started
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--steps", type=int, default=None, help="translator fit steps (default: the config's)")
+    parser.add_argument("--frames", type=int, default=None, help="simulator frames (default: the config's)")
+    parser.add_argument("--segmenter-steps", type=int, default=SEGMENTER_STEPS)
+    parser.add_argument("--out", type=Path, default=REPO / "runs" / "bench_sim2real_street")
+    parser.add_argument("--families", nargs="+", default=list(FAMILIES))
+    args = parser.parse_args()
+    raw = yaml.safe_load(CONFIG.read_text())
+    if args.steps is not None:
+        raw["generate"][0].setdefault("fit", {})["steps"] = args.steps
+    if args.frames is not None:
+        raw["source"]["frames"] = args.frames
+    job = parse_config(raw, base=CONFIG.parent)
+    target = job.generate[0].target
+    if not isinstance(target, ExternalSourceConfig) or target.root.name != "train":
+        raise SystemExit(f"{CONFIG}: expected an external CamVid train/ target, got {target}")
+    class_names = list(target.class_names)
+    void = class_names.index("void")
+    width, height = job.source.frame_size
+    kinds = [k for k in args.families if k in families()]
+    if not kinds:
+        raise SystemExit("no transfer family is registered")
+
+    seconds = {kind: run_family(kind, raw, args.out / kind) for kind in kinds}
+    val = camvid("val", target, height, width)
+    sets = {"source_only": shard_pairs(args.out / kinds[0], "simulator")}
+    sets.update({kind: shard_pairs(args.out / kind, kind) for kind in FAMILIES if kind in kinds})
+    sets["oracle"] = camvid("train", target, height, width)
+
+    results: dict[str, tuple[float, list[float | None]]] = {}
+    for name, (images, masks) in sets.items():
+        model = train_segmenter(images, masks, len(class_names), seed=SEGMENTER_SEED, steps=args.segmenter_steps,
+                                ignore_index=void, progress=f"segmenter {name}")
+        confusion = confusion_matrix(val[1], predict_masks(model, val[0]), len(class_names), ignore_index=void)
+        _, per_class = mean_iou(confusion)  # void truth pixels are not counted; predicting void is an error
+        kept = [iou for c, iou in enumerate(per_class) if c != void and iou is not None]
+        results[name] = (float(np.mean(kept)) if kept else 0.0, [iou for c, iou in enumerate(per_class) if c != void])
+
+    shown = [n for n in class_names if n != "void"]
+    print(f"\nIoU on CamVid val/ ({len(val[0])} frames at {width}x{height}); training rows: "
+          + ", ".join(f"{n} {len(s[0])}" for n, s in sets.items()))
+    print(f"{'class':<12}" + "".join(f"{n:>13}" for n in results))
+    for c, name in enumerate(shown):
+        cells = "".join(f"{'-' if r[1][c] is None else format(r[1][c], '.3f'):>13}" for r in results.values())
+        print(f"{name:<12}{cells}")
+    print(f"{'mIoU':<12}" + "".join(f"{r[0]:13.3f}" for r in results.values()))
+    print(f"{'job s':<12}" + "".join(f"{seconds.get(n, 0.0):13.0f}" for n in results))
+    base, oracle = results["source_only"][0], results["oracle"][0]
+    line = " ".join(f"{name}_miou={value[0]:.3f}" for name, value in results.items())
+    if oracle > base:
+        line += "".join(f" gap_closed_{k}={(results[k][0] - base) / (oracle - base):.3f}" for k in FAMILIES
+                        if k in results)
+    print(line)
+
+
+if __name__ == "__main__":
+    main()
