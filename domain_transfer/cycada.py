@@ -30,7 +30,7 @@ from augment.generators.family import DataShape
 from augment.metrics.classifier import build_on_meta
 from domain_transfer.cycada_config import CyCADAFit
 from domain_transfer.cycada_networks import Task, TaskNet, task_logits
-from domain_transfer.cyclegan import CONFIG, WEIGHTS, CycleGANTranslator, to_float
+from domain_transfer.cyclegan import CONFIG, WEIGHTS, CycleGANTranslator, read_checkpoint_config, to_float
 from domain_transfer.cyclegan_config import MIN_SIZE
 from domain_transfer.networks import ResnetGenerator
 
@@ -127,21 +127,8 @@ class CyCADATranslator(CycleGANTranslator):
     def from_pretrained(cls, directory: Path, *, device: str | torch.device = "cpu") -> CyCADATranslator:
         """Load a folder written by `save_pretrained`; pickles are refused, safetensors only."""
         directory = Path(directory)
-        refuse_pickles(directory)
-        missing = [name for name in FILES if not (directory / name).is_file()]
-        if missing:
-            raise ValueError(f"{directory}: a cycada checkpoint needs {', '.join(FILES)}; missing {', '.join(missing)}")
-        config_path = directory / CONFIG
-        meta: Any = json.loads(config_path.read_text())
-        if not isinstance(meta, dict) or meta.get("format") != FORMAT \
-                or meta.get("format_version") != FORMAT_VERSION:
-            got = (meta.get("format"), meta.get("format_version")) if isinstance(meta, dict) else type(meta).__name__
-            raise ValueError(f"{config_path}: not a {FORMAT} v{FORMAT_VERSION} config, got {got!r}")
-        try:
-            fit, shape, seed = CyCADAFit.model_validate(meta["fit"]), DataShape.from_dict(meta["shape"]), \
-                int(meta["seed"])
-        except (KeyError, TypeError, ValueError, ValidationError) as error:
-            raise ValueError(f"{config_path}: unreadable cycada config: {error}") from None
+        fit, shape, seed = read_checkpoint_config(directory, files=FILES, format_name=FORMAT, fit_model=CyCADAFit,
+                                                  family="cycada", version=FORMAT_VERSION)
         generator = ResnetGenerator(shape.channels, fit.ngf, fit.n_blocks)
         nets = [build_on_meta(lambda: TaskNet(shape.channels, shape.num_classes, fit.task_width)) for _ in range(2)]
         try:

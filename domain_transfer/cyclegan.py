@@ -118,20 +118,28 @@ class CycleGANTranslator:
     def from_pretrained(cls, directory: Path, *, device: str | torch.device = "cpu") -> CycleGANTranslator:
         """Load a folder written by `save_pretrained`; pickles are refused, safetensors only."""
         directory = Path(directory)
-        refuse_pickles(directory)
-        weights, config_path = directory / WEIGHTS, directory / CONFIG
-        if not weights.is_file() or not config_path.is_file():
-            raise ValueError(f"{directory}: a cyclegan checkpoint needs {WEIGHTS} and {CONFIG}")
-        meta: Any = json.loads(config_path.read_text())
-        if not isinstance(meta, dict) or meta.get("format") != FORMAT \
-                or meta.get("format_version") != FORMAT_VERSION:
-            got = (meta.get("format"), meta.get("format_version")) if isinstance(meta, dict) else type(meta).__name__
-            raise ValueError(f"{config_path}: not a {FORMAT} v{FORMAT_VERSION} config, got {got!r}")
-        try:
-            fit, shape, seed = CycleGANFit.model_validate(meta["fit"]), DataShape.from_dict(meta["shape"]), \
-                int(meta["seed"])
-        except (KeyError, TypeError, ValueError, ValidationError) as error:
-            raise ValueError(f"{config_path}: unreadable cyclegan config: {error}") from None
+        fit, shape, seed = read_checkpoint_config(directory, files=(WEIGHTS, CONFIG), format_name=FORMAT,
+                                                  fit_model=CycleGANFit, family="cyclegan")
         generator = ResnetGenerator(shape.channels, fit.ngf, fit.n_blocks)
-        generator.load_state_dict(load_file(str(weights)), strict=True)
+        generator.load_state_dict(load_file(str(directory / WEIGHTS)), strict=True)
         return cls(fit, shape, generator, seed=seed, device=device, checkpoint_sha256=checkpoint_sha256(directory))
+
+
+def read_checkpoint_config(directory: Path, *, files: tuple[str, ...], format_name: str, fit_model: type[CycleGANFit],
+                           family: str, version: int = FORMAT_VERSION) -> tuple[Any, DataShape, int]:
+    """A saved translator's (fit, data shape, seed) from its `config.json`, after refusing
+    pickles and folders missing one of `files`; ValueError naming the folder or file."""
+    refuse_pickles(directory)
+    missing = [name for name in files if not (directory / name).is_file()]
+    if missing:
+        raise ValueError(f"{directory}: a {family} checkpoint needs {', '.join(files)}; missing {', '.join(missing)}")
+    config_path = directory / CONFIG
+    meta: Any = json.loads(config_path.read_text())
+    if not isinstance(meta, dict) or meta.get("format") != format_name \
+            or meta.get("format_version") != version:
+        got = (meta.get("format"), meta.get("format_version")) if isinstance(meta, dict) else type(meta).__name__
+        raise ValueError(f"{config_path}: not a {format_name} v{version} config, got {got!r}")
+    try:
+        return fit_model.model_validate(meta["fit"]), DataShape.from_dict(meta["shape"]), int(meta["seed"])
+    except (KeyError, TypeError, ValueError, ValidationError) as error:
+        raise ValueError(f"{config_path}: unreadable {family} config: {error}") from None

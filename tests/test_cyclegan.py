@@ -312,7 +312,7 @@ def test_pickled_or_incomplete_checkpoints_are_refused(fitted: tuple, tmp_path: 
     with pytest.raises(ValueError, match="not a synthaug.cyclegan v1 config"):
         CycleGANTranslator.from_pretrained(tmp_path / "ok")
     (tmp_path / "ok" / "config.json").unlink()
-    with pytest.raises(ValueError, match="needs generator.safetensors and config.json"):
+    with pytest.raises(ValueError, match="needs generator.safetensors, config.json; missing config.json"):
         CycleGANTranslator.from_pretrained(tmp_path / "ok")
 
 
