@@ -50,6 +50,7 @@ def test_cycada_job_carries_labels_scores_rows_and_reports_its_task_models(tmp_p
     # The target (scikit-learn digits) has labels: both task models are scored on its holdout.
     assert adaptation["metric"] == "accuracy" and adaptation["task"] == "classification"
     assert adaptation["holdout"] > 300 and 0.0 <= adaptation["source"] <= 1.0 and 0.0 <= adaptation["target"] <= 1.0
+    assert "Task models on the target domain" in (out / "report" / "report.html").read_text()
     preservation = report["label_preservation"]["cycada"]
     assert preservation["rows"] == len(made) and preservation["dropped"] == 0
     assert abs(preservation["mean"] - np.mean([r["scores"]["label_preservation"] for r in made])) < 1e-6

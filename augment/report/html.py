@@ -272,6 +272,18 @@ def _sweep(report: dict[str, Any]) -> str:
     return "".join(parts)
 
 
+def _adaptation(report: dict[str, Any]) -> str:
+    rows = "".join(f"<tr><td>{html.escape(kind)}</td><td>{html.escape(a['metric'])}</td><td>{a['holdout']}</td>"
+                   f"<td>{_fmt(a.get('source'))}</td><td>{_fmt(a.get('target'))}</td></tr>"
+                   for kind, a in (report.get("adaptation") or {}).items())
+    if not rows:
+        return ""
+    return ("<h2>Task models on the target domain</h2><p class='caption'>A transfer family's own task models "
+            "scored on the target's holdout: fitted on the labelled source only (f_S), and adapted to the target "
+            "(f_T).</p><table><tr><th>source</th><th>metric</th><th>holdout images</th><th>source-only f_S</th>"
+            "<th>adapted f_T</th></tr>" + rows + "</table>")
+
+
 def _label_preservation(report: dict[str, Any], pictures: dict[str, Any]) -> str:
     summary = report.get("label_preservation")
     if not summary:
@@ -327,7 +339,7 @@ def _filter(report: dict[str, Any]) -> str:
 def render_html(report: dict[str, Any], pictures: dict[str, Any], per_class: int = 8) -> str:
     body = [_header(report), _verdicts(report), _grids(report, pictures, per_class), _metric_tables(report),
             _sweep(report), _classifier(report), _utility(report), _label_preservation(report, pictures),
-            _filter(report)]
+            _adaptation(report), _filter(report)]
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>synthaug report — "
             f"{html.escape(report['job']['name'])}</title><style>{STYLE}</style></head><body>"
             + "\n".join(body) + "</body></html>\n")
