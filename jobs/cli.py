@@ -33,7 +33,7 @@ def _parser() -> argparse.ArgumentParser:
     simulate.add_argument("config", type=Path, help="a config whose source is a simulator")
     simulate.add_argument("--out", type=Path, help="job folder (default: runs/<config name>)")
     simulate.add_argument("--frames", type=int, help="number of frames (overrides source.frames)")
-    simulate.add_argument("--size", type=int, help="image size in pixels (overrides source.image_size)")
+    simulate.add_argument("--size", type=int, help="square frames of this many pixels (overrides source.image_size, or width and height)")
     simulate.add_argument("--seed", type=int, help="simulator seed (overrides source.seed)")
     simulate.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS, else an embedded local Ray)")
     simulate.add_argument("--overwrite", action="store_true", help="replace a job folder that holds another config")
@@ -61,8 +61,11 @@ def _simulate_config(args: argparse.Namespace):
     """The config with the command line's --frames/--size/--seed written into its source."""
     from jobs.config import load_config
 
-    overrides = {"frames": args.frames, "image_size": args.size, "seed": args.seed}
-    config = load_config(args.config, source_overrides={k: v for k, v in overrides.items() if v is not None})
+    overrides = {k: v for k, v in {"frames": args.frames, "image_size": args.size, "seed": args.seed}.items()
+                 if v is not None}
+    if args.size is not None:  # square frames replace a landscape config's width and height
+        overrides.update(width=None, height=None)
+    config = load_config(args.config, source_overrides=overrides)
     if config.source.kind != "simulator":
         raise ConfigError(f"{args.config}: source.kind is {config.source.kind!r}; simulate needs a simulator source")
     return config

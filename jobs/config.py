@@ -580,14 +580,18 @@ def parse_config(raw: Any, *, where: str = "config", base: Path | None = None) -
 def load_config(path: Path, *, source_overrides: dict[str, Any] | None = None) -> JobConfig:
     """Read a YAML config (safe, bounded: see `jobs.config_yaml`) and validate it.
 
-    `source_overrides` (command-line flags) replace keys of `source` before validation,
-    so they are checked, hashed and recorded like the rest of the config.
+    `source_overrides` (command-line flags) replace keys of `source` (None: remove the key)
+    before validation, so they are checked, hashed and recorded like the rest of the config.
     """
     from jobs.config_yaml import read_yaml
 
     raw = read_yaml(path)
     if source_overrides and isinstance(raw, dict) and isinstance(raw.get("source"), dict):
-        raw["source"].update(source_overrides)
+        for key, value in source_overrides.items():  # None removes the key
+            if value is None:
+                raw["source"].pop(key, None)
+            else:
+                raw["source"][key] = value
     return parse_config(raw, where=str(path), base=path.resolve().parent)
 
 

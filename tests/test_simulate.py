@@ -204,3 +204,18 @@ def test_a_street_style_is_a_control_that_names_its_field_when_wrong() -> None:
     assert config.source.model_dump(mode="json")["controls"]["style"] == "camvid"
     with pytest.raises(ConfigError, match=r"source\.controls\.style: 'gta'"):
         parse_config(_street(controls={"style": "gta"}))
+
+
+def test_simulate_size_flag_makes_a_landscape_config_square(tmp_path: Path) -> None:
+    """`--size N` overrides image_size, and replaces a config's width and height."""
+    import argparse
+
+    from jobs.cli import _simulate_config
+
+    path = tmp_path / "street.yaml"
+    path.write_text("source: {kind: simulator, family: street, frames: 4, width: 64, height: 48}\n")
+    args = argparse.Namespace(config=path, frames=None, size=None, seed=None)
+    assert _simulate_config(args).source.frame_size == (64, 48)
+    args.size, args.frames = 40, 2
+    config = _simulate_config(args)
+    assert config.source.frame_size == (40, 40) and config.source.frames == 2
