@@ -20,21 +20,16 @@ A family whose job is already in `--out` is reused (delete the folder to refit).
 from __future__ import annotations
 
 import argparse
-import copy
-import io
-import time
 from pathlib import Path
 
 import numpy as np
-import pyarrow.parquet as pq
 import yaml
-from PIL import Image
+from transfer_common import decode, rows_of, run_family, transfer_grid
 
 from augment.metrics.classifier import predict_proba, train_classifier
 from jobs.config import parse_config
 from jobs.plan import other_source_split
 from jobs.registry import families
-from jobs.runner import run_job
 from jobs.sources import build_source
 
 REPO = Path(__file__).resolve().parent.parent
@@ -44,30 +39,10 @@ CLASSIFIER_STEPS = 1500  # one fixed budget for every training set
 CLASSIFIER_SEED = 5
 
 
-def decode(cell: dict) -> np.ndarray:
-    return np.asarray(Image.open(io.BytesIO(cell["bytes"])).convert("RGB"))
-
-
-def shard_images(out: Path, source: str) -> tuple[np.ndarray, np.ndarray]:
+def labelled(out: Path, source: str) -> tuple[np.ndarray, np.ndarray]:
     """The published training rows of one `source` (images and labels)."""
-    table = pq.read_table(out / "shards", columns=["image", "label", "source"])
-    rows = [r for r in table.to_pylist() if r["source"] == source and r["label"] is not None]
-    if not rows:
-        raise SystemExit(f"{out}: no {source} rows in the shards")
+    rows = [r for r in rows_of(out, source, ["image", "label"]) if r["label"] is not None]
     return np.stack([decode(r["image"]) for r in rows]), np.array([r["label"] for r in rows], np.int64)
-
-
-def run_family(kind: str, raw: dict, out: Path) -> float:
-    """Run the config with the transfer step's kind set to `kind`; seconds taken (0: reused)."""
-    if (out / "shards" / "_manifest.json").is_file():
-        print(f"{kind}: reusing {out}")
-        return 0.0
-    config = copy.deepcopy(raw)
-    config["generate"][0]["kind"] = kind
-    config["name"] = f"sim2real_digits_{kind}"
-    started = time.perf_counter()
-    run_job(parse_config(config, where=f"{CONFIG} ({kind})", base=CONFIG.parent), out)
-    return time.perf_counter() - started
 
 
 def accuracy(images: np.ndarray, labels: np.ndarray, test: tuple[np.ndarray, np.ndarray]) -> float:
@@ -83,6 +58,8 @@ def main() -> None:
     parser.add_argument("--frames", type=int, default=None, help="simulator frames (default: the config's)")
     parser.add_argument("--out", type=Path, default=REPO / "runs" / "bench_sim2real_digits")
     parser.add_argument("--families", nargs="+", default=list(FAMILIES))
+    parser.add_argument("--grid", type=Path, default=REPO / "docs" / "sim2real_digits.png",
+                        help="where to save simulator frames beside their translations")
     args = parser.parse_args()
     raw = yaml.safe_load(CONFIG.read_text())
     if args.steps is not None:
@@ -91,7 +68,7 @@ def main() -> None:
         raw["source"]["frames"] = args.frames
     kinds = [k for k in args.families if k in families()]
 
-    seconds = {kind: run_family(kind, raw, args.out / kind) for kind in kinds}
+    seconds = {kind: run_family(CONFIG, raw, kind, args.out / kind) for kind in kinds}
     # The real target as the job split it: the translators fitted its training part (no labels).
     job = parse_config(raw, base=CONFIG.parent)
     target = job.generate[0].target
@@ -106,10 +83,11 @@ def main() -> None:
     first = args.out / kinds[0] if kinds else None
     if first is None:
         raise SystemExit("no transfer family is registered")
-    results = {"source_only": accuracy(*shard_images(first, "simulator"), test)}
+    transfer_grid({kind: args.out / kind for kind in kinds}, test[0], args.grid)
+    results = {"source_only": accuracy(*labelled(first, "simulator"), test)}
     for kind in FAMILIES:
         if kind in kinds:
-            results[kind] = accuracy(*shard_images(args.out / kind, kind), test)
+            results[kind] = accuracy(*labelled(args.out / kind, kind), test)
     results["oracle"] = accuracy(*load(train_records), test)
 
     gap = results["oracle"] - results["source_only"]

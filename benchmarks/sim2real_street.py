@@ -21,21 +21,16 @@ then `source_only_miou=… cyclegan_miou=… cycada_miou=… oracle_miou=…` (a
 from __future__ import annotations
 
 import argparse
-import copy
-import io
-import time
 from pathlib import Path
 
 import numpy as np
-import pyarrow.parquet as pq
 import yaml
-from PIL import Image
+from transfer_common import decode, rows_of, run_family, transfer_grid
 
 from augment.images import crop_resize
 from augment.metrics.utility import confusion_matrix, mean_iou, predict_masks, train_segmenter
 from jobs.config import ExternalSourceConfig, parse_config
 from jobs.registry import families
-from jobs.runner import run_job
 from jobs.sources import build_source
 
 REPO = Path(__file__).resolve().parent.parent
@@ -45,19 +40,11 @@ SEGMENTER_STEPS = 2000  # one fixed budget for every training set
 SEGMENTER_SEED = 5
 
 
-def decode(cell: dict | None, mode: str) -> np.ndarray:
-    return np.asarray(Image.open(io.BytesIO(cell["bytes"])).convert(mode) if mode == "RGB"
-                      else Image.open(io.BytesIO(cell["bytes"])))
-
-
 def shard_pairs(out: Path, source: str) -> tuple[np.ndarray, np.ndarray]:
     """(images, masks) of the published training rows of one `source`."""
-    table = pq.read_table(out / "shards", columns=["image", "mask", "source"])
-    rows = [r for r in table.to_pylist() if r["source"] == source and r["mask"] is not None]
-    if not rows:
-        raise SystemExit(f"{out}: no {source} rows with masks in the shards")
-    return (np.stack([decode(r["image"], "RGB") for r in rows]),
-            np.stack([decode(r["mask"], "I") for r in rows]).astype(np.int64))
+    rows = [r for r in rows_of(out, source, ["image", "mask"]) if r["mask"] is not None]
+    return (np.stack([decode(r["image"]) for r in rows]),
+            np.stack([decode(r["mask"], None) for r in rows]).astype(np.int64))
 
 
 def camvid(split: str, target: ExternalSourceConfig, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
@@ -71,20 +58,6 @@ def camvid(split: str, target: ExternalSourceConfig, height: int, width: int) ->
     return np.stack(images), np.stack(masks).astype(np.int64)
 
 
-def run_family(kind: str, raw: dict, out: Path) -> float:
-    if (out / "shards" / "_manifest.json").is_file():
-        print(f"{kind}: reusing {out}")
-        return 0.0
-    config = copy.deepcopy(raw)
-    config["generate"][0]["kind"] = kind
-    if kind == "cycada":  # street frames flip without changing their masks' meaning
-        config["generate"][0].setdefault("fit", {}).setdefault("flip", True)
-    config["name"] = f"sim2real_street_{kind}"
-    started = time.perf_counter()
-    run_job(parse_config(config, where=f"{CONFIG} ({kind})", base=CONFIG.parent), out)
-    return time.perf_counter() - started
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--steps", type=int, default=None, help="translator fit steps (default: the config's)")
@@ -92,6 +65,8 @@ def main() -> None:
     parser.add_argument("--segmenter-steps", type=int, default=SEGMENTER_STEPS)
     parser.add_argument("--out", type=Path, default=REPO / "runs" / "bench_sim2real_street")
     parser.add_argument("--families", nargs="+", default=list(FAMILIES))
+    parser.add_argument("--grid", type=Path, default=REPO / "docs" / "sim2real_street.png",
+                        help="where to save simulator frames beside their translations")
     args = parser.parse_args()
     raw = yaml.safe_load(CONFIG.read_text())
     if args.steps is not None:
@@ -109,11 +84,13 @@ def main() -> None:
     if not kinds:
         raise SystemExit("no transfer family is registered")
 
-    seconds = {kind: run_family(kind, raw, args.out / kind) for kind in kinds}
-    val = camvid("val", target, height, width)
+    # Street frames flip without changing their masks' meaning (CyCADA's default is off, for digits).
+    seconds = {kind: run_family(CONFIG, raw, kind, args.out / kind, {"flip": True}) for kind in kinds}
+    val, real_train = camvid("val", target, height, width), camvid("train", target, height, width)
+    transfer_grid({kind: args.out / kind for kind in kinds}, real_train[0][:8], args.grid)
     sets = {"source_only": shard_pairs(args.out / kinds[0], "simulator")}
     sets.update({kind: shard_pairs(args.out / kind, kind) for kind in FAMILIES if kind in kinds})
-    sets["oracle"] = camvid("train", target, height, width)
+    sets["oracle"] = real_train
 
     results: dict[str, tuple[float, list[float | None]]] = {}
     for name, (images, masks) in sets.items():

@@ -1,0 +1,74 @@
+"""What the two sim-to-real benchmarks share: running the shipped config once per transfer
+family, reading its shards, and the picture of simulator frames beside their translations."""
+
+from __future__ import annotations
+
+import copy
+import io
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow.parquet as pq
+from PIL import Image
+
+from jobs.config import parse_config
+from jobs.runner import run_job
+
+MIN_CELL = 96  # grid cells are enlarged (nearest) to at least this many pixels high
+
+
+def run_family(config: Path, raw: dict[str, Any], kind: str, out: Path, fit: dict[str, Any] | None = None) -> float:
+    """Run the config with its transfer step's kind set to `kind` (and `fit` keys added); the
+    seconds it took, 0 when `out` already holds a finished job (it is reused)."""
+    if (out / "shards" / "_manifest.json").is_file():
+        print(f"{kind}: reusing {out}")
+        return 0.0
+    raw = copy.deepcopy(raw)
+    raw["generate"][0]["kind"] = kind
+    raw["generate"][0].setdefault("fit", {}).update(fit or {})
+    raw["name"] = f"{raw.get('name', 'job')}_{kind}"
+    started = time.perf_counter()
+    run_job(parse_config(raw, where=f"{config} ({kind})", base=config.parent), out)
+    return time.perf_counter() - started
+
+
+def decode(cell: dict[str, Any], mode: str | None = "RGB") -> np.ndarray:
+    image = Image.open(io.BytesIO(cell["bytes"]))
+    return np.asarray(image.convert(mode) if mode else image)
+
+
+def rows_of(out: Path, source: str, columns: list[str]) -> list[dict[str, Any]]:
+    """The published training rows of one `source`, sorted by id."""
+    table = pq.read_table(out / "shards", columns=["id", "source", *columns])
+    rows = sorted((r for r in table.to_pylist() if r["source"] == source), key=lambda r: r["id"])
+    if not rows:
+        raise SystemExit(f"{out}: no {source} rows in the shards")
+    return rows
+
+
+def transfer_grid(outs: dict[str, Path], real: np.ndarray, path: Path, n: int = 6) -> Path:
+    """A PNG: n simulator frames (first column) beside their translation by each family, then a
+    row of real target images. Frames are those every family kept (the gate may drop some)."""
+    first = next(iter(outs.values()))
+    frames = {r["id"]: r for r in rows_of(first, "simulator", ["image"])}
+    made = {kind: {r["parent_id"]: r for r in rows_of(out, kind, ["image", "parent_id"])} for kind, out in outs.items()}
+    shared = [pid for pid in sorted(frames) if all(pid in m for m in made.values())][:n]
+    rows = [[decode(frames[pid]["image"]), *(decode(made[kind][pid]["image"]) for kind in outs)] for pid in shared]
+    height, width = rows[0][0].shape[:2] if rows else real.shape[1:3]
+    scale = max(1, -(-MIN_CELL // height))
+    columns = 1 + len(outs)
+    reals = [np.asarray(Image.fromarray(r).convert("RGB").resize((width, height))) for r in real[:columns]]
+    rows.append(reals + [np.zeros((height, width, 3), np.uint8)] * (columns - len(reals)))
+    pad = 2
+    canvas = np.full((len(rows) * (height * scale + pad), columns * (width * scale + pad), 3), 255, np.uint8)
+    for i, row in enumerate(rows):
+        for j, cell in enumerate(row):
+            big = np.asarray(Image.fromarray(cell).resize((width * scale, height * scale), Image.Resampling.NEAREST))
+            y, x = i * (height * scale + pad), j * (width * scale + pad)
+            canvas[y:y + height * scale, x:x + width * scale] = big
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(canvas).save(path)
+    print(f"grid: {path} (columns: simulator, {', '.join(outs)}; last row: real target images)")
+    return path
