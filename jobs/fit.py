@@ -118,11 +118,19 @@ def train_loop_per_worker(loop: dict[str, Any]) -> None:
     def on_checkpoint(state: trainer.TrainState) -> None:
         ray.train.report({"step": state.step, "seconds": time.monotonic() - started})
 
-    trainer.run(family, ray.get(loop["data"]), states=Path(loop["states"]), model=Path(loop["model"]),
+    trainer.run(family, _writable(ray.get(loop["data"])), states=Path(loop["states"]), model=Path(loop["model"]),
                 grids=Path(loop["grids"]), grid_kwargs=loop["sample_kwargs"],
                 checkpoint_every=int(loop["checkpoint_every"]), device=ray.train.torch.get_device(), rank=rank,
                 prepare=ray.train.torch.prepare_model if world > 1 else None,
                 on_log=on_log if rank == 0 else None, on_checkpoint=on_checkpoint)
+
+
+def _writable(data: TrainingData) -> TrainingData:
+    """The arrays copied out of Ray's object store, which hands them out read-only (torch warns
+    on every `from_numpy` of one; a family that wrote to one would fail)."""
+    copy = {name: None if value is None else np.array(value) for name, value in
+            (("images", data.images), ("labels", data.labels), ("masks", data.masks), ("target", data.target))}
+    return TrainingData(**copy)
 
 
 def _worker_resources(workers: int, num_gpus_per_worker: float) -> dict[str, float]:
