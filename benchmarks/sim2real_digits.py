@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import yaml
-from transfer_common import decode, rows_of, run_family, transfer_grid
+from transfer_common import decode, rows_of, run_family, show_progress, transfer_grid
 
 from augment.metrics.classifier import predict_proba, train_classifier
 from jobs.config import parse_config
@@ -61,6 +61,7 @@ def main() -> None:
     parser.add_argument("--grid", type=Path, default=REPO / "docs" / "sim2real_digits.png",
                         help="where to save simulator frames beside their translations")
     args = parser.parse_args()
+    show_progress()
     raw = yaml.safe_load(CONFIG.read_text())
     if args.steps is not None:
         raw["generate"][0].setdefault("fit", {})["steps"] = args.steps

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 import yaml
-from transfer_common import decode, rows_of, run_family, transfer_grid
+from transfer_common import decode, rows_of, run_family, show_progress, transfer_grid
 
 from augment.images import crop_resize
 from augment.metrics.utility import confusion_matrix, mean_iou, predict_masks, train_segmenter
@@ -68,6 +68,7 @@ def main() -> None:
     parser.add_argument("--grid", type=Path, default=REPO / "docs" / "sim2real_street.png",
                         help="where to save simulator frames beside their translations")
     args = parser.parse_args()
+    show_progress()
     raw = yaml.safe_load(CONFIG.read_text())
     if args.steps is not None:
         raw["generate"][0].setdefault("fit", {})["steps"] = args.steps

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import io
+import logging
 import time
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,11 @@ from jobs.config import parse_config
 from jobs.runner import run_job
 
 MIN_CELL = 96  # grid cells are enlarged (nearest) to at least this many pixels high
+
+
+def show_progress() -> None:
+    """The job's log lines (stages, progress with rate and ETA) on stderr, as the CLI shows them."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
 
 
 def run_family(config: Path, raw: dict[str, Any], kind: str, out: Path, fit: dict[str, Any] | None = None) -> float:
