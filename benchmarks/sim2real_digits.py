@@ -58,6 +58,7 @@ def main() -> None:
     parser.add_argument("--frames", type=int, default=None, help="simulator frames (default: the config's)")
     parser.add_argument("--out", type=Path, default=REPO / "runs" / "bench_sim2real_digits")
     parser.add_argument("--families", nargs="+", default=list(FAMILIES))
+    parser.add_argument("--num-cpus", type=int, default=None, help="CPUs of the embedded Ray (default: all)")
     parser.add_argument("--grid", type=Path, default=REPO / "docs" / "sim2real_digits.png",
                         help="where to save simulator frames beside their translations")
     args = parser.parse_args()
@@ -67,6 +68,8 @@ def main() -> None:
         raw["generate"][0].setdefault("fit", {})["steps"] = args.steps
     if args.frames is not None:
         raw["source"]["frames"] = args.frames
+    if args.num_cpus is not None:
+        raw["execution"] = {**raw.get("execution", {}), "num_cpus": args.num_cpus, "num_workers": args.num_cpus}
     kinds = [k for k in args.families if k in families()]
 
     seconds = {kind: run_family(CONFIG, raw, kind, args.out / kind) for kind in kinds}

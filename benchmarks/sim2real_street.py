@@ -65,6 +65,7 @@ def main() -> None:
     parser.add_argument("--segmenter-steps", type=int, default=SEGMENTER_STEPS)
     parser.add_argument("--out", type=Path, default=REPO / "runs" / "bench_sim2real_street")
     parser.add_argument("--families", nargs="+", default=list(FAMILIES))
+    parser.add_argument("--num-cpus", type=int, default=None, help="CPUs of the embedded Ray (default: all)")
     parser.add_argument("--grid", type=Path, default=REPO / "docs" / "sim2real_street.png",
                         help="where to save simulator frames beside their translations")
     args = parser.parse_args()
@@ -74,6 +75,8 @@ def main() -> None:
         raw["generate"][0].setdefault("fit", {})["steps"] = args.steps
     if args.frames is not None:
         raw["source"]["frames"] = args.frames
+    if args.num_cpus is not None:
+        raw["execution"] = {**raw.get("execution", {}), "num_cpus": args.num_cpus, "num_workers": args.num_cpus}
     job = parse_config(raw, base=CONFIG.parent)
     target = job.generate[0].target
     if not isinstance(target, ExternalSourceConfig) or target.root.name != "train":
