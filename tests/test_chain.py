@@ -119,6 +119,7 @@ def test_sim2real_resumes_after_kill_9_and_reruns_byte_for_byte(tmp_path: Path) 
     deadline = time.monotonic() + 600
     while not (states / "LATEST").is_file() and time.monotonic() < deadline and driver.poll() is None:
         time.sleep(0.05)
+    assert driver.poll() is None, f"the driver ended (exit {driver.returncode}) before it could be killed mid-fit"
     os.kill(driver.pid, signal.SIGKILL)
     driver.wait()
     try:
