@@ -40,8 +40,11 @@ CLASSIFIER_SEED = 5
 
 
 def labelled(out: Path, source: str) -> tuple[np.ndarray, np.ndarray]:
-    """The published training rows of one `source` (images and labels)."""
-    rows = [r for r in rows_of(out, source, ["image", "label"]) if r["label"] is not None]
+    """The published training rows of one `source` (images and labels; none when the gate dropped all)."""
+    rows = [r for r in rows_of(out, source, ["image", "label"], required=source == "simulator")
+            if r["label"] is not None]
+    if not rows:
+        return np.zeros((0, 1, 1, 3), np.uint8), np.zeros(0, np.int64)
     return np.stack([decode(r["image"]) for r in rows]), np.array([r["label"] for r in rows], np.int64)
 
 
@@ -91,7 +94,8 @@ def main() -> None:
     results = {"source_only": accuracy(*labelled(first, "simulator"), test)}
     for kind in FAMILIES:
         if kind in kinds:
-            results[kind] = accuracy(*labelled(args.out / kind, kind), test)
+            images, labels = labelled(args.out / kind, kind)
+            results[kind] = accuracy(images, labels, test) if len(labels) else float("nan")
     results["oracle"] = accuracy(*load(train_records), test)
 
     gap = results["oracle"] - results["source_only"]

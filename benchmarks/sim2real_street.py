@@ -42,7 +42,10 @@ SEGMENTER_SEED = 5
 
 def shard_pairs(out: Path, source: str) -> tuple[np.ndarray, np.ndarray]:
     """(images, masks) of the published training rows of one `source`."""
-    rows = [r for r in rows_of(out, source, ["image", "mask"]) if r["mask"] is not None]
+    rows = [r for r in rows_of(out, source, ["image", "mask"], required=source == "simulator")
+            if r["mask"] is not None]
+    if not rows:
+        return np.zeros((0, 1, 1, 3), np.uint8), np.zeros((0, 1, 1), np.int64)
     return (np.stack([decode(r["image"]) for r in rows]),
             np.stack([decode(r["mask"], None) for r in rows]).astype(np.int64))
 
@@ -98,6 +101,9 @@ def main() -> None:
 
     results: dict[str, tuple[float, list[float | None]]] = {}
     for name, (images, masks) in sets.items():
+        if not len(images):  # every row dropped by the gate
+            results[name] = (float("nan"), [None] * (len(class_names) - 1))
+            continue
         model = train_segmenter(images, masks, len(class_names), seed=SEGMENTER_SEED, steps=args.segmenter_steps,
                                 ignore_index=void, progress=f"segmenter {name}")
         confusion = confusion_matrix(val[1], predict_masks(model, val[0]), len(class_names), ignore_index=void)

@@ -45,12 +45,15 @@ def decode(cell: dict[str, Any], mode: str | None = "RGB") -> np.ndarray:
     return np.asarray(image.convert(mode) if mode else image)
 
 
-def rows_of(out: Path, source: str, columns: list[str]) -> list[dict[str, Any]]:
-    """The published training rows of one `source`, sorted by id."""
+def rows_of(out: Path, source: str, columns: list[str], *, required: bool = True) -> list[dict[str, Any]]:
+    """The published training rows of one `source`, sorted by id (none: exit, unless not `required`:
+    the quality gate may have dropped every row of a family)."""
     table = pq.read_table(out / "shards", columns=["id", "source", *columns])
     rows = sorted((r for r in table.to_pylist() if r["source"] == source), key=lambda r: r["id"])
-    if not rows:
+    if not rows and required:
         raise SystemExit(f"{out}: no {source} rows in the shards")
+    if not rows:
+        print(f"{out}: no published {source} rows (the gate dropped them all: see its report's label preservation)")
     return rows
 
 
@@ -59,7 +62,10 @@ def transfer_grid(outs: dict[str, Path], real: np.ndarray, path: Path, n: int = 
     row of real target images. Frames are those every family kept (the gate may drop some)."""
     first = next(iter(outs.values()))
     frames = {r["id"]: r for r in rows_of(first, "simulator", ["image"])}
-    made = {kind: {r["parent_id"]: r for r in rows_of(out, kind, ["image", "parent_id"])} for kind, out in outs.items()}
+    made = {kind: {r["parent_id"]: r for r in rows_of(out, kind, ["image", "parent_id"], required=False)}
+            for kind, out in outs.items()}
+    outs = {kind: out for kind, out in outs.items() if made[kind]}
+    made = {kind: rows for kind, rows in made.items() if rows}
     shared = [pid for pid in sorted(frames) if all(pid in m for m in made.values())][:n]
     rows = [[decode(frames[pid]["image"]), *(decode(made[kind][pid]["image"]) for kind in outs)] for pid in shared]
     height, width = rows[0][0].shape[:2] if rows else real.shape[1:3]
