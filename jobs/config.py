@@ -387,6 +387,10 @@ class ReportConfig(_Strict):
     k: int = Field(5, ge=1, le=100, description="neighbours for precision/recall/density/coverage and realism")
     max_per_source: int = Field(5000, ge=50, description="rows per synthetic source the metrics look at")
     extractor_steps: int = Field(400, ge=1, le=1_000_000, description="training steps of the domain CNN")
+    label_preservation_steps: int | None = Field(
+        None, ge=1, le=1_000_000, description="training steps of the frozen source task model that scores label "
+                                              "preservation (default: extractor_steps); its score on held-out "
+                                              "source frames is reported as the ceiling")
     input_size: int | None = Field(None, ge=8, le=1024,
                                    description="the domain/random CNN's input size (default: min(image, 32))")
     kid_subsets: int = Field(50, ge=1, le=10_000)

@@ -198,14 +198,16 @@ def preserved_sources(config: JobConfig) -> list[str]:
     return [step.kind for step in config.generate if step.family.request in SCORED_REQUESTS]
 
 
-def _source_train(config: JobConfig, listed: Any, rejected: dict[str, Any] | None) -> tuple[Any, list[SourceRecord]]:
-    """The job's own source and its training split (the plan's split), less rejected records."""
+def _source_split(config: JobConfig, listed: Any,
+                  rejected: dict[str, Any] | None) -> tuple[Any, list[SourceRecord], list[SourceRecord]]:
+    """The job's own source and its training and holdout splits (the plan's), less rejected records."""
     if listed is None:
         source = build_source(config.source, config.seed)
-        train, _ = split_records(source.records(), config.split.holdout, config.seed)
+        train, holdout = split_records(source.records(), config.split.holdout, config.seed)
     else:
-        source, train = listed.source, listed.train
-    return source, [r for r in train if r.id not in (rejected or {})]
+        source, train, holdout = listed.source, listed.train, listed.holdout
+    rejected = rejected or {}
+    return source, [r for r in train if r.id not in rejected], [r for r in holdout if r.id not in rejected]
 
 
 def _load_labelled(source: Any, records: list[SourceRecord], task: str) -> tuple[list[np.ndarray], list[Any]]:
@@ -239,7 +241,7 @@ def prepare_label_preservation(config: JobConfig, folder: Path, listed: Any = No
     sources = preserved_sources(config)
     if not sources:
         return None
-    source, train = _source_train(config, listed, rejected)
+    source, train, holdout = _source_split(config, listed, rejected)
     records = subsample(train, config.report.max_per_source, config.seed, LABEL_PRESERVATION_STREAM)
     task = "classification" if any(r.label is not None for r in records) else "segmentation"
     if task == "classification":
@@ -258,7 +260,8 @@ def prepare_label_preservation(config: JobConfig, folder: Path, listed: Any = No
     class_names = list(source.class_names)
     fingerprint = hashlib.sha256(json.dumps([[r.id, r.label] for r in records]).encode()).hexdigest()
     settings = {"task": task, "source": config.source.model_dump(mode="json"), "records": fingerprint,
-                "n_records": len(records), "class_names": class_names, "steps": config.report.extractor_steps,
+                "n_records": len(records), "class_names": class_names,
+                "steps": config.report.label_preservation_steps or config.report.extractor_steps,
                 "seed": derive_seed(config.seed, LABEL_PRESERVATION_STREAM),
                 "shape": list(task_shape(*first.image.shape[:2])), "channels": int(first.image.shape[2])}
     model_dir = folder / LABEL_PRESERVATION_DIR
@@ -277,8 +280,34 @@ def prepare_label_preservation(config: JobConfig, folder: Path, listed: Any = No
                            class_names=class_names, seed=settings["seed"], steps=settings["steps"],
                            shape=tuple(settings["shape"]), progress="quality: label-preservation model")
     model.training["settings"] = settings
+    model.training["source_holdout"] = _ceiling(model, source, holdout, task, config)
     model.save(model_dir)
     return {"sources": sources, "dir": str(model_dir), "task": task}
+
+
+def _ceiling(model: Any, source: Any, holdout: list[SourceRecord], task: str, config: JobConfig) -> dict[str, Any]:
+    """The task model's score on untouched held-out source frames: what a translation that
+    changed nothing would score, so the ceiling of every row's label preservation. A judge
+    that cannot read its own domain (too few fit steps, too little data) makes the score
+    and the gate meaningless: say so instead of letting it drop good rows."""
+    from augment.metrics.preservation import label_preservation
+
+    records = subsample(holdout, config.report.max_per_source, config.seed, LABEL_PRESERVATION_STREAM)
+    images, targets = _load_labelled(source, records, task)
+    if not images:
+        log.warning("label preservation: the job keeps no labelled source holdout; the task model's own score "
+                    "(the ceiling of label preservation) is not measured")
+        return {"images": 0, "mean": None}
+    scores = label_preservation(model, images, **{"labels" if task == "classification" else "masks": targets})
+    mean = float(np.nanmean(scores)) if np.isfinite(scores).any() else None
+    log.info("label preservation: the task model scores %s on %d untouched held-out source frames "
+             "(the ceiling of a row's score)", "n/a" if mean is None else f"{mean:.3f}", len(images))
+    gate = config.filter.min_label_preservation if config.filter is not None else None
+    if mean is not None and gate is not None and mean < gate:
+        log.warning("label preservation: the task model scores %.3f on untouched held-out source frames, below "
+                    "filter.min_label_preservation %.3f: the gate would drop rows that changed nothing; raise "
+                    "report.label_preservation_steps or give the source more frames", mean, gate)
+    return {"images": len(images), "mean": mean}
 
 
 def load_task_model(quality: dict[str, Any]) -> Any:

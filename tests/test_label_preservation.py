@@ -325,7 +325,30 @@ def test_the_report_has_means_drops_and_the_worst_rows_beside_their_parents(stre
     assert report["label_preservation_model"]["task"] == "segmentation"
     page = (out / "report" / "report.html").read_text()
     assert "Label preservation" in page and "parent not in the shards" not in page
+    assert "Ceiling: on 4 untouched held-out source frames" in page
     assert page.count(f'alt="{worst[0]["id"]}"') == 1
+
+
+def test_the_ceiling_is_the_task_models_own_score_on_the_source_holdout(street_job: tuple[Path, Any]) -> None:
+    from augment.metrics.preservation import TaskModel
+    from jobs.runner import list_source
+
+    out, config = street_job
+    model = TaskModel.load(out / "report" / "reference" / "label_preservation")
+    listed = list_source(config)
+    assert len(listed.holdout) == 4 and not {r.id for r in listed.holdout} & {r.id for r in listed.train}
+    # recomputed by hand from the held-out frames: mean pixel accuracy, void pixels left out
+    accuracies = []
+    for record in listed.holdout:
+        sample = listed.source.load(record)
+        predicted = model.logits(model.images([sample.image])).argmax(dim=1).numpy()[0]
+        truth = sample.mask
+        assert predicted.shape == truth.shape  # 32 x 32 frames: the task model's own size
+        keep = truth != 11
+        accuracies.append((predicted[keep] == truth[keep]).mean())
+    ceiling = json.loads((out / "report" / "report.json").read_text())["label_preservation_model"]["training"]
+    assert ceiling["source_holdout"]["images"] == 4
+    assert ceiling["source_holdout"]["mean"] == pytest.approx(np.mean(accuracies), abs=1e-9)
 
 
 def test_the_task_model_is_reused_when_its_settings_match(street_job: tuple[Path, Any]) -> None:

@@ -297,6 +297,12 @@ def _label_preservation(report: dict[str, Any], pictures: dict[str, Any]) -> str
              "model fitted on the job's source training split only. Low: the new pixels no longer show what the "
              "labels say. Mean over every scored row made (dropped ones too); dropped: removed by "
              "<code>filter.min_label_preservation</code>.</p>"]
+    ceiling = (model.get("training") or {}).get("source_holdout") or {}
+    if ceiling.get("mean") is not None:
+        parts.append(f"<p class='caption'>Ceiling: on {ceiling['images']:,} untouched held-out source frames the "
+                     f"task model scores <b>{_fmt(ceiling['mean'])}</b>, what a translation that changed nothing "
+                     "would score. Read the rows' scores against it: a low ceiling means the task model cannot "
+                     "judge, not that the rows drifted.</p>")
     for tag, block in summary.items():
         rows = "".join(f'<tr><td class="l">{html.escape(name)}</td><td>{c["rows"]:,}</td><td>{_fmt(c["mean"])}</td>'
                        f'<td>{c["dropped"]:,}</td></tr>' for name, c in block["per_class"].items())
