@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import yaml
-from transfer_common import decode, rows_of, run_family, show_progress, transfer_grid
+from transfer_common import decode, gate_of, passes, preservation, rows_of, run_family, show_progress, transfer_grid
 
 from augment.metrics.classifier import predict_proba, train_classifier
 from jobs.config import parse_config
@@ -39,10 +39,10 @@ CLASSIFIER_STEPS = 1500  # one fixed budget for every training set
 CLASSIFIER_SEED = 5
 
 
-def labelled(out: Path, source: str) -> tuple[np.ndarray, np.ndarray]:
-    """The published training rows of one `source` (images and labels; none when the gate dropped all)."""
-    rows = [r for r in rows_of(out, source, ["image", "label"], required=source == "simulator")
-            if r["label"] is not None]
+def labelled(out: Path, source: str, gate: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The training rows of one `source` whose label preservation clears `gate` (images and labels)."""
+    rows = [r for r in rows_of(out, source, ["image", "label", "scores"], required=source == "simulator")
+            if r["label"] is not None and passes(r, gate)]
     if not rows:
         return np.zeros((0, 1, 1, 3), np.uint8), np.zeros(0, np.int64)
     return np.stack([decode(r["image"]) for r in rows]), np.array([r["label"] for r in rows], np.int64)
@@ -61,6 +61,9 @@ def main() -> None:
     parser.add_argument("--frames", type=int, default=None, help="simulator frames (default: the config's)")
     parser.add_argument("--out", type=Path, default=REPO / "runs" / "bench_sim2real_digits")
     parser.add_argument("--families", nargs="+", default=list(FAMILIES))
+    parser.add_argument("--task-steps", type=int, default=6000,
+                        help="CyCADA's f_S steps, added before the translator's (both families get the same "
+                             "translator steps)")
     parser.add_argument("--num-cpus", type=int, default=None, help="CPUs of the embedded Ray (default: all)")
     parser.add_argument("--grid", type=Path, default=REPO / "docs" / "sim2real_digits.png",
                         help="where to save simulator frames beside their translations")
@@ -75,7 +78,9 @@ def main() -> None:
         raw["execution"] = {**raw.get("execution", {}), "num_cpus": args.num_cpus, "num_workers": args.num_cpus}
     kinds = [k for k in args.families if k in families()]
 
-    seconds = {kind: run_family(CONFIG, raw, kind, args.out / kind) for kind in kinds}
+    steps = raw["generate"][0]["fit"]["steps"]
+    extra = {"cycada": {"task_steps": args.task_steps, "steps": steps + args.task_steps}}
+    seconds = {kind: run_family(CONFIG, raw, kind, args.out / kind, extra.get(kind)) for kind in kinds}
     # The real target as the job split it: the translators fitted its training part (no labels).
     job = parse_config(raw, base=CONFIG.parent)
     target = job.generate[0].target
@@ -92,20 +97,26 @@ def main() -> None:
         raise SystemExit("no transfer family is registered")
     transfer_grid({kind: args.out / kind for kind in kinds}, test[0], args.grid)
     results = {"source_only": accuracy(*labelled(first, "simulator"), test)}
+    gate, sizes = gate_of(raw), {}
     for kind in FAMILIES:
         if kind in kinds:
-            images, labels = labelled(args.out / kind, kind)
-            results[kind] = accuracy(images, labels, test) if len(labels) else float("nan")
+            print(preservation(args.out / kind, kind, gate))
+            # every translated row, then only those the shipped config's gate would publish
+            for name, threshold in ((kind, None), (f"{kind}_gated", gate)):
+                images, labels = labelled(args.out / kind, kind, threshold)
+                sizes[name] = len(labels)
+                results[name] = accuracy(images, labels, test) if len(labels) else float("nan")
     results["oracle"] = accuracy(*load(train_records), test)
 
     gap = results["oracle"] - results["source_only"]
-    print(f"\n{'training set':<16} {'accuracy':>9} {'gap closed':>11} {'job s':>7}   (real holdout: {len(test[1])})")
+    print(f"\n{'training set':<16} {'rows':>6} {'accuracy':>9} {'gap closed':>11} {'job s':>7}   "
+          f"(real holdout: {len(test[1])}; _gated: rows with label preservation >= {gate})")
     for name, value in results.items():
         closed = (value - results["source_only"]) / gap if gap > 0 else float("nan")
-        print(f"{name:<16} {value:9.3f} {closed:11.2f} {seconds.get(name, 0.0):7.0f}")
+        print(f"{name:<16} {sizes.get(name, ''):>6} {value:9.3f} {closed:11.2f} {seconds.get(name, 0.0):7.0f}")
     line = " ".join(f"{k}={v:.3f}" for k, v in results.items())
     line += "".join(f" gap_closed_{k}={(results[k] - results['source_only']) / gap:.3f}"
-                    for k in FAMILIES if k in results and gap > 0)
+                    for k in results if k not in ("source_only", "oracle") and gap > 0)
     print(line)
 
 

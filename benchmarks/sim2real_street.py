@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 import yaml
-from transfer_common import decode, rows_of, run_family, show_progress, transfer_grid
+from transfer_common import decode, gate_of, passes, preservation, rows_of, run_family, show_progress, transfer_grid
 
 from augment.images import crop_resize
 from augment.metrics.utility import confusion_matrix, mean_iou, predict_masks, train_segmenter
@@ -40,10 +40,10 @@ SEGMENTER_STEPS = 2000  # one fixed budget for every training set
 SEGMENTER_SEED = 5
 
 
-def shard_pairs(out: Path, source: str) -> tuple[np.ndarray, np.ndarray]:
-    """(images, masks) of the published training rows of one `source`."""
-    rows = [r for r in rows_of(out, source, ["image", "mask"], required=source == "simulator")
-            if r["mask"] is not None]
+def shard_pairs(out: Path, source: str, gate: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(images, masks) of the training rows of one `source` whose label preservation clears `gate`."""
+    rows = [r for r in rows_of(out, source, ["image", "mask", "scores"], required=source == "simulator")
+            if r["mask"] is not None and passes(r, gate)]
     if not rows:
         return np.zeros((0, 1, 1, 3), np.uint8), np.zeros((0, 1, 1), np.int64)
     return (np.stack([decode(r["image"]) for r in rows]),
@@ -68,6 +68,9 @@ def main() -> None:
     parser.add_argument("--segmenter-steps", type=int, default=SEGMENTER_STEPS)
     parser.add_argument("--out", type=Path, default=REPO / "runs" / "bench_sim2real_street")
     parser.add_argument("--families", nargs="+", default=list(FAMILIES))
+    parser.add_argument("--task-steps", type=int, default=2000,
+                        help="CyCADA's f_S steps, added before the translator's (both families get the same "
+                             "translator steps)")
     parser.add_argument("--num-cpus", type=int, default=None, help="CPUs of the embedded Ray (default: all)")
     parser.add_argument("--grid", type=Path, default=REPO / "docs" / "sim2real_street.png",
                         help="where to save simulator frames beside their translations")
@@ -92,11 +95,19 @@ def main() -> None:
         raise SystemExit("no transfer family is registered")
 
     # Street frames flip without changing their masks' meaning (CyCADA's default is off, for digits).
-    seconds = {kind: run_family(CONFIG, raw, kind, args.out / kind, {"flip": True}) for kind in kinds}
+    steps = raw["generate"][0]["fit"]["steps"]
+    extra = {"cyclegan": {"flip": True},
+             "cycada": {"flip": True, "task_steps": args.task_steps, "steps": steps + args.task_steps}}
+    seconds = {kind: run_family(CONFIG, raw, kind, args.out / kind, extra[kind]) for kind in kinds}
     val, real_train = camvid("val", target, height, width), camvid("train", target, height, width)
     transfer_grid({kind: args.out / kind for kind in kinds}, real_train[0][:8], args.grid)
     sets = {"source_only": shard_pairs(args.out / kinds[0], "simulator")}
-    sets.update({kind: shard_pairs(args.out / kind, kind) for kind in FAMILIES if kind in kinds})
+    gate = gate_of(raw)
+    for kind in FAMILIES:
+        if kind in kinds:  # every translated row, then only those the shipped config's gate would publish
+            print(preservation(args.out / kind, kind, gate))
+            sets[kind] = shard_pairs(args.out / kind, kind)
+            sets[f"{kind}_gated"] = shard_pairs(args.out / kind, kind, gate)
     sets["oracle"] = real_train
 
     results: dict[str, tuple[float, list[float | None]]] = {}
@@ -114,17 +125,17 @@ def main() -> None:
     shown = [n for n in class_names if n != "void"]
     print(f"\nIoU on CamVid val/ ({len(val[0])} frames at {width}x{height}); training rows: "
           + ", ".join(f"{n} {len(s[0])}" for n, s in sets.items()))
-    print(f"{'class':<12}" + "".join(f"{n:>13}" for n in results))
+    print(f"{'class':<12}" + "".join(f"{n:>15}" for n in results))
     for c, name in enumerate(shown):
-        cells = "".join(f"{'-' if r[1][c] is None else format(r[1][c], '.3f'):>13}" for r in results.values())
+        cells = "".join(f"{'-' if r[1][c] is None else format(r[1][c], '.3f'):>15}" for r in results.values())
         print(f"{name:<12}{cells}")
-    print(f"{'mIoU':<12}" + "".join(f"{r[0]:13.3f}" for r in results.values()))
-    print(f"{'job s':<12}" + "".join(f"{seconds.get(n, 0.0):13.0f}" for n in results))
+    print(f"{'mIoU':<12}" + "".join(f"{r[0]:15.3f}" for r in results.values()))
+    print(f"{'job s':<12}" + "".join(f"{seconds.get(n, 0.0):15.0f}" for n in results))
     base, oracle = results["source_only"][0], results["oracle"][0]
     line = " ".join(f"{name}_miou={value[0]:.3f}" for name, value in results.items())
     if oracle > base:
-        line += "".join(f" gap_closed_{k}={(results[k][0] - base) / (oracle - base):.3f}" for k in FAMILIES
-                        if k in results)
+        line += "".join(f" gap_closed_{k}={(results[k][0] - base) / (oracle - base):.3f}" for k in results
+                        if k not in ("source_only", "oracle"))
     print(line)
 
 

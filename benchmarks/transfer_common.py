@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import io
+import json
 import logging
 import time
 from pathlib import Path
@@ -41,6 +42,31 @@ def run_family(config: Path, raw: dict[str, Any], kind: str, out: Path, fit: dic
     started = time.perf_counter()
     run_job(parse_config(raw, where=f"{config} ({kind})", base=config.parent), out)
     return time.perf_counter() - started
+
+
+def gate_of(raw: dict[str, Any]) -> float | None:
+    """The shipped config's `filter.min_label_preservation` (the benchmark's jobs publish every row)."""
+    return (raw.get("filter") or {}).get("min_label_preservation")
+
+
+def passes(row: dict[str, Any], gate: float | None) -> bool:
+    """Whether a row's stored label preservation clears `gate` (None: no gate)."""
+    score = (row.get("scores") or {}).get("label_preservation")
+    return gate is None or (score is not None and score >= gate)
+
+
+def preservation(out: Path, kind: str, gate: float | None) -> str:
+    """One line from the job's report: the rows' mean label preservation, the task model's
+    ceiling on untouched held-out source frames, and the share that clears the gate."""
+    report = json.loads((out / "report" / "report.json").read_text())
+    block = (report.get("label_preservation") or {}).get(kind) or {}
+    ceiling = ((report.get("label_preservation_model") or {}).get("training") or {}).get("source_holdout") or {}
+    rows = rows_of(out, kind, ["scores"], required=False)
+    cleared = sum(passes(r, gate) for r in rows)
+    mean, top = block.get("mean"), ceiling.get("mean")
+    return (f"{kind}: label preservation mean {'n/a' if mean is None else f'{mean:.3f}'} (ceiling on untouched "
+            f"held-out source frames {'n/a' if top is None else f'{top:.3f}'}); {cleared} of {len(rows)} rows "
+            f"clear the config's gate {gate}")
 
 
 def decode(cell: dict[str, Any], mode: str | None = "RGB") -> np.ndarray:

@@ -8,8 +8,11 @@ D_feat (a PatchGAN over f_T's per-pixel class probabilities).
 One network for both tasks, because the modules are built before the data are seen (the
 shared trainer's `build` has only the hyperparameters, the data shape and the seed), while
 the data decide the task (class labels: per image; else masks: per pixel): the repo's small
-segmenter (`augment.metrics.utility.TinySegmenter`) gives per-pixel logits, and their
-spatial mean is the image's logits. Its 1×1 head is linear, so that mean equals a linear
+segmenter (`augment.metrics.utility.TinySegmenter`, three stride-2 levels deep) gives
+per-pixel logits, and their spatial mean is the image's logits. The depth matters: with
+one level each pixel sees ~11 pixels, and on 32-pixel house-number crops the mean of such
+local votes stayed near chance (0.24 held-out accuracy after 1,500 steps of 32) where three
+levels (~47 pixels) reached 0.94. Its 1×1 head is linear, so that mean equals a linear
 head on globally average-pooled features: the usual image classifier. Every parameter
 takes part in both tasks, so DDP never meets an unused one. Which task the net was fitted
 for is its `kind` buffer, saved with its weights.
@@ -28,6 +31,7 @@ from augment.metrics.utility import TinySegmenter
 Task = Literal["classification", "segmentation"]
 KINDS: dict[int, Task | None] = {0: None, 1: "classification", 2: "segmentation"}  # `kind` buffer values
 KIND_IDS: dict[Task, int] = {"classification": 1, "segmentation": 2}
+TASK_LEVELS = 3  # stride-2 levels of the task models (see the module doc)
 
 
 class TaskNet(nn.Module):
@@ -41,7 +45,7 @@ class TaskNet(nn.Module):
     def __init__(self, channels: int, num_classes: int, width: int) -> None:
         super().__init__()
         self.channels, self.num_classes, self.width = channels, num_classes, width
-        self.net = TinySegmenter(channels, num_classes, width)
+        self.net = TinySegmenter(channels, num_classes, width, levels=TASK_LEVELS)
         self.register_buffer("kind", torch.zeros((), dtype=torch.int64))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
