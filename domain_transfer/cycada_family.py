@@ -51,6 +51,12 @@ class CyCADAFamily(Family):
             return warmup_cosine(self.fit.task_steps)(k)
         return linear_decay(k, self.steps, self.fit.decay_start)
 
+    def check_data(self, data: TrainingData) -> None:
+        """f_S needs class labels or masks (in the class names' range) on the source records."""
+        from domain_transfer.cycada_train import task_of
+
+        task_of(data, self.shape.class_names)
+
     def build(self) -> dict[str, torch.nn.Module]:
         from domain_transfer.cycada_train import build_modules
 

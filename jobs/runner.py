@@ -258,9 +258,13 @@ class JobRunner:
             height, width = data.images.shape[1:3]
             shape = DataShape(height, data.images.shape[3], tuple(plan.class_names), None if width == height else width)
             try:  # hyperparameters that do not suit the data are the config's fault, said before Ray Train
-                family(step.fit, shape, self.config.seed)
+                fitted = family(step.fit, shape, self.config.seed)
             except ValueError as error:
                 raise ConfigError(f"{where}.fit: {error}") from None
+            try:  # so is a source the family cannot learn from (CyCADA without labels or masks)
+                fitted.check_data(data)
+            except ValueError as error:
+                raise ConfigError(f"{where}: {error}") from None
             folder = self.out / "checkpoints" / step.kind
             stages[step.kind] = {"status": "running", "folder": str(folder)}
             self._save_job()

@@ -401,3 +401,41 @@ def test_bad_targets_are_refused_before_fitting(target: dict | None, message: st
         config = parse_config({"source": {"kind": "simulator", "family": "digits", "frames": 20, "image_size": 16},
                                "split": {"holdout": 0.0}, "generate": [step], "report": {"enabled": False}})
         run_job(config, tmp_path / "out")
+
+
+
+class ToyPicky(ToyShift):
+    """Learns only from sources without class labels (as CyCADA needs labels or masks)."""
+
+    name = "toy_picky"
+
+    def check_data(self, data: TrainingData) -> None:
+        if (data.labels >= 0).any():
+            raise ValueError("toy_picky: needs unlabelled images, the training data have class labels")
+
+
+def test_a_family_refuses_data_it_cannot_learn_from_before_fitting(tmp_path: Path) -> None:
+    """`Family.check_data` runs in the driver: its refusal is a config error naming the step,
+    raised before Ray Train (no checkpoint folder appears). CyCADA's refusal of data without
+    labels or masks is the same hook."""
+    from augment.generators.family import DataShape
+    from domain_transfer.cycada_family import CyCADAFamily, CyCADAFit
+
+    target = write_target(tmp_path / "real", [(16, 16)] * 12, (200, 0, 0))
+    register(ToyPicky)
+    try:
+        config = parse_config({
+            "source": {"kind": "simulator", "family": "digits", "frames": 12, "image_size": 16},
+            "generate": [{"kind": "toy_picky", "fit": {"steps": 2},
+                          "target": {"kind": "folder", "root": str(target), "layout": "flat"}}],
+            "report": {"enabled": False}})
+        with pytest.raises(ConfigError, match=r"generate\[0\] \(toy_picky\): toy_picky: needs unlabelled"):
+            run_job(config, tmp_path / "out")
+    finally:
+        unregister(ToyPicky.name)
+    assert not (tmp_path / "out" / "checkpoints").exists()
+    cycada = CyCADAFamily(CyCADAFit(steps=4, task_steps=2, d_layers=2), DataShape(16, 3, ("a", "b")), 0)
+    unlabelled = TrainingData(np.zeros((4, 16, 16, 3), np.uint8), np.full(4, -1, np.int64))
+    with pytest.raises(ValueError, match="no class labels .* and no masks"):
+        cycada.check_data(unlabelled)
+    cycada.check_data(TrainingData(unlabelled.images, np.array([0, 1, 1, 0])))  # labels: accepted

@@ -167,6 +167,10 @@ class Family(ABC):
         fit.check_shape(shape)
         self.fit, self.shape, self.seed = fit, shape, seed
 
+    def check_data(self, data: TrainingData) -> None:
+        """Refuse training data this family cannot fit (ValueError; the job says it as a config
+        error naming the step, before Ray Train starts). Default: any data."""
+
     # -- fitting (the shared trainer calls these on every Ray Train worker) ----------------
 
     @property
