@@ -114,3 +114,33 @@ def test_segmentation_utility_checks_mask_ids() -> None:
     images, masks = squares(4, seed=0)
     with pytest.raises(ValueError, match="class id 1, outside 0..0"):
         segmentation_utility((images, masks), None, (images, masks), 1, seed=0, steps=1)
+
+
+@pytest.mark.parametrize("levels, sees_far", [(1, False), (3, True)])
+def test_segmenter_levels_set_how_far_a_pixel_sees(levels: int, sees_far: bool) -> None:
+    """One level: a pixel's logits ignore a change 20 pixels away; three levels see it. Any
+    size (odd ones too) comes back at its own size."""
+    import torch
+
+    from augment.metrics.classifier import build_on_meta, init_parameters
+    from augment.metrics.utility import TinySegmenter
+
+    net = build_on_meta(lambda: TinySegmenter(3, 4, 8, levels=levels))
+    init_parameters(net, torch.Generator().manual_seed(0))
+    net.eval()
+    x = torch.zeros(1, 3, 37, 45)
+    moved = x.clone()
+    moved[0, :, 18, 42] = 1.0  # 20 columns right of the pixel read below
+    with torch.no_grad():
+        before, after = net(x), net(moved)
+    assert before.shape == (1, 4, 37, 45)
+    assert bool((before[0, :, 18, 22] != after[0, :, 18, 22]).any()) is sees_far
+
+
+def test_a_one_level_segmenter_keeps_its_weight_names() -> None:
+    """Saved one-level segmenters (label-preservation models of earlier jobs) still load."""
+    from augment.metrics.utility import TinySegmenter
+
+    names = {k.split(".")[0] for k in TinySegmenter(3, 4, 8).state_dict()}
+    assert names == {"stem", "down", "fuse", "head"}
+    assert {k.split(".")[0] for k in TinySegmenter(3, 4, 8, levels=3).state_dict()} == names | {"deeper"}
