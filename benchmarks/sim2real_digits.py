@@ -19,22 +19,18 @@ A family whose job is already in `--out` is reused (delete the folder to refit).
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 import numpy as np
-import yaml
-from transfer_common import decode, gate_of, passes, preservation, rows_of, run_family, show_progress, transfer_grid
+from transfer_common import (FAMILIES, REPO, benchmark_args, configured, decode, fit_extras, gate_of, passes,
+                             preservation, rows_of, run_family, show_progress, transfer_grid)
 
 from augment.metrics.classifier import predict_proba, train_classifier
 from jobs.config import parse_config
 from jobs.plan import other_source_split
-from jobs.registry import families
 from jobs.sources import build_source
 
-REPO = Path(__file__).resolve().parent.parent
 CONFIG = REPO / "configs" / "sim2real_digits.yaml"
-FAMILIES = ("cyclegan", "cycada")
 CLASSIFIER_STEPS = 1500  # one fixed budget for every training set
 CLASSIFIER_SEED = 5
 
@@ -56,31 +52,11 @@ def accuracy(images: np.ndarray, labels: np.ndarray, test: tuple[np.ndarray, np.
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--steps", type=int, default=None, help="translator fit steps (default: the config's)")
-    parser.add_argument("--frames", type=int, default=None, help="simulator frames (default: the config's)")
-    parser.add_argument("--out", type=Path, default=REPO / "runs" / "bench_sim2real_digits")
-    parser.add_argument("--families", nargs="+", default=list(FAMILIES))
-    parser.add_argument("--task-steps", type=int, default=6000,
-                        help="CyCADA's f_S steps, added before the translator's (both families get the same "
-                             "translator steps)")
-    parser.add_argument("--num-cpus", type=int, default=None, help="CPUs of the embedded Ray (default: all)")
-    parser.add_argument("--grid", type=Path, default=REPO / "docs" / "sim2real_digits.png",
-                        help="where to save simulator frames beside their translations")
-    args = parser.parse_args()
+    args = benchmark_args(__doc__, "sim2real_digits", task_steps=6000).parse_args()
     show_progress()
-    raw = yaml.safe_load(CONFIG.read_text())
-    if args.steps is not None:
-        raw["generate"][0].setdefault("fit", {})["steps"] = args.steps
-    if args.frames is not None:
-        raw["source"]["frames"] = args.frames
-    if args.num_cpus is not None:
-        raw["execution"] = {**raw.get("execution", {}), "num_cpus": args.num_cpus, "num_workers": args.num_cpus}
-    kinds = [k for k in args.families if k in families()]
-
-    steps = raw["generate"][0]["fit"]["steps"]
-    extra = {"cycada": {"task_steps": args.task_steps, "steps": steps + args.task_steps}}
-    seconds = {kind: run_family(CONFIG, raw, kind, args.out / kind, extra.get(kind)) for kind in kinds}
+    raw, kinds = configured(CONFIG, args)
+    extras = fit_extras(raw, args.task_steps)
+    seconds = {kind: run_family(CONFIG, raw, kind, args.out / kind, extras[kind]) for kind in kinds}
     # The real target as the job split it: the translators fitted its training part (no labels).
     job = parse_config(raw, base=CONFIG.parent)
     target = job.generate[0].target
@@ -92,9 +68,7 @@ def main() -> None:
         return np.stack([s.image for s in samples]), np.array([s.label for s in samples], np.int64)
 
     test = load(holdout_records)
-    first = args.out / kinds[0] if kinds else None
-    if first is None:
-        raise SystemExit("no transfer family is registered")
+    first = args.out / kinds[0]
     transfer_grid({kind: args.out / kind for kind in kinds}, test[0], args.grid)
     results = {"source_only": accuracy(*labelled(first, "simulator"), test)}
     gate, sizes = gate_of(raw), {}

@@ -20,22 +20,18 @@ then `source_only_miou=… cyclegan_miou=… cycada_miou=… oracle_miou=…` (a
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 import numpy as np
-import yaml
-from transfer_common import decode, gate_of, passes, preservation, rows_of, run_family, show_progress, transfer_grid
+from transfer_common import (FAMILIES, REPO, benchmark_args, configured, decode, fit_extras, gate_of, passes,
+                             preservation, rows_of, run_family, show_progress, transfer_grid)
 
 from augment.images import crop_resize
 from augment.metrics.utility import confusion_matrix, mean_iou, predict_masks, train_segmenter
 from jobs.config import ExternalSourceConfig, parse_config
-from jobs.registry import families
 from jobs.sources import build_source
 
-REPO = Path(__file__).resolve().parent.parent
 CONFIG = REPO / "configs" / "sim2real_street.yaml"
-FAMILIES = ("cyclegan", "cycada")
 SEGMENTER_STEPS = 2000  # one fixed budget for every training set
 SEGMENTER_SEED = 5
 
@@ -62,27 +58,11 @@ def camvid(split: str, target: ExternalSourceConfig, height: int, width: int) ->
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--steps", type=int, default=None, help="translator fit steps (default: the config's)")
-    parser.add_argument("--frames", type=int, default=None, help="simulator frames (default: the config's)")
+    parser = benchmark_args(__doc__, "sim2real_street", task_steps=2000)
     parser.add_argument("--segmenter-steps", type=int, default=SEGMENTER_STEPS)
-    parser.add_argument("--out", type=Path, default=REPO / "runs" / "bench_sim2real_street")
-    parser.add_argument("--families", nargs="+", default=list(FAMILIES))
-    parser.add_argument("--task-steps", type=int, default=2000,
-                        help="CyCADA's f_S steps, added before the translator's (both families get the same "
-                             "translator steps)")
-    parser.add_argument("--num-cpus", type=int, default=None, help="CPUs of the embedded Ray (default: all)")
-    parser.add_argument("--grid", type=Path, default=REPO / "docs" / "sim2real_street.png",
-                        help="where to save simulator frames beside their translations")
     args = parser.parse_args()
     show_progress()
-    raw = yaml.safe_load(CONFIG.read_text())
-    if args.steps is not None:
-        raw["generate"][0].setdefault("fit", {})["steps"] = args.steps
-    if args.frames is not None:
-        raw["source"]["frames"] = args.frames
-    if args.num_cpus is not None:
-        raw["execution"] = {**raw.get("execution", {}), "num_cpus": args.num_cpus, "num_workers": args.num_cpus}
+    raw, kinds = configured(CONFIG, args)
     job = parse_config(raw, base=CONFIG.parent)
     target = job.generate[0].target
     if not isinstance(target, ExternalSourceConfig) or target.root.name != "train":
@@ -90,15 +70,9 @@ def main() -> None:
     class_names = list(target.class_names)
     void = class_names.index("void")
     width, height = job.source.frame_size
-    kinds = [k for k in args.families if k in families()]
-    if not kinds:
-        raise SystemExit("no transfer family is registered")
-
     # Street frames flip without changing their masks' meaning (CyCADA's default is off, for digits).
-    steps = raw["generate"][0]["fit"]["steps"]
-    extra = {"cyclegan": {"flip": True},
-             "cycada": {"flip": True, "task_steps": args.task_steps, "steps": steps + args.task_steps}}
-    seconds = {kind: run_family(CONFIG, raw, kind, args.out / kind, extra[kind]) for kind in kinds}
+    extras = fit_extras(raw, args.task_steps, flip=True)
+    seconds = {kind: run_family(CONFIG, raw, kind, args.out / kind, extras[kind]) for kind in kinds}
     val, real_train = camvid("val", target, height, width), camvid("train", target, height, width)
     transfer_grid({kind: args.out / kind for kind in kinds}, real_train[0][:8], args.grid)
     sets = {"source_only": shard_pairs(args.out / kinds[0], "simulator")}

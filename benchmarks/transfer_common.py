@@ -3,6 +3,7 @@ family, reading its shards, and the picture of simulator frames beside their tra
 
 from __future__ import annotations
 
+import argparse
 import copy
 import io
 import json
@@ -13,12 +14,55 @@ from typing import Any
 
 import numpy as np
 import pyarrow.parquet as pq
+import yaml
 from PIL import Image
 
 from jobs.config import parse_config
+from jobs.registry import families
 from jobs.runner import run_job
 
+REPO = Path(__file__).resolve().parent.parent
+FAMILIES = ("cyclegan", "cycada")
+
 MIN_CELL = 96  # grid cells are enlarged (nearest) to at least this many pixels high
+
+
+def benchmark_args(doc: str, name: str, task_steps: int) -> argparse.ArgumentParser:
+    """The options both benchmarks take; `name` names the default output folder and grid."""
+    parser = argparse.ArgumentParser(description=doc.split("\n")[0])
+    parser.add_argument("--steps", type=int, default=None, help="translator fit steps (default: the config's)")
+    parser.add_argument("--frames", type=int, default=None, help="simulator frames (default: the config's)")
+    parser.add_argument("--out", type=Path, default=REPO / "runs" / f"bench_{name}")
+    parser.add_argument("--families", nargs="+", default=list(FAMILIES))
+    parser.add_argument("--task-steps", type=int, default=task_steps,
+                        help="CyCADA's f_S steps, added before the translator's (both families get the same "
+                             "translator steps)")
+    parser.add_argument("--num-cpus", type=int, default=None, help="CPUs of the embedded Ray (default: all)")
+    parser.add_argument("--grid", type=Path, default=REPO / "docs" / f"{name}.png",
+                        help="where to save simulator frames beside their translations")
+    return parser
+
+
+def configured(config: Path, args: argparse.Namespace) -> tuple[dict[str, Any], list[str]]:
+    """The shipped config with the options applied, and the registered families asked for."""
+    raw = yaml.safe_load(config.read_text())
+    if args.steps is not None:
+        raw["generate"][0].setdefault("fit", {})["steps"] = args.steps
+    if args.frames is not None:
+        raw["source"]["frames"] = args.frames
+    if args.num_cpus is not None:
+        raw["execution"] = {**raw.get("execution", {}), "num_cpus": args.num_cpus, "num_workers": args.num_cpus}
+    kinds = [k for k in args.families if k in families()]
+    if not kinds:
+        raise SystemExit(f"none of {args.families} is a registered family")
+    return raw, kinds
+
+
+def fit_extras(raw: dict[str, Any], task_steps: int, **shared: Any) -> dict[str, dict[str, Any]]:
+    """Per family, the `fit` keys added to the config's: CyCADA's f_S phase comes before the
+    translator's, so both families get the config's translator steps."""
+    steps = raw["generate"][0]["fit"]["steps"]
+    return {"cyclegan": dict(shared), "cycada": {**shared, "task_steps": task_steps, "steps": steps + task_steps}}
 
 
 def show_progress() -> None:

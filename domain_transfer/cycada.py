@@ -17,15 +17,14 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import numpy as np
 import torch
-from pydantic import ValidationError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from augment.generators.base import checkpoint_sha256, refuse_pickles
+from augment.generators.base import checkpoint_sha256
 from augment.generators.family import DataShape
 from augment.metrics.classifier import build_on_meta
 from domain_transfer.cycada_config import CyCADAFit
