@@ -23,7 +23,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from transfer_common import (FAMILIES, REPO, benchmark_args, configured, decode, fit_extras, gate_of, passes,
+from transfer_common import (FAMILIES, REPO, benchmark_args, cached, configured, decode, fingerprint, fit_extras, gate_of, passes,
                              preservation, rows_of, run_family, show_progress, transfer_grid)
 
 from augment.images import crop_resize
@@ -84,17 +84,26 @@ def main() -> None:
             sets[f"{kind}_gated"] = shard_pairs(args.out / kind, kind, gate)
     sets["oracle"] = real_train
 
-    results: dict[str, tuple[float, list[float | None]]] = {}
-    for name, (images, masks) in sets.items():
-        if not len(images):  # every row dropped by the gate
-            results[name] = (float("nan"), [None] * (len(class_names) - 1))
-            continue
+    def score(name: str, images: np.ndarray, masks: np.ndarray) -> tuple[float, list[float | None]]:
         model = train_segmenter(images, masks, len(class_names), seed=SEGMENTER_SEED, steps=args.segmenter_steps,
                                 ignore_index=void, progress=f"segmenter {name}")
         confusion = confusion_matrix(val[1], predict_masks(model, val[0]), len(class_names), ignore_index=void)
         _, per_class = mean_iou(confusion)  # void truth pixels are not counted; predicting void is an error
         kept = [iou for c, iou in enumerate(per_class) if c != void and iou is not None]
-        results[name] = (float(np.mean(kept)) if kept else 0.0, [iou for c, iou in enumerate(per_class) if c != void])
+        return float(np.mean(kept)) if kept else 0.0, [iou for c, iou in enumerate(per_class) if c != void]
+
+    results: dict[str, tuple[float, list[float | None]]] = {}
+    for name, (images, masks) in sets.items():
+        if not len(images):  # every row dropped by the gate
+            results[name] = (float("nan"), [None] * (len(class_names) - 1))
+            continue
+        if name.endswith("_gated") and len(images) == len(sets[name.removesuffix("_gated")][0]):
+            results[name] = results[name.removesuffix("_gated")]  # the gate kept every row: the same set
+            continue
+        key = {"steps": args.segmenter_steps, "seed": SEGMENTER_SEED, "rows": len(images), "val": len(val[0]),
+               "data": fingerprint(images, masks)}
+        value = cached(args.out, name, key, lambda: score(name, images, masks))
+        results[name] = (value[0], value[1])
 
     shown = [n for n in class_names if n != "void"]
     print(f"\nIoU on CamVid val/ ({len(val[0])} frames at {width}x{height}); training rows: "
