@@ -406,6 +406,15 @@ class ReportConfig(_Strict):
                                           "fidelity/diversity trade-off")
     sweep_per_class: int = Field(20, ge=2, le=10_000)
 
+    @model_serializer(mode="wrap")
+    def _omit_unset_judge_steps(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """Leave out `label_preservation_steps` when unset, so a config without it dumps (and
+        hashes, so resumes) as before the field existed."""
+        data = handler(self)
+        if data.get("label_preservation_steps", 0) is None:
+            del data["label_preservation_steps"]
+        return data
+
 
 # Report settings that change the report but not a shard's bytes (row scores depend on the rest).
 REPORT_ONLY = {"utility", "sweep", "sweep_per_class", "kid_subsets", "kid_subset_size", "grid_per_class"}
