@@ -92,8 +92,10 @@ def main() -> None:
         kept = [iou for c, iou in enumerate(per_class) if c != void and iou is not None]
         return float(np.mean(kept)) if kept else 0.0, [iou for c, iou in enumerate(per_class) if c != void]
 
+    # The families' arms first: a run per family (side by side) then shares the cached baselines.
     results: dict[str, tuple[float, list[float | None]]] = {}
-    for name, (images, masks) in sets.items():
+    for name in sorted(sets, key=lambda n: n in ("source_only", "oracle")):
+        images, masks = sets[name]
         if not len(images):  # every row dropped by the gate
             results[name] = (float("nan"), [None] * (len(class_names) - 1))
             continue
@@ -105,6 +107,7 @@ def main() -> None:
         value = cached(args.out, name, key, lambda: score(name, images, masks))
         results[name] = (value[0], value[1])
 
+    results = {name: results[name] for name in sets}  # the table's order: source only first, oracle last
     shown = [n for n in class_names if n != "void"]
     print(f"\nIoU on CamVid val/ ({len(val[0])} frames at {width}x{height}); training rows: "
           + ", ".join(f"{n} {len(s[0])}" for n, s in sets.items()))
