@@ -27,8 +27,7 @@ from transfer_common import (FAMILIES, REPO, benchmark_args, cached, configured,
 
 from augment.metrics.classifier import predict_proba, train_classifier
 from jobs.config import parse_config
-from jobs.plan import other_source_split
-from jobs.sources import build_source
+from jobs.plan import open_other_source
 
 CONFIG = REPO / "configs" / "sim2real_digits.yaml"
 CLASSIFIER_STEPS = 1500  # one fixed budget for every training set
@@ -69,8 +68,7 @@ def main() -> None:
     # The real target as the job split it: the translators fitted its training part (no labels).
     job = parse_config(raw, base=CONFIG.parent)
     target = job.generate[0].target
-    real = build_source(target, job.seed)
-    train_records, holdout_records = other_source_split(real.records(), job.split.holdout, job.seed)
+    real, train_records, holdout_records = open_other_source(target, job.split.holdout, job.seed)
 
     def load(records: list) -> tuple[np.ndarray, np.ndarray]:
         samples = [real.load(r) for r in records]

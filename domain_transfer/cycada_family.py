@@ -3,6 +3,8 @@ the source records' look (simulator frames) to the target source's look, kept se
 consistent by a frozen source task model f_S, plus a target task model f_T adapted at the
 feature level. Geometry is kept, so each translated row keeps its parent's label, mask and
 boxes (request "parent"); the saved model also carries f_T (`CyCADATranslator.task_model`).
+The family is CycleGAN's with more modules: what translation and its picture need (G, F,
+the `sample:` section, the grid) is inherited.
 
 The source records need class labels or masks (f_S learns them); the task is per image
 when they have class labels, else per pixel on their masks (as the job's label-preservation
@@ -19,26 +21,22 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from augment.generators.family import Family, Sampler, StepFn, TrainingData, TrainState
+from augment.generators.family import Sampler, StepFn, TrainingData, TrainState
 from domain_transfer.cycada_config import CyCADAFit
 from domain_transfer.cyclegan_config import linear_decay
-from domain_transfer.cyclegan_family import CycleGANSample
+from domain_transfer.cyclegan_family import CycleGANFamily
 
 if TYPE_CHECKING:
-    import numpy as np
     import torch
 
 __all__ = ["CyCADAFamily", "CyCADAFit"]
 
 
-class CyCADAFamily(Family):
+class CyCADAFamily(CycleGANFamily):
     name = "cycada"
-    request = "parent"
     Fit = CyCADAFit
-    Sample = CycleGANSample  # translation as CycleGAN's: only the frames per forward pass
     description = ("CycleGAN translation kept semantically consistent by a frozen source task model, "
                    "plus a target task model adapted at the feature level (needs labels or masks)")
-    needs_target = True
     fit: CyCADAFit
 
     def lr_scale(self, k: int) -> float:
@@ -77,14 +75,6 @@ class CyCADAFamily(Family):
 
         return CyCADATranslator(self.fit, self.shape, state.module("G"), state.module("f_S"),  # type: ignore[arg-type]
                                 state.module("f_T"), seed=self.seed)  # type: ignore[arg-type]
-
-    def grid(self, state: TrainState, data: TrainingData) -> np.ndarray | None:
-        """CycleGAN's picture: rows x → G(x) → F(G(x)) and y → F(y) → G(F(y))."""
-        from domain_transfer.cyclegan_train import translation_grid
-
-        if data.target is None:
-            return None
-        return translation_grid(state.module("G"), state.module("F"), data.images, data.target)
 
     @classmethod
     def from_pretrained(cls, directory: Path, device: str = "cpu") -> Sampler:

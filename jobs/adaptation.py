@@ -16,13 +16,12 @@ from typing import Any
 
 import numpy as np
 
-from augment.errors import InputRejected
 from augment.images import crop_resize
 from augment.metrics.preprocess import match_channels
 from augment.metrics.utility import confusion_matrix, mean_iou
+from augment.sources.base import loaded
 from jobs.config import JobConfig, StepConfig
-from jobs.plan import other_source_split
-from jobs.sources import build_source
+from jobs.plan import open_other_source
 
 log = logging.getLogger("synthaug")
 
@@ -35,16 +34,10 @@ def _holdout(step: StepConfig, config: JobConfig, class_names: list[str], height
     class ids, by name) or masks (when its classes are the job's) where every image has them."""
     if step.target is None:
         raise ValueError(f"{step.kind}: not a transfer step (no target)")
-    source = build_source(step.target, config.seed)
-    _, records = other_source_split(source.records(), config.split.holdout, config.seed)
+    source, _, records = open_other_source(step.target, config.split.holdout, config.seed)
     rename = {i: class_names.index(n) for i, n in enumerate(source.class_names) if n in class_names}
     images, labels, masks = [], [], []
-    for record in records[:MAX_HOLDOUT]:
-        try:
-            sample = source.load(record)
-        except InputRejected as rejected:
-            log.warning("adaptation: skipped %s: %s", rejected.path, rejected.reason)
-            continue
+    for _, sample in loaded(source, records[:MAX_HOLDOUT], "adaptation"):
         images.append(crop_resize(match_channels(sample.image, channels), height, width))
         labels.append(None if sample.label is None else rename.get(int(sample.label)))
         if sample.mask is None:

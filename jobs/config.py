@@ -34,6 +34,20 @@ from simulators.street import StreetControls
 Color = Literal["rgb", "gray"]
 
 
+def omit_when_none(*keys: str) -> Any:
+    """A model serializer leaving out `keys` whose value is None: a field added to a model
+    later then dumps (and hashes, so old jobs resume) as before it existed."""
+
+    def serialize(self: BaseModel, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data = handler(self)
+        for key in keys:
+            if key in data and data[key] is None:
+                del data[key]
+        return data
+
+    return model_serializer(mode="wrap")(serialize)
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -121,14 +135,8 @@ class StreetSimulatorConfig(_SimulatorConfig):
             raise ValueError(f"height {self.height} is more than twice width {self.width}")
         return self
 
-    @model_serializer(mode="wrap")
-    def _omit_unused_shape(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
-        """Leave out the frame fields not in use, so a square config dumps (and hashes) as before."""
-        data = handler(self)
-        for key in ("image_size", "width", "height"):
-            if data.get(key, 0) is None:
-                del data[key]
-        return data
+    # The frame fields not in use are left out, so a square config dumps (and hashes) as before.
+    _omit_unused_shape = omit_when_none("image_size", "width", "height")
 
     @property
     def frame_size(self) -> tuple[int, int]:
@@ -406,14 +414,8 @@ class ReportConfig(_Strict):
                                           "fidelity/diversity trade-off")
     sweep_per_class: int = Field(20, ge=2, le=10_000)
 
-    @model_serializer(mode="wrap")
-    def _omit_unset_judge_steps(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
-        """Leave out `label_preservation_steps` when unset, so a config without it dumps (and
-        hashes, so resumes) as before the field existed."""
-        data = handler(self)
-        if data.get("label_preservation_steps", 0) is None:
-            del data["label_preservation_steps"]
-        return data
+    # A config without it dumps (and hashes, so resumes) as before the field existed.
+    _omit_unset_judge_steps = omit_when_none("label_preservation_steps")
 
 
 # Report settings that change the report but not a shard's bytes (row scores depend on the rest).

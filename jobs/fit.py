@@ -59,25 +59,18 @@ def target_images(step: StepConfig, job_seed: int, holdout: float, like: np.ndar
     channel count (grey to RGB by repetition, RGB to grey by luma) and its size (the centred crop
     of the source's aspect ratio, then bicubic). Records that fail to load are skipped with a
     warning; labels are never read. Fewer than `MIN_TARGET_IMAGES` usable images is an error."""
-    from augment.errors import InputRejected
     from augment.images import crop_resize
     from augment.metrics.preprocess import match_channels
-    from jobs.plan import other_source_split
-    from jobs.sources import build_source
+    from augment.sources.base import loaded
+    from jobs.plan import open_other_source
 
     if step.target is None:
         raise ConfigError(f"{where}.target: {step.kind} needs a target domain")
-    source = build_source(step.target, job_seed)
-    records, _ = other_source_split(source.records(), holdout, job_seed)
+    source, records, _ = open_other_source(step.target, holdout, job_seed)
     height, width, channels = like.shape[1:4]
-    images, skipped = [], []
-    for record in records:
-        try:
-            image = source.load(record).image
-        except InputRejected as rejected:
-            skipped.append(f"{rejected.path}: {rejected.reason}")
-            continue
-        images.append(crop_resize(match_channels(image, channels), height, width))
+    skipped: list[str] = []
+    images = [crop_resize(match_channels(sample.image, channels), height, width)
+              for _, sample in loaded(source, records, f"{where}.target", skipped)]
     if skipped:
         log.warning("%s.target: skipped %d unusable images (%s%s)", where, len(skipped), skipped[0],
                     ", ..." if len(skipped) > 1 else "")

@@ -17,8 +17,8 @@ import numpy as np
 
 from augment.errors import ConfigError
 from augment.seeding import derive_seed
-from augment.sources.base import SourceRecord
-from jobs.config import QuotaConfig
+from augment.sources.base import Source, SourceRecord
+from jobs.config import QuotaConfig, SourceConfig
 from jobs.quota import CLASSICAL, PlanAugment, PlanStep, Quota, check_plan_size, mapped_rows, quota_for
 
 Split = Literal["train", "holdout"]
@@ -247,6 +247,17 @@ def other_source_split(records: list[SourceRecord], holdout: float, seed: int
     job's holdout fraction and seed, so a transfer step fits the very images the report does not
     compare against."""
     return split_records(records, holdout or OTHER_SOURCE_HOLDOUT, seed)
+
+
+def open_other_source(config: SourceConfig, holdout: float, seed: int
+                      ) -> tuple[Source, list[SourceRecord], list[SourceRecord]]:
+    """A source other than the job's (a step's `target`, `report.reference`) built and split as
+    `other_source_split` does: (source, training records, holdout records)."""
+    from jobs.sources import build_source
+
+    source = build_source(config, seed)
+    train, held = other_source_split(source.records(), holdout, seed)
+    return source, train, held
 
 
 def assign_children(train: list[SourceRecord], counts: dict[int, int], seed: int, offset: int = 0

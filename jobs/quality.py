@@ -25,13 +25,12 @@ from typing import Any
 
 import numpy as np
 
-from augment.errors import InputRejected
 from augment.metrics.preprocess import resize_mask, to_metric_size
 from augment.report.inputs import RealImages, RealSide
 from augment.seeding import derive_seed
-from augment.sources.base import SourceRecord
+from augment.sources.base import SourceRecord, loaded
 from jobs.config import JobConfig
-from jobs.plan import other_source_split, split_records
+from jobs.plan import open_other_source, split_records
 from jobs.sources import build_source
 
 log = logging.getLogger("synthaug")
@@ -54,12 +53,7 @@ def load_real(source: Any, records: list[SourceRecord], size: int, channels: int
 
     `label_map` renames a reference source's class ids to the job's (missing: unlabelled)."""
     images, labels, masks = [], [], []
-    for record in records:
-        try:
-            sample = source.load(record)
-        except InputRejected as rejected:
-            log.warning("report: skipped %s: %s", rejected.path, rejected.reason)
-            continue
+    for _, sample in loaded(source, records, "report"):
         if label_map is not None and sample.label is not None:
             sample.label = label_map.get(int(sample.label))
         images.append(to_metric_size(sample.image, size, channels))
@@ -95,10 +89,9 @@ def real_side(config: JobConfig, listed: Any, rejected: dict[str, Any]) -> RealS
         holdout = [r for r in listed.holdout if r.id not in rejected]
         source, label_map, origin = listed.source, None, "source"
     else:
-        source = build_source(reference, config.seed)
+        source, usable, holdout = open_other_source(reference, config.split.holdout, config.seed)
         names = {name: i for i, name in enumerate(listed.class_names)}
         label_map = {i: names[n] for i, n in enumerate(source.class_names) if n in names}
-        usable, holdout = other_source_split(source.records(), config.split.holdout, config.seed)
         origin = (f"report.reference ({reference.kind})" if config.report.reference is not None
                   else f"the transfer target ({reference.kind})")
     train = load_real(source, subsample(usable, limit, config.seed, 1), size, channels, label_map)
@@ -214,12 +207,7 @@ def _load_labelled(source: Any, records: list[SourceRecord], task: str) -> tuple
     """Images and their labels (classification) or masks (segmentation); unusable records left out."""
     images: list[np.ndarray] = []
     targets: list[Any] = []
-    for record in records:
-        try:
-            sample = source.load(record)
-        except InputRejected as rejected:
-            log.warning("label preservation: skipped %s: %s", rejected.path, rejected.reason)
-            continue
+    for _, sample in loaded(source, records, "label preservation"):
         target = sample.label if task == "classification" else sample.mask
         if target is not None:
             images.append(sample.image)
@@ -246,13 +234,8 @@ def prepare_label_preservation(config: JobConfig, folder: Path, listed: Any = No
     task = "classification" if any(r.label is not None for r in records) else "segmentation"
     if task == "classification":
         records = [r for r in records if r.label is not None]
-    first = None
-    for record in records:
-        try:
-            first = source.load(record)
-            break
-        except InputRejected:
-            continue
+    # The first usable record (quietly: the fit's own read below names every skip).
+    first = next((sample for _, sample in loaded(source, records, "label preservation", skipped=[])), None)
     if first is None or (task == "segmentation" and first.mask is None):
         log.warning("label preservation: the source's training records have no class labels or masks; "
                     "rows of %s are not scored", ", ".join(sources))

@@ -8,12 +8,16 @@ empty or unsafe class folder, unreadable annotation file).
 
 from __future__ import annotations
 
+import logging
 import unicodedata
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
 from augment.errors import ConfigError, InputRejected, is_valid_unicode, readable
 from augment.sample import Sample
+
+log = logging.getLogger("synthaug")
 
 # Class names end up in file metadata, report tables and (for folder sources) paths.
 # Letters and digits of any script count (a folder may be named "café" or "猫"); marks
@@ -109,3 +113,22 @@ class ListedRecordsSource:
         reason = self._refused.get(record.ref)
         if reason is not None:
             raise InputRejected(record.ref, reason)
+
+
+def loaded(source: Source, records: Iterable[SourceRecord], stage: str,
+           skipped: list[str] | None = None) -> Iterator[tuple[SourceRecord, Sample]]:
+    """Each usable record with its sample, for the driver's own reads (report models, targets).
+
+    A record that fails to load is left out, as workers skip it: a warning names it and its
+    reason (prefixed by `stage`), or, with `skipped` given, "path: reason" is appended there
+    for the caller to summarise."""
+    for record in records:
+        try:
+            sample = source.load(record)
+        except InputRejected as rejected:
+            if skipped is None:
+                log.warning("%s: skipped %s: %s", stage, rejected.path, rejected.reason)
+            else:
+                skipped.append(f"{rejected.path}: {rejected.reason}")
+            continue
+        yield record, sample
