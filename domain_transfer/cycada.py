@@ -15,31 +15,27 @@ refuses pickles and reads safetensors only.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
-from torch import nn
 
 from augment.generators.base import checkpoint_sha256
+from augment.generators.checkpoint import CONFIG, WEIGHTS, read_checkpoint_config, state_tensors
 from augment.generators.family import DataShape
+from augment.generators.tensors import to_float
 from augment.metrics.classifier import build_on_meta
 from domain_transfer.cycada_config import CyCADAFit
 from domain_transfer.cycada_networks import Task, TaskNet, task_logits
-from domain_transfer.cyclegan import CONFIG, WEIGHTS, CycleGANTranslator, read_checkpoint_config, to_float
+from domain_transfer.cyclegan import CycleGANTranslator
 from domain_transfer.cyclegan_config import MIN_SIZE
 from domain_transfer.networks import ResnetGenerator
 
 FORMAT, FORMAT_VERSION = "synthaug.cycada", 1
 TASK_TARGET, TASK_SOURCE = "task_target.safetensors", "task_source.safetensors"
 FILES = (WEIGHTS, TASK_TARGET, TASK_SOURCE, CONFIG)
-
-
-def _tensors(module: nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
 
 
 class TaskPredictor:
@@ -94,6 +90,7 @@ class CyCADATranslator(CycleGANTranslator):
     """G_{S→T} for sampling (`CycleGANTranslator.sample`), with f_T and f_S kept alongside."""
 
     name = "cycada"
+    format_name = FORMAT
     fit: CyCADAFit
 
     def __init__(self, fit: CyCADAFit, shape: DataShape, generator: ResnetGenerator, task_source: TaskNet,
@@ -109,18 +106,16 @@ class CyCADATranslator(CycleGANTranslator):
         net = self.task_target if which == "target" else self.task_source
         return TaskPredictor(net, self.class_names, device=self.device)
 
+    def config_extras(self) -> dict[str, Any]:
+        return {**super().config_extras(), "task": self.task_target.task}
+
     def save_pretrained(self, directory: Path) -> None:
-        """Write G, f_T, f_S (safetensors) and `config.json` (last: it marks a complete save)."""
+        """Write f_T, f_S, then G and `config.json` (last: it marks a complete save)."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        save_file(_tensors(self.generator), str(directory / WEIGHTS))
-        save_file(_tensors(self.task_target), str(directory / TASK_TARGET))
-        save_file(_tensors(self.task_source), str(directory / TASK_SOURCE))
-        meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "fit": self.fit.model_dump(mode="json"),
-                "shape": self.shape.as_dict(), "seed": self.seed, "direction": "X->Y",
-                "task": self.task_target.task}
-        (directory / CONFIG).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
-        self.checkpoint_sha256 = checkpoint_sha256(directory)
+        save_file(state_tensors(self.task_target), str(directory / TASK_TARGET))
+        save_file(state_tensors(self.task_source), str(directory / TASK_SOURCE))
+        super().save_pretrained(directory)
 
     @classmethod
     def from_pretrained(cls, directory: Path, *, device: str | torch.device = "cpu") -> CyCADATranslator:

@@ -40,6 +40,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from augment.generators.family import DataShape, TrainingData
+from augment.generators.tensors import frozen, to_float
 from augment.generators.trainer import TrainState, autocast, descend
 from augment.metrics.classifier import build_on_meta
 from augment.metrics.preservation import void_class_id
@@ -47,8 +48,7 @@ from augment.seeding import derive_seed
 from domain_transfer.cycada_config import CyCADAFit
 from domain_transfer.cycada_losses import semantic_loss, task_loss
 from domain_transfer.cycada_networks import KIND_IDS, KINDS, Task, new_task_net, task_logits
-from domain_transfer.cyclegan import to_float
-from domain_transfer.cyclegan_train import _VIEW_X, _VIEW_Y, CycleGANStep, frozen
+from domain_transfer.cyclegan_train import _VIEW_X, _VIEW_Y, CycleGANStep
 from domain_transfer.cyclegan_train import build_modules as build_cyclegan_modules
 from domain_transfer.cyclegan_train import make_optimizers as make_cyclegan_optimizers
 from domain_transfer.losses import lsgan_d_loss, lsgan_g_loss

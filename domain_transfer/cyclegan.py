@@ -20,47 +20,24 @@ from typing import Any
 
 import numpy as np
 import torch
-from pydantic import ValidationError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
-from augment.generators.base import SampleRequest, checkpoint_sha256, refuse_pickles
-from augment.generators.family import DataShape
+from augment.generators.base import SampleRequest, checkpoint_sha256
+from augment.generators.checkpoint import CONFIG, WEIGHTS, OneGenerator, read_checkpoint_config
+from augment.generators.tensors import to_float, to_uint8
 from augment.sample import GeneratorInfo, Sample
 from domain_transfer.cyclegan_config import MIN_SIZE, CycleGANFit
 from domain_transfer.networks import ResnetGenerator
 
 FORMAT, FORMAT_VERSION = "synthaug.cyclegan", 1
-WEIGHTS, CONFIG = "generator.safetensors", "config.json"
 
 
-def to_float(images: np.ndarray | torch.Tensor) -> torch.Tensor:
-    """uint8 N×H×W×C -> float N×C×H×W in [-1, 1]."""
-    images = torch.as_tensor(images)
-    return images.permute(0, 3, 1, 2).float().div_(127.5).sub_(1.0)
-
-
-def to_uint8(images: torch.Tensor) -> np.ndarray:
-    """float N×C×H×W in [-1, 1] -> uint8 N×H×W×C (round half to even, clipped)."""
-    scaled = torch.round((images.float().clamp(-1.0, 1.0) + 1.0) * 127.5)
-    return scaled.to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
-
-
-class CycleGANTranslator:
+class CycleGANTranslator(OneGenerator):
     """Holds G (X → Y) for sampling; built from the hyperparameters, data shape and seed."""
 
     name = "cyclegan"
-
-    def __init__(self, fit: CycleGANFit, shape: DataShape, generator: ResnetGenerator, *, seed: int = 0,
-                 device: str | torch.device | None = None, checkpoint_sha256: str | None = None) -> None:
-        self.fit, self.shape, self.seed = fit, shape, seed
-        # No device: stay where G is (a training state's module must not move).
-        self.device = torch.device(device) if device is not None else next(generator.parameters()).device
-        self.generator = generator.to(self.device)
-        self.checkpoint_sha256 = checkpoint_sha256
-
-    @property
-    def class_names(self) -> tuple[str, ...]:
-        return self.shape.class_names
+    format_name = FORMAT
+    fit: CycleGANFit
 
     def _check(self, request: SampleRequest) -> list[np.ndarray]:
         if request.parents is None:
@@ -80,39 +57,22 @@ class CycleGANTranslator:
     def sample(self, request: SampleRequest, *, batch_size: int = 16) -> list[Sample]:
         """G(parent image) per request entry, same H×W×C; labels are the request's (the job
         carries the parent's annotations). Seeds are recorded, not used: G is deterministic."""
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"{self.name}: batch_size must be a positive integer, got {batch_size!r}")
         images = self._check(request)
         info = GeneratorInfo(name=self.name, checkpoint_sha256=self.checkpoint_sha256,
                              params_json=json.dumps({"direction": "X->Y"}))
         parents = request.parent_ids or [p.id for p in request.parents or []]
-        # 1. group same-sized images (one batch must be one size), in request order
-        groups: dict[tuple[int, ...], list[int]] = {}
-        for i, image in enumerate(images):
-            groups.setdefault(image.shape, []).append(i)
-        self.generator.eval()
         made: dict[int, np.ndarray] = {}
-        for indices in groups.values():
-            for start in range(0, len(indices), batch_size):
-                # 2. one forward pass of G per batch: [-1, 1] in, [-1, 1] out, same H×W
-                chunk = indices[start:start + batch_size]
-                x = to_float(np.stack([images[i] for i in chunk])).to(self.device)
-                made.update(zip(chunk, to_uint8(self.generator(x)), strict=True))
+        for chunk in self.batches(images, batch_size):
+            # one forward pass of G per batch: [-1, 1] in, [-1, 1] out, same H×W
+            x = to_float(np.stack([images[i] for i in chunk])).to(self.device)
+            made.update(zip(chunk, to_uint8(self.generator(x)), strict=True))
         labels = [None if int(label) < 0 else int(label) for label in request.labels]  # -1: none
         return [Sample(id=request.ids[i], image=made[i], label=labels[i], source=self.name,
                        generator=info, seed=int(request.seeds[i]), parent_id=parents[i])
                 for i in range(len(images))]
 
-    def save_pretrained(self, directory: Path) -> None:
-        """Write `generator.safetensors` (G) and `config.json` (hyperparameters, shape, seed)."""
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        tensors = {k: v.detach().cpu().contiguous() for k, v in self.generator.state_dict().items()}
-        save_file(tensors, str(directory / WEIGHTS))
-        meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "fit": self.fit.model_dump(mode="json"),
-                "shape": self.shape.as_dict(), "seed": self.seed, "direction": "X->Y"}
-        (directory / CONFIG).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
-        self.checkpoint_sha256 = checkpoint_sha256(directory)
+    def config_extras(self) -> dict[str, Any]:
+        return {"direction": "X->Y"}
 
     @classmethod
     def from_pretrained(cls, directory: Path, *, device: str | torch.device = "cpu") -> CycleGANTranslator:
@@ -125,21 +85,3 @@ class CycleGANTranslator:
         return cls(fit, shape, generator, seed=seed, device=device, checkpoint_sha256=checkpoint_sha256(directory))
 
 
-def read_checkpoint_config(directory: Path, *, files: tuple[str, ...], format_name: str, fit_model: type[CycleGANFit],
-                           family: str, version: int = FORMAT_VERSION) -> tuple[Any, DataShape, int]:
-    """A saved translator's (fit, data shape, seed) from its `config.json`, after refusing
-    pickles and folders missing one of `files`; ValueError naming the folder or file."""
-    refuse_pickles(directory)
-    missing = [name for name in files if not (directory / name).is_file()]
-    if missing:
-        raise ValueError(f"{directory}: a {family} checkpoint needs {', '.join(files)}; missing {', '.join(missing)}")
-    config_path = directory / CONFIG
-    meta: Any = json.loads(config_path.read_text())
-    if not isinstance(meta, dict) or meta.get("format") != format_name \
-            or meta.get("format_version") != version:
-        got = (meta.get("format"), meta.get("format_version")) if isinstance(meta, dict) else type(meta).__name__
-        raise ValueError(f"{config_path}: not a {format_name} v{version} config, got {got!r}")
-    try:
-        return fit_model.model_validate(meta["fit"]), DataShape.from_dict(meta["shape"]), int(meta["seed"])
-    except (KeyError, TypeError, ValueError, ValidationError) as error:
-        raise ValueError(f"{config_path}: unreadable {family} config: {error}") from None

@@ -17,7 +17,6 @@ fit continues the uninterrupted one exactly (same device), and ranks draw differ
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from itertools import chain
 
 import numpy as np
@@ -28,7 +27,7 @@ from torch.nn.parallel import DistributedDataParallel
 from augment.generators.family import DataShape, TrainingData
 from augment.generators.trainer import EpochBatches, TrainState, autocast, descend
 from augment.seeding import derive_seed
-from domain_transfer.cyclegan import to_float, to_uint8
+from augment.generators.tensors import frozen, to_float, to_uint8
 from domain_transfer.cyclegan_config import CycleGANFit
 from domain_transfer.image_pool import ImagePool
 from domain_transfer.losses import cycle_loss, identity_loss, lsgan_d_loss, lsgan_g_loss
@@ -82,13 +81,6 @@ def make_optimizers(fit: CycleGANFit, modules: dict[str, nn.Module]) -> dict[str
     discriminators = chain(modules["D_X"].parameters(), modules["D_Y"].parameters())
     return {"generators": torch.optim.Adam(generators, lr=fit.lr, betas=fit.betas),
             "discriminators": torch.optim.Adam(discriminators, lr=fit.lr, betas=fit.betas)}
-
-
-def frozen(module: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
-    """`module` with its parameters detached: gradients reach the input, not the weights,
-    and no DDP hook fires (G's step looks through D without training it)."""
-    params = {name: p.detach() for name, p in module.named_parameters()}
-    return lambda x: torch.func.functional_call(module, params, (x,))
 
 
 class CycleGANStep:
@@ -200,4 +192,4 @@ def translation_grid(g: nn.Module, f: nn.Module, source: np.ndarray, target: np.
     return grid
 
 
-__all__ = ["CycleGANStep", "Discriminator", "build_modules", "frozen", "make_optimizers", "translation_grid"]
+__all__ = ["CycleGANStep", "Discriminator", "build_modules", "make_optimizers", "translation_grid"]

@@ -43,6 +43,7 @@ from torch.nn.utils.parametrizations import spectral_norm
 from augment.generators.base import SampleRequest, checkpoint_sha256, refuse_pickles
 from augment.generators.cgan_config import IMAGE_SIZES, CGANFit
 from augment.generators.family import DataShape
+from augment.generators.tensors import reset_spectral_vectors, to_uint8
 from augment.sample import GeneratorInfo, Sample
 from augment.seeding import derive_seed
 
@@ -177,21 +178,7 @@ def init_weights(module: nn.Module, generator: torch.Generator) -> None:
             if getattr(m, "bias", None) is not None:
                 nn.init.zeros_(m.bias)
             if normed:
-                _reset_spectral_vectors(m, generator)
-
-
-@torch.no_grad()
-def _reset_spectral_vectors(m: nn.Module, generator: torch.Generator, iterations: int = 15) -> None:
-    """New u, v for spectral norm, then power iterations (as torch does at registration)."""
-    sn = m.parametrizations.weight[0]
-    w = m.parametrizations.weight.original.flatten(1)  # dim 0 for conv, linear and embedding
-    u = F.normalize(torch.randn(w.shape[0], generator=generator), dim=0, eps=sn.eps)
-    v = F.normalize(torch.randn(w.shape[1], generator=generator), dim=0, eps=sn.eps)
-    for _ in range(iterations):
-        v = F.normalize(w.t().cpu() @ u, dim=0, eps=sn.eps)
-        u = F.normalize(w.cpu() @ v, dim=0, eps=sn.eps)
-    sn._u.copy_(u)
-    sn._v.copy_(v)
+                reset_spectral_vectors(m, generator)
 
 
 def truncated_normal(dim: int, seed: int, truncation: float | None) -> torch.Tensor:
@@ -210,12 +197,6 @@ def truncated_normal(dim: int, seed: int, truncation: float | None) -> torch.Ten
             return z
         z[outside] = torch.randn(count, generator=rng)
     return z.clamp(-truncation, truncation)
-
-
-def to_uint8(images: torch.Tensor) -> np.ndarray:
-    """[-1, 1] NCHW float -> uint8 NHWC (round half to even, clipped)."""
-    scaled = torch.round((images.clamp(-1.0, 1.0) + 1.0) * 127.5)
-    return scaled.to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
 
 
 class ClassConditionalGAN:

@@ -35,6 +35,7 @@ from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from augment.generators.base import SampleRequest, checkpoint_sha256, refuse_pickles
 from augment.generators.diffusion_config import DiffusionFit
 from augment.generators.family import DataShape
+from augment.generators.tensors import to_uint8
 from augment.sample import GeneratorInfo, Sample
 
 SamplerName = Literal["ddim", "dpm++", "ddpm"]
@@ -157,12 +158,6 @@ def guided_noise(model: torch.nn.Module, x: torch.Tensor, t: torch.Tensor | int,
 def to_model_space(images: np.ndarray) -> torch.Tensor:
     """uint8 NxHxWxC → float32 NxCxHxW in [-1, 1] (the data scaling of Ho et al. 2020, §3.3)."""
     return torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
-
-
-def to_uint8(x: torch.Tensor) -> np.ndarray:
-    """float NxCxHxW in [-1, 1] → uint8 NxHxWxC (clamped, rounded)."""
-    x = ((x.float().clamp(-1.0, 1.0) + 1.0) * 127.5).round().to(torch.uint8)
-    return x.permute(0, 2, 3, 1).cpu().numpy()
 
 
 class ClassConditionalDiffusion:
@@ -308,5 +303,4 @@ __all__ = [
     "guided_noise",
     "make_sampling_scheduler",
     "to_model_space",
-    "to_uint8",
 ]

@@ -25,6 +25,7 @@ from torch.nn.utils.parametrizations import spectral_norm
 
 from augment.generators.family import DataShape
 from augment.generators.spade_config import SPADEFit
+from augment.generators.tensors import reset_spectral_vectors
 
 INIT_GAIN = 0.02  # xavier_normal gain of every conv/linear weight (both references' init)
 ENCODER_DOWNS = 3  # stride-2 convs of E (the paper's 6 at 256 px); fewer on small images
@@ -174,21 +175,7 @@ def init_weights(module: nn.Module, generator: torch.Generator) -> None:
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
             if normed:
-                _reset_spectral_vectors(m, generator)
-
-
-@torch.no_grad()
-def _reset_spectral_vectors(m: nn.Module, generator: torch.Generator, iterations: int = 15) -> None:
-    """New u, v for spectral norm, then power iterations (as torch does at registration)."""
-    sn = m.parametrizations.weight[0]
-    w = m.parametrizations.weight.original.flatten(1)
-    u = F.normalize(torch.randn(w.shape[0], generator=generator), dim=0, eps=sn.eps)
-    v = F.normalize(torch.randn(w.shape[1], generator=generator), dim=0, eps=sn.eps)
-    for _ in range(iterations):
-        v = F.normalize(w.t() @ u, dim=0, eps=sn.eps)
-        u = F.normalize(w @ v, dim=0, eps=sn.eps)
-    sn._u.copy_(u)
-    sn._v.copy_(v)
+                reset_spectral_vectors(m, generator)
 
 
 __all__ = ["SPADE", "SPADEGenerator", "SPADEResBlock", "StyleEncoder", "conditioning", "generator_widths",

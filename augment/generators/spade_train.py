@@ -22,9 +22,6 @@ derive_seed(seed, stream, rank, step): a resumed fit continues the uninterrupted
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
-
 import numpy as np
 import torch
 from torch import nn
@@ -36,6 +33,7 @@ from augment.generators.spade_discriminators import MultiscalePatchGAN, OASISDis
 from augment.generators.spade_losses import (feature_matching_loss, hinge_d_loss, hinge_g_loss, kld_loss, labelmix,
                                              labelmix_loss, labelmix_mask, oasis_d_loss, oasis_g_loss)
 from augment.generators.spade_networks import SPADEGenerator, StyleEncoder, conditioning, init_weights, one_hot
+from augment.generators.tensors import frozen, to_float
 from augment.generators.trainer import EpochBatches, TrainState, autocast, descend
 from augment.generators.vgg import VGGLoss, load_vgg_features
 from augment.metrics.preservation import void_class_id
@@ -75,18 +73,6 @@ def make_optimizers(fit: SPADEFit, modules: dict[str, nn.Module]) -> dict[str, t
     g_params = list(modules["G"].parameters()) + (list(modules["E"].parameters()) if "E" in modules else [])
     return {"generator": torch.optim.Adam(g_params, lr=fit.lr_g, betas=fit.betas),
             "discriminator": torch.optim.Adam(modules["D"].parameters(), lr=fit.lr_d, betas=fit.betas)}
-
-
-def to_float(images: torch.Tensor) -> torch.Tensor:
-    """uint8 N×H×W×C → float N×C×H×W in [-1, 1]."""
-    return images.permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
-
-
-def frozen(module: nn.Module) -> Callable[[torch.Tensor], Any]:
-    """`module` with its parameters detached: gradients reach the input, not the weights, and
-    no DDP hook fires (G's step looks through D without training it)."""
-    params = {name: p.detach() for name, p in module.named_parameters()}
-    return lambda x: torch.func.functional_call(module, params, (x,))
 
 
 class SPADEStep:
