@@ -37,11 +37,14 @@ class Scores:
 
     `label_preservation` is measured on rows made from a parent record whose labels the
     job carried over: how well the frozen source task model's prediction on the new image
-    still agrees with those labels (`augment.metrics.preservation`)."""
+    still agrees with those labels (`augment.metrics.preservation`). `label_consistency` is
+    measured on rows painted from a label map: the pixel accuracy of a frozen segmenter,
+    fitted on the job's real (image, mask) pairs, on the new image against that map."""
 
     realism: float | None = None
     confidence: float | None = None
     label_preservation: float | None = None
+    label_consistency: float | None = None
 
 
 @dataclass

@@ -15,6 +15,7 @@ import torch
 import torch.utils.data
 
 from augment.images import decode_png
+from augment.metrics.judges import JUDGE_NAMES  # per-row task-model scores, nan where not measured
 from augment.shards import ROW_GROUP_ROWS, read_manifest
 
 
@@ -22,14 +23,14 @@ def _row_to_item(row: dict[str, Any]) -> dict[str, Any]:
     """One shard row as training tensors (instances and depth are not read).
 
     Missing values become collate-friendly stand-ins: label -1, label_name "", seed -1,
-    parent_id "", mask an empty int64 tensor of shape (0, 0), label_preservation nan (not
-    measured, or a shard written before the score existed), so a training loop can weight
-    or drop rows by it.
+    parent_id "", mask an empty int64 tensor of shape (0, 0), label_preservation and
+    label_consistency nan (not measured, or a shard written before the score existed), so a
+    training loop can weight or drop rows by them.
     """
     image = decode_png(row["image"]["bytes"])
     mask = row["mask"]
     boxes = row["boxes"] or []
-    preserved = (row.get("scores") or {}).get("label_preservation")
+    scores = row.get("scores") or {}
     return {
         "id": row["id"],
         "image": torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))),
@@ -42,7 +43,7 @@ def _row_to_item(row: dict[str, Any]) -> dict[str, Any]:
         "source": row["source"],
         "seed": -1 if row["seed"] is None else int(row["seed"]),
         "parent_id": row["parent_id"] or "",
-        "label_preservation": float("nan") if preserved is None else float(preserved),
+        **{name: float("nan") if scores.get(name) is None else float(scores[name]) for name in JUDGE_NAMES},
     }
 
 
@@ -54,8 +55,9 @@ def collate_items(items: list[dict[str, Any]]) -> dict[str, Any]:
     out: dict[str, Any] = {k: [it[k] for it in items] for k in items[0]}
     out["label"] = torch.tensor(out["label"], dtype=torch.int64)
     out["seed"] = torch.tensor(out["seed"], dtype=torch.int64)
-    if "label_preservation" in out:
-        out["label_preservation"] = torch.tensor(out["label_preservation"], dtype=torch.float32)
+    for name in JUDGE_NAMES:
+        if name in out:
+            out[name] = torch.tensor(out[name], dtype=torch.float32)
     if len({tuple(im.shape) for im in out["image"]}) == 1:
         out["image"] = torch.stack(out["image"])
     return out

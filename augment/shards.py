@@ -50,8 +50,10 @@ _PNG = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
 _BOX = pa.struct([("x", pa.float32()), ("y", pa.float32()), ("w", pa.float32()), ("h", pa.float32()),
                   ("label", pa.int64())])
 _GENERATOR = pa.struct([("name", pa.string()), ("checkpoint_sha256", pa.string()), ("params_json", pa.string())])
-# label_preservation was added after the first shards were written: readers take a missing field as null.
-_SCORES = pa.struct([("realism", pa.float32()), ("confidence", pa.float32()), ("label_preservation", pa.float32())])
+# label_preservation and label_consistency were added after the first shards were written: readers
+# take a missing field as null.
+SCORE_NAMES = ("realism", "confidence", "label_preservation", "label_consistency")
+_SCORES = pa.struct([(name, pa.float32()) for name in SCORE_NAMES])
 
 
 def _value(dtype: str) -> dict[str, str]:
@@ -76,7 +78,7 @@ def _hf_features(class_names: list[str]) -> dict[str, Any]:
         "generator": {k: _value("string") for k in ("name", "checkpoint_sha256", "params_json")},
         "seed": _value("int64"),
         "parent_id": _value("string"),
-        "scores": {k: _value("float32") for k in ("realism", "confidence", "label_preservation")},
+        "scores": {k: _value("float32") for k in SCORE_NAMES},
     }
 
 
@@ -244,7 +246,7 @@ def table_to_samples(table: pa.Table) -> list[Sample]:
             generator=None if row["generator"] is None else GeneratorInfo(**row["generator"]),
             seed=row["seed"],
             parent_id=row["parent_id"],
-            scores=None if row["scores"] is None else Scores(**row["scores"]),  # old shards: no label_preservation
+            scores=None if row["scores"] is None else Scores(**row["scores"]),  # old shards: fewer fields
         ))
     return samples
 

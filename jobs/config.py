@@ -28,6 +28,7 @@ from pydantic import (
 
 from augment.errors import ConfigError
 from augment.generators.family import Family, Hyperparameters, NoHyperparameters
+from augment.metrics.judges import JUDGES
 from simulators.digits import DigitsControls
 from simulators.street import StreetControls
 
@@ -399,6 +400,11 @@ class ReportConfig(_Strict):
         None, ge=1, le=1_000_000, description="training steps of the frozen source task model that scores label "
                                               "preservation (default: extractor_steps); its score on held-out "
                                               "source frames is reported as the ceiling")
+    label_consistency_steps: int | None = Field(
+        None, ge=1, le=1_000_000, description="training steps of the frozen segmenter, fitted on the job's real "
+                                              "(image, mask) training pairs, that scores label consistency "
+                                              "(default: extractor_steps); its score on the real holdout is "
+                                              "reported beside the painted rows'")
     input_size: int | None = Field(None, ge=8, le=1024,
                                    description="the domain/random CNN's input size (default: min(image, 32))")
     kid_subsets: int = Field(50, ge=1, le=10_000)
@@ -415,7 +421,7 @@ class ReportConfig(_Strict):
     sweep_per_class: int = Field(20, ge=2, le=10_000)
 
     # A config without it dumps (and hashes, so resumes) as before the field existed.
-    _omit_unset_judge_steps = omit_when_none("label_preservation_steps")
+    _omit_unset_judge_steps = omit_when_none("label_preservation_steps", "label_consistency_steps")
 
 
 # Report settings that change the report but not a shard's bytes (row scores depend on the rest).
@@ -433,11 +439,17 @@ class FilterConfig(_Strict):
         None, ge=0.0, le=1.0, description="rows a parent-request step (cyclegan, cycada) made: the frozen source "
                                           "task model's pixel accuracy on the carried mask, or its probability of "
                                           "the carried label")
+    min_label_consistency: float | None = Field(
+        None, ge=0.0, le=1.0, description="rows a label-map step (spade, controlnet) painted: the frozen real-pair "
+                                          "segmenter's pixel accuracy on the row against the map it was painted from")
 
     @property
     def active(self) -> bool:
         return (self.min_realism is not None or self.min_confidence is not None or self.drop_near_copies
-                or self.min_label_preservation is not None)
+                or self.min_label_preservation is not None or self.min_label_consistency is not None)
+
+    # A config without it dumps (and hashes, so resumes) as before the field existed.
+    _omit_unset_consistency = omit_when_none("min_label_consistency")
 
 
 # --- output and execution ---------------------------------------------------------------
@@ -513,10 +525,11 @@ class JobConfig(_Strict):
         if given > 1.0 + 1e-9 or (shares and None not in shares and abs(given - 1.0) > 1e-9):
             raise ValueError(f"the shares of the synthetic rows add up to {given:g}; they must make 1 "
                              "(leave one out to give it the rest)")
-        if self.filter is not None and self.filter.min_label_preservation is not None \
-                and not any(s.family.request == "parent" for s in self.generate):
-            raise ValueError("filter.min_label_preservation: no generate step makes rows from a parent record "
-                             "(domain transfer: cyclegan, cycada), so no row has a label preservation score")
+        for judge in JUDGES:
+            if self.filter is not None and getattr(self.filter, judge.filter_field) is not None \
+                    and not any(s.family.request == judge.request for s in self.generate):
+                raise ValueError(f"filter.{judge.filter_field}: no generate step makes {judge.what}, so no row "
+                                 f"has a {judge.name} score")
         if self.filter is not None and self.filter.active and not self.makes_synthetic:
             raise ValueError("filter: there are no synthetic rows to filter (no augment or generate section)")
         return self

@@ -86,7 +86,8 @@ def split_filtered(rows: pa.Table) -> tuple[pa.Table, list[dict[str, Any]]]:
             filtered.append({"id": row["id"], "label": row["label"], "source": row["source"],
                              "reasons": verdicts[i].split(","), "realism": scores.get("realism"),
                              "confidence": scores.get("confidence"),
-                             "label_preservation": scores.get("label_preservation")})
+                             "label_preservation": scores.get("label_preservation"),
+                             "label_consistency": scores.get("label_consistency")})
     kept = rows.filter(pc.equal(rows.column(FILTER_COLUMN), "")).drop_columns([FILTER_COLUMN])
     return kept, filtered
 

@@ -9,10 +9,11 @@ quality filter) before a shard is published, and the report stage can reuse them
 Every image is resized to one square `size` (bicubic) and to the job's channel count
 before any extractor sees it (`augment.metrics.preprocess`): a named, recorded choice.
 
-When a generate step takes a parent record (its rows keep the parent's labels), the frozen
-source task model (`augment.metrics.preservation`) is fitted on the job's own source
-training split, never on a `report.reference`, and saved next to the domain classifier,
-so workers can score label preservation. It is reused while its settings match.
+When a generate step keeps labels it did not draw (a parent record's, a label map's), its
+judge (`augment.metrics.judges`: label preservation, label consistency), a frozen task
+model (`augment.metrics.preservation`), is fitted on the job's own source training split,
+never on a `report.reference`, and saved next to the domain classifier, so workers can
+score the rows. It is reused while its settings match.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from augment.metrics.judges import JUDGES, Judge
 from augment.metrics.preprocess import resize_mask, to_metric_size
 from augment.report.inputs import RealImages, RealSide
 from augment.seeding import derive_seed
@@ -37,9 +39,6 @@ log = logging.getLogger("synthaug")
 
 REFERENCE_DIR = Path("report") / "reference"
 DOMAIN_DIR = "domain"
-LABEL_PRESERVATION_DIR = "label_preservation"
-LABEL_PRESERVATION_STREAM = 73  # derive_seed(job seed, stream): the task model's weights, batches, subsample
-SCORED_REQUESTS = ("parent",)  # the families whose rows get label_preservation: those carrying a parent's labels
 QUALITY_JSON = "quality.json"
 DEFAULT_MAX_SIZE = 32  # the small CNNs are 4x cheaper than at 64 px and digits-like data lose nothing
 RANDOM_SEED_STREAM = 71
@@ -142,7 +141,7 @@ def prepare_reference(config: JobConfig, out: Path, real_train: RealImages, real
     source and its rejected records (None: the source is listed again here)."""
     quality = _prepare_domain_reference(config, out, real_train, real_holdout, num_classes, channels, size)
     folder = Path(quality["dir"])
-    return {**quality, "label_preservation": prepare_label_preservation(config, folder, listed, rejected)}
+    return {**quality, **prepare_judges(config, folder, listed, rejected)}
 
 
 def _prepare_domain_reference(config: JobConfig, out: Path, real_train: RealImages, real_holdout: RealImages,
@@ -186,9 +185,9 @@ def _prepare_domain_reference(config: JobConfig, out: Path, real_train: RealImag
     return quality
 
 
-def preserved_sources(config: JobConfig) -> list[str]:
-    """The generate steps whose rows carry a parent record's labels (scored for label preservation)."""
-    return [step.kind for step in config.generate if step.family.request in SCORED_REQUESTS]
+def judged_sources(config: JobConfig, judge: Judge) -> list[str]:
+    """The generate steps whose rows `judge` scores (those making its kind of request)."""
+    return [step.kind for step in config.generate if step.family.request == judge.request]
 
 
 def _source_split(config: JobConfig, listed: Any,
@@ -203,11 +202,12 @@ def _source_split(config: JobConfig, listed: Any,
     return source, [r for r in train if r.id not in rejected], [r for r in holdout if r.id not in rejected]
 
 
-def _load_labelled(source: Any, records: list[SourceRecord], task: str) -> tuple[list[np.ndarray], list[Any]]:
+def _load_labelled(source: Any, records: list[SourceRecord], task: str,
+                   stage: str) -> tuple[list[np.ndarray], list[Any]]:
     """Images and their labels (classification) or masks (segmentation); unusable records left out."""
     images: list[np.ndarray] = []
     targets: list[Any] = []
-    for _, sample in loaded(source, records, "label preservation"):
+    for _, sample in loaded(source, records, stage):
         target = sample.label if task == "classification" else sample.mask
         if target is not None:
             images.append(sample.image)
@@ -215,89 +215,104 @@ def _load_labelled(source: Any, records: list[SourceRecord], task: str) -> tuple
     return images, targets
 
 
-def prepare_label_preservation(config: JobConfig, folder: Path, listed: Any = None,
-                               rejected: dict[str, Any] | None = None) -> dict[str, Any] | None:
-    """Fit (or reuse) the frozen source task model when a step takes parent records.
+def prepare_judges(config: JobConfig, folder: Path, listed: Any = None,
+                   rejected: dict[str, Any] | None = None) -> dict[str, Any]:
+    """{judge name: its workers' settings} for every judge some generate step needs."""
+    return {judge.name: settings for judge in JUDGES
+            if (settings := prepare_judge(config, folder, judge, listed, rejected)) is not None}
 
-    Class labels win when the training records have them (a classifier; digits frames have
-    a label and a digit/background mask, and the label is what a content change breaks);
-    otherwise masks (a segmenter; street frames). Returns the workers' settings: the
-    sources to score, the model's folder (None: nothing to fit on) and its task; None when
-    no step takes a parent record."""
+
+def prepare_judge(config: JobConfig, folder: Path, judge: Judge, listed: Any = None,
+                  rejected: dict[str, Any] | None = None) -> dict[str, Any] | None:
+    """Fit (or reuse) `judge`'s frozen task model when a step makes rows it scores.
+
+    For label preservation class labels win when the training records have them (a
+    classifier; digits frames have a label and a digit/background mask, and the label is
+    what a content change breaks); otherwise, and always for label consistency, masks (a
+    segmenter). Returns the workers' settings: the sources to score, the model's folder
+    (None: nothing to fit on) and its task; None when no step makes such rows."""
     from augment.metrics.preservation import fit_task_model, read_config, task_shape
 
-    sources = preserved_sources(config)
+    sources = judged_sources(config, judge)
     if not sources:
         return None
+    stage = judge.name.replace("_", " ")
     source, train, holdout = _source_split(config, listed, rejected)
-    records = subsample(train, config.report.max_per_source, config.seed, LABEL_PRESERVATION_STREAM)
-    task = "classification" if any(r.label is not None for r in records) else "segmentation"
+    records = subsample(train, config.report.max_per_source, config.seed, judge.stream)
+    labelled = not judge.segmentation_only and any(r.label is not None for r in records)
+    task = "classification" if labelled else "segmentation"
     if task == "classification":
         records = [r for r in records if r.label is not None]
     # The first usable record (quietly: the fit's own read below names every skip).
-    first = next((sample for _, sample in loaded(source, records, "label preservation", skipped=[])), None)
+    first = next((sample for _, sample in loaded(source, records, stage, skipped=[])), None)
     if first is None or (task == "segmentation" and first.mask is None):
-        log.warning("label preservation: the source's training records have no class labels or masks; "
-                    "rows of %s are not scored", ", ".join(sources))
+        log.warning("%s: the source's training records have no %s; rows of %s are not scored", stage,
+                    "masks" if judge.segmentation_only else "class labels or masks", ", ".join(sources))
         return {"sources": sources, "dir": None, "task": None}
     class_names = list(source.class_names)
     fingerprint = hashlib.sha256(json.dumps([[r.id, r.label] for r in records]).encode()).hexdigest()
     settings = {"task": task, "source": config.source.model_dump(mode="json"), "records": fingerprint,
                 "n_records": len(records), "class_names": class_names,
-                "steps": config.report.label_preservation_steps or config.report.extractor_steps,
-                "seed": derive_seed(config.seed, LABEL_PRESERVATION_STREAM),
+                "steps": getattr(config.report, judge.steps_field) or config.report.extractor_steps,
+                "seed": derive_seed(config.seed, judge.stream),
                 "shape": list(task_shape(*first.image.shape[:2])), "channels": int(first.image.shape[2])}
-    model_dir = folder / LABEL_PRESERVATION_DIR
+    model_dir = folder / judge.name
     saved = read_config(model_dir)
     if saved is not None and saved.get("training", {}).get("settings") == settings:
-        log.info("label preservation: reusing the task model in %s", model_dir)
+        log.info("%s: reusing the task model in %s", stage, model_dir)
         return {"sources": sources, "dir": str(model_dir), "task": task}
-    images, targets = _load_labelled(source, records, task)
+    images, targets = _load_labelled(source, records, task, stage)
     if len(images) < 2:
-        log.warning("label preservation: %d usable labelled training images, too few to fit a task model; "
-                    "rows of %s are not scored", len(images), ", ".join(sources))
+        log.warning("%s: %d usable labelled training images, too few to fit a task model; rows of %s are not "
+                    "scored", stage, len(images), ", ".join(sources))
         return {"sources": sources, "dir": None, "task": None}
-    log.info("label preservation: fitting the %s task model on %d source training images (%d steps)",
-             task, len(images), settings["steps"])
+    log.info("%s: fitting the %s task model on %d source training images (%d steps)",
+             stage, task, len(images), settings["steps"])
     model = fit_task_model(images, **{"labels" if task == "classification" else "masks": targets},
                            class_names=class_names, seed=settings["seed"], steps=settings["steps"],
-                           shape=tuple(settings["shape"]), progress="quality: label-preservation model")
+                           shape=tuple(settings["shape"]), progress=f"quality: {stage} model")
     model.training["settings"] = settings
-    model.training["source_holdout"] = _ceiling(model, source, holdout, task, config)
+    model.training["source_holdout"] = _ceiling(model, source, holdout, task, config, judge)
     model.save(model_dir)
     return {"sources": sources, "dir": str(model_dir), "task": task}
 
 
-def _ceiling(model: Any, source: Any, holdout: list[SourceRecord], task: str, config: JobConfig) -> dict[str, Any]:
+def _ceiling(model: Any, source: Any, holdout: list[SourceRecord], task: str, config: JobConfig,
+             judge: Judge) -> dict[str, Any]:
     """The task model's score on untouched held-out source frames: what a translation that
-    changed nothing would score, so the ceiling of every row's label preservation. A judge
-    that cannot read its own domain (too few fit steps, too little data) makes the score
-    and the gate meaningless: say so instead of letting it drop good rows."""
-    from augment.metrics.preservation import label_preservation
+    changed nothing (or a painter whose images are as good as real ones) would score, so the
+    ceiling of every row's score; a segmenter's mIoU and pixel accuracy too. A judge that
+    cannot read its own domain (too few fit steps, too little data) makes the score and the
+    gate meaningless: say so instead of letting it drop good rows."""
+    from augment.metrics.preservation import label_preservation, segmentation_agreement
 
-    records = subsample(holdout, config.report.max_per_source, config.seed, LABEL_PRESERVATION_STREAM)
-    images, targets = _load_labelled(source, records, task)
+    stage = judge.name.replace("_", " ")
+    records = subsample(holdout, config.report.max_per_source, config.seed, judge.stream)
+    images, targets = _load_labelled(source, records, task, stage)
     if not images:
-        log.warning("label preservation: the job keeps no labelled source holdout; the task model's own score "
-                    "(the ceiling of label preservation) is not measured")
+        log.warning("%s: the job keeps no labelled source holdout; the task model's own score "
+                    "(the ceiling of a row's score) is not measured", stage)
         return {"images": 0, "mean": None}
     scores = label_preservation(model, images, **{"labels" if task == "classification" else "masks": targets})
     mean = float(np.nanmean(scores)) if np.isfinite(scores).any() else None
-    log.info("label preservation: the task model scores %s on %d untouched held-out source frames "
-             "(the ceiling of a row's score)", "n/a" if mean is None else f"{mean:.3f}", len(images))
-    gate = config.filter.min_label_preservation if config.filter is not None else None
+    log.info("%s: the task model scores %s on %d untouched held-out source frames (the ceiling of a row's "
+             "score)", stage, "n/a" if mean is None else f"{mean:.3f}", len(images))
+    gate = getattr(config.filter, judge.filter_field) if config.filter is not None else None
     if mean is not None and gate is not None and mean < gate:
-        log.warning("label preservation: the task model scores %.3f on untouched held-out source frames, below "
-                    "filter.min_label_preservation %.3f: the gate would drop rows that changed nothing; raise "
-                    "report.label_preservation_steps or give the source more frames", mean, gate)
-    return {"images": len(images), "mean": mean}
+        log.warning("%s: the task model scores %.3f on untouched held-out source frames, below filter.%s %.3f: "
+                    "the gate would drop rows as good as real ones; raise report.%s or give the source more frames",
+                    stage, mean, judge.filter_field, gate, judge.steps_field)
+    ceiling: dict[str, Any] = {"images": len(images), "mean": mean}
+    if task == "segmentation":
+        ceiling.update(segmentation_agreement(model, images, targets))
+    return ceiling
 
 
-def load_task_model(quality: dict[str, Any]) -> Any:
-    """The saved label-preservation task model, or None when the job scores none."""
+def load_task_model(quality: dict[str, Any], judge: str) -> Any:
+    """The saved task model of `judge` (a name), or None when the job scores none."""
     from augment.metrics.preservation import TaskModel
 
-    settings = quality.get("label_preservation")
+    settings = quality.get(judge)
     if not settings or settings.get("dir") is None:
         return None
     return TaskModel.load(Path(settings["dir"]))
@@ -321,6 +336,6 @@ def load_scorer(quality: dict[str, Any]) -> Any:
 
     domain = load_domain(quality)
     extractor = build_extractor(quality["kinds"][0], quality, domain)
-    preservation = quality.get("label_preservation") or {}
-    return RowScorer(extractor, RealReference.load(Path(quality["dir"])), classifier=domain,
-                     task_model=load_task_model(quality), preserved_sources=preservation.get("sources", ()))
+    judges = {judge.name: (model, quality[judge.name]["sources"]) for judge in JUDGES
+              if (model := load_task_model(quality, judge.name)) is not None}
+    return RowScorer(extractor, RealReference.load(Path(quality["dir"])), classifier=domain, judges=judges)

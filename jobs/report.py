@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from augment.metrics.judges import JUDGE_NAMES
 from augment.report.assemble import (
     ReportSettings,
     assemble_report,
@@ -110,12 +111,13 @@ def build_report(config: JobConfig, out: Path, real: RealSide, quality: dict[str
     report = assemble_report({"name": config.name, "config_hash": config.content_hash()}, real, synthetic,
                              class_names, settings, measured, extractors, domain,
                              filter_summary(filtered, quality.get("filter"), class_names), sweep)
-    report["label_preservation"] = preservation_summary(read_scored(shards), filtered, class_names)
-    task_model = load_task_model(quality)
-    with timed("label preservation per mask class"):
-        mask_class_accuracy(task_model, shards, report["label_preservation"], class_names,
-                            config.report.max_per_source, config.seed)
-    report["label_preservation_model"] = None if task_model is None else task_model.describe()
+    for judge in JUDGE_NAMES:
+        report[judge] = preservation_summary(read_scored(shards, judge), filtered, class_names, score=judge)
+        task_model = load_task_model(quality, judge)
+        with timed(f"{judge} per mask class"):
+            mask_class_accuracy(task_model, shards, report[judge], class_names, config.report.max_per_source,
+                                config.seed)
+        report[f"{judge}_model"] = None if task_model is None else task_model.describe()
     report["seconds"] = round(time.monotonic() - started, 1)
     return report, synthetic
 
@@ -148,7 +150,8 @@ def _sweep(config: JobConfig, out: Path, real: RealSide, quality: dict[str, Any]
 
 
 def write_report(report: dict[str, Any], out: Path, real: RealSide, synthetic: dict[str, SyntheticRows],
-                 per_class: int = 8) -> Path:
+                 quality: dict[str, Any], per_class: int = 8) -> Path:
     """OUT/report/report.json and report.html; returns the path of report.json."""
-    worst = worst_pictures(out / "shards", report.get("label_preservation"), report["classes"])
+    worst = {judge: worst_pictures(out / "shards", report.get(judge), report["classes"],
+                                   load_task_model(quality, judge)) for judge in JUDGE_NAMES}
     return write_report_files(report, out / REPORT_DIR, real, synthetic, per_class, worst)

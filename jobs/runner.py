@@ -312,7 +312,7 @@ class JobRunner:
         models = {kind: Path(stage["model"]) for kind, stage in self.job.get("stages", {}).get("fit", {}).items()
                   if isinstance(stage, dict) and stage.get("model")}
         report["adaptation"] = adaptation_report(self.config, models, class_names)
-        path = write_report(report, self.out, real, synthetic, self.config.report.grid_per_class)
+        path = write_report(report, self.out, real, synthetic, quality, self.config.report.grid_per_class)
         self._stage("report", status="done", path=str(path), seconds=report["seconds"])
         log.info("report: %s", path.with_name("report.html"))
         for tag, lines in report["verdicts"].items():

@@ -155,14 +155,15 @@ class ShardWorker:
         size, channels = self.quality["size"], self.quality["channels"]
         images = np.stack([to_metric_size(samples[i].image, size, channels) for i in synthetic])
         scores = self.scorer.score(images, [samples[i].label for i in synthetic])
-        # Rows of parent-request families, at their own size with the labels the job carried over.
-        scores.label_preservation = self.scorer.label_preservation([samples[i] for i in synthetic])
-        preserved = scores.label_preservation
+        # The judges' rows (parent records', label maps'), at their own size with the labels they keep.
+        judged = self.scorer.judge([samples[i] for i in synthetic])
+        for name, values in judged.items():
+            setattr(scores, name, values)
         for j, i in enumerate(synthetic):
             confidence = None if np.isnan(scores.confidence[j]) else float(scores.confidence[j])
-            kept = None if preserved is None or np.isnan(preserved[j]) else float(preserved[j])
             samples[i].scores = Scores(realism=float(scores.realism[j]), confidence=confidence,
-                                       label_preservation=kept)
+                                       **{name: None if np.isnan(values[j]) else float(values[j])
+                                          for name, values in judged.items()})
         settings = self.quality.get("filter")
         if settings:
             for j, reasons in enumerate(filter_reasons(scores, **settings)):

@@ -39,6 +39,34 @@ def test_two_train_workers_fit_with_ddp_and_the_job_completes(kind: str, fit: di
     assert set(read_manifest(out / "shards").class_counts.values()) == {150}
 
 
+@pytest.mark.parametrize("kind,fit", [
+    ("spade", {"steps": 4, "batch_size": 2, "ngf": 8, "ndf": 8, "spade_hidden": 8, "noise_dim": 4}),
+])
+def test_a_label_map_family_fits_with_ddp_and_paints_every_map(kind: str, fit: dict, tmp_path: Path) -> None:
+    """Street frames' (image, mask) pairs over two gloo workers; every training frame's map painted."""
+    import pyarrow.parquet as pq
+
+    config = parse_config({
+        "name": f"ddp_{kind}", "seed": 2,
+        "source": {"kind": "simulator", "family": "street", "frames": 12, "width": 32, "height": 24},
+        "split": {"holdout": 0.25},
+        "generate": {"kind": kind, "fit": fit, "train_workers": 2, "checkpoint_every": 2},
+        "report": {"enabled": False},
+        "output": {"rows_per_shard": 64},
+        "execution": {"num_cpus": 2},
+    })
+    out = tmp_path / "out"
+    run_job(config, out)
+    folder = out / "checkpoints" / kind
+    assert (folder / "model").is_dir()
+    assert sorted(p.name for p in (folder / "grids").iterdir()) == ["step-00000002.png", "step-00000004.png"]
+    rows = pq.read_table(out / "shards", columns=["id", "source", "parent_id", "mask"]).to_pylist()
+    frames = {r["id"]: r for r in rows if r["source"] == "simulator"}
+    painted = [r for r in rows if r["source"] == kind]
+    assert len(painted) == len(frames) == 9
+    assert all(r["mask"]["bytes"] == frames[r["parent_id"]]["mask"]["bytes"] for r in painted)
+
+
 @pytest.mark.parametrize("kind,fit,sample_kwargs", [
     ("cgan", {"steps": 4, "batch_size": 8, "g_channels": 4, "d_channels": 4, "z_dim": 8}, {"batch_size": 64}),
     ("diffusion", {"steps": 4, "batch_size": 8, "block_out_channels": [8, 16], "warmup_steps": 1,

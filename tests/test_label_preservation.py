@@ -325,7 +325,7 @@ def test_the_report_has_means_drops_and_the_worst_rows_beside_their_parents(stre
     assert report["label_preservation_model"]["task"] == "segmentation"
     page = (out / "report" / "report.html").read_text()
     assert "Label preservation" in page and "parent not in the shards" not in page
-    assert "Ceiling: on 4 untouched held-out source frames" in page
+    assert "Ceiling: on 4 untouched held-out real frames" in page
     assert page.count(f'alt="{worst[0]["id"]}"') == 1
 
 
@@ -352,12 +352,13 @@ def test_the_ceiling_is_the_task_models_own_score_on_the_source_holdout(street_j
 
 
 def test_the_task_model_is_reused_when_its_settings_match(street_job: tuple[Path, Any]) -> None:
-    from jobs.quality import prepare_label_preservation
+    from augment.metrics.judges import judge_named
+    from jobs.quality import prepare_judge
 
     out, config = street_job
     folder = out / "report" / "reference"
     weights = folder / "label_preservation" / "model.safetensors"
     before = weights.stat().st_mtime_ns
-    settings = prepare_label_preservation(config, folder)
+    settings = prepare_judge(config, folder, judge_named("label_preservation"))
     assert settings == {"sources": ["toy_keep", "toy_flip"], "dir": str(weights.parent), "task": "segmentation"}
     assert weights.stat().st_mtime_ns == before

@@ -42,7 +42,7 @@ from torch import nn
 from augment.generators.base import refuse_pickles
 from augment.metrics.classifier import MIN_SIZE, SmallCNN, build_on_meta, to_input, train_classifier
 from augment.metrics.preprocess import match_channels
-from augment.metrics.utility import TinySegmenter, train_segmenter
+from augment.metrics.utility import TinySegmenter, confusion_matrix, mean_iou, train_segmenter
 
 Task = Literal["classification", "segmentation"]
 FORMAT = "synthaug.label_preservation_model"
@@ -283,24 +283,52 @@ def label_preservation(model: TaskModel, images: Sequence[np.ndarray] | np.ndarr
     return out
 
 
+def segmentation_confusion(model: TaskModel, images: Sequence[np.ndarray] | np.ndarray,
+                           masks: Sequence[np.ndarray], *, batch_size: int = 64) -> np.ndarray:
+    """[num_classes, num_classes] pixel counts summed over rows (rows: the mask's class,
+    columns: the segmenter's), at the model's shape; void pixels and ids the model does not
+    know are left out."""
+    if model.task != "segmentation":
+        raise ValueError(f"a segmentation task model is needed, got {model.task!r}")
+    if len(masks) != len(images):
+        raise ValueError(f"{len(masks)} masks for {len(images)} images")
+    classes = model.num_classes
+    confusion = np.zeros((classes, classes), np.int64)
+    for start in range(0, len(images), batch_size):
+        part = model.images(images[start:start + batch_size])
+        predicted = model.logits(part, batch_size).argmax(dim=1).numpy()
+        for j, mask in enumerate(masks[start:start + batch_size]):
+            truth = resize_mask_to(mask, model.shape).astype(np.int64)
+            keep = truth < classes
+            if model.void_id is not None:
+                keep &= truth != model.void_id
+            confusion += confusion_matrix(truth[keep], predicted[j][keep], classes)
+    return confusion
+
+
+def agreement(confusion: np.ndarray, void_id: int | None = None) -> dict[str, Any]:
+    """mIoU, per-class IoU and pixel accuracy of a `segmentation_confusion` (None where no pixel).
+    Void is no class of the mean (its IoU is None): predicting it where the mask has a class is
+    an error of that class, counted in the class's row."""
+    total = int(confusion.sum())
+    _, per_class = mean_iou(confusion)
+    if void_id is not None and void_id < len(per_class):
+        per_class[void_id] = None
+    present = [iou for iou in per_class if iou is not None]
+    return {"miou": float(np.mean(present)) if present else None, "per_class_iou": per_class,
+            "pixel_accuracy": float(np.trace(confusion) / total) if total else None, "pixels": total}
+
+
+def segmentation_agreement(model: TaskModel, images: Sequence[np.ndarray] | np.ndarray,
+                           masks: Sequence[np.ndarray]) -> dict[str, Any]:
+    """How well the segmenter's reading of `images` matches `masks`, over all their pixels."""
+    return agreement(segmentation_confusion(model, images, masks), model.void_id)
+
+
 def class_pixel_accuracy(model: TaskModel, images: Sequence[np.ndarray] | np.ndarray,
                          masks: Sequence[np.ndarray], *, batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
     """Per mask class c, summed over rows: (pixels of c the segmenter labels c, pixels of c),
     int64 [num_classes] each, void pixels left out. Says *which* content a translator changed
     (sky painted as trees: the sky's accuracy falls), where the row score only says how much."""
-    if model.task != "segmentation":
-        raise ValueError(f"class_pixel_accuracy needs a segmentation task model, got {model.task!r}")
-    if len(masks) != len(images):
-        raise ValueError(f"{len(masks)} masks for {len(images)} images")
-    hits = np.zeros(model.num_classes, np.int64)
-    totals = np.zeros(model.num_classes, np.int64)
-    for start in range(0, len(images), batch_size):
-        part = model.images(images[start:start + batch_size])
-        predicted = model.logits(part, batch_size).argmax(dim=1).numpy()
-        for j, mask in enumerate(masks[start:start + batch_size]):
-            truth = resize_mask_to(mask, model.shape)
-            keep = (truth != model.void_id) & (truth < model.num_classes) if model.void_id is not None \
-                else truth < model.num_classes
-            totals += np.bincount(truth[keep], minlength=model.num_classes)
-            hits += np.bincount(truth[keep & (predicted[j] == truth)], minlength=model.num_classes)
-    return hits, totals
+    confusion = segmentation_confusion(model, images, masks, batch_size=batch_size)
+    return np.diag(confusion).copy(), confusion.sum(axis=1)

@@ -12,7 +12,7 @@ the rows made from a parent record whose labels the job carried over.
 from __future__ import annotations
 
 import json
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -77,34 +77,37 @@ class RowScores:
     confidence: np.ndarray  # P(label | image) under the domain classifier; nan without one or a label
     nearest_real: np.ndarray  # distance to the nearest real training image
     near_copy: np.ndarray  # bool
-    label_preservation: np.ndarray | None = None  # nan where not measured; None: no row was
+    # The judges' scores (`augment.metrics.judges`): nan where not measured; None: no row was.
+    label_preservation: np.ndarray | None = None
+    label_consistency: np.ndarray | None = None
 
 
 class RowScorer:
     """Scores images in the reference's feature space; confidence from the domain classifier;
-    label preservation from the frozen source task model, on rows of `preserved_sources`."""
+    each judge's score (`judges`: name -> (frozen task model, the sources whose rows it scores))."""
 
     def __init__(self, extractor: Any, reference: RealReference, classifier: Any = None,
-                 task_model: Any = None, preserved_sources: Collection[str] = ()) -> None:
+                 judges: Mapping[str, tuple[Any, Collection[str]]] | None = None) -> None:
         self.extractor = extractor
         self.reference = reference
         self.classifier = classifier  # anything with .probs(images) -> N x C
-        self.task_model = task_model  # a preservation.TaskModel, or None
-        self.preserved_sources = frozenset(preserved_sources)
+        self.judges = {name: (model, frozenset(sources)) for name, (model, sources) in (judges or {}).items()}
 
-    def label_preservation(self, samples: Sequence[Any]) -> np.ndarray | None:
-        """Per sample (at its own size, with its carried label and mask): the task model's
-        label preservation where the row's `source` is a parent-request family; nan elsewhere.
-        None when there is no task model or no such row."""
+    def judge(self, samples: Sequence[Any]) -> dict[str, np.ndarray]:
+        """{judge name: per sample (at its own size, with its own label and mask) its task model's
+        score where the row's `source` is one it judges, nan elsewhere}, for judges with such rows."""
         from augment.metrics.preservation import label_preservation
 
-        rows = [i for i, s in enumerate(samples) if s.source in self.preserved_sources]
-        if self.task_model is None or not rows:
-            return None
-        out = np.full(len(samples), np.nan)
-        out[rows] = label_preservation(self.task_model, [samples[i].image for i in rows],
-                                       labels=[samples[i].label for i in rows],
-                                       masks=[samples[i].mask for i in rows])
+        out: dict[str, np.ndarray] = {}
+        for name, (model, sources) in self.judges.items():
+            rows = [i for i, s in enumerate(samples) if s.source in sources]
+            if not rows:
+                continue
+            values = np.full(len(samples), np.nan)
+            values[rows] = label_preservation(model, [samples[i].image for i in rows],
+                                              labels=[samples[i].label for i in rows],
+                                              masks=[samples[i].mask for i in rows])
+            out[name] = values
         return out
 
     def score(self, images: np.ndarray, labels: list[int | None]) -> RowScores:
@@ -125,11 +128,13 @@ class RowScorer:
 
 
 def filter_reasons(scores: RowScores, *, min_realism: float | None, min_confidence: float | None,
-                   drop_near_copies: bool, min_label_preservation: float | None = None) -> list[list[str]]:
+                   drop_near_copies: bool, min_label_preservation: float | None = None,
+                   min_label_consistency: float | None = None) -> list[list[str]]:
     """Why each row fails the quality filter (an empty list: it passes). A row without a
-    confidence or label preservation (nan: not measured) is not judged on it."""
+    confidence or a judge's score (nan: not measured) is not judged on it."""
     reasons: list[list[str]] = [[] for _ in range(len(scores.realism))]
-    preserved = scores.label_preservation
+    gates = [(name, gate, getattr(scores, name)) for name, gate in
+             (("label_preservation", min_label_preservation), ("label_consistency", min_label_consistency))]
     for i in range(len(reasons)):
         if min_realism is not None and not scores.realism[i] >= min_realism:
             reasons[i].append("low_realism")
@@ -138,7 +143,7 @@ def filter_reasons(scores: RowScores, *, min_realism: float | None, min_confiden
             reasons[i].append("low_confidence")
         if drop_near_copies and scores.near_copy[i]:
             reasons[i].append("near_copy")
-        if min_label_preservation is not None and preserved is not None and not np.isnan(preserved[i]) \
-                and preserved[i] < min_label_preservation:
-            reasons[i].append("low_label_preservation")
+        for name, gate, values in gates:
+            if gate is not None and values is not None and not np.isnan(values[i]) and values[i] < gate:
+                reasons[i].append(f"low_{name}")
     return reasons

@@ -16,14 +16,14 @@ REPORT_HTML = "report.html"
 
 
 def write_report(report: dict[str, Any], folder: Path, real: RealSide, synthetic: dict[str, SyntheticRows],
-                 per_class: int = 8, worst: dict[str, list[dict[str, Any]]] | None = None) -> Path:
-    """Write both files into `folder`; returns the path of report.json. `worst`: the label
-    preservation pictures (`preservation.worst_pictures`)."""
+                 per_class: int = 8, worst: dict[str, dict[str, list[dict[str, Any]]]] | None = None) -> Path:
+    """Write both files into `folder`; returns the path of report.json. `worst`: {judge name:
+    its worst rows' pictures (`preservation.worst_pictures`)}."""
     folder.mkdir(parents=True, exist_ok=True)
     text = json.dumps(report, indent=2, sort_keys=True, default=_json_default) + "\n"
     pictures = {"real": (real.train.images, real.train.labels),
                 "synthetic": {tag: (rows.images, rows.labels) for tag, rows in synthetic.items()},
-                "label_preservation": worst or {}}
+                "worst": worst or {}}
     page = render_html(json.loads(text), pictures, per_class)  # both rendered before either is replaced
     _write_atomic(folder / REPORT_JSON, text)
     _write_atomic(folder / REPORT_HTML, page)

@@ -284,25 +284,41 @@ def _adaptation(report: dict[str, Any]) -> str:
             "<th>adapted f_T</th></tr>" + rows + "</table>")
 
 
-def _label_preservation(report: dict[str, Any], pictures: dict[str, Any]) -> str:
-    summary = report.get("label_preservation")
+# Per judge (`augment.metrics.judges`): its heading, what a row's score is, and the strip's parts.
+_JUDGE_TEXT = {
+    "label_preservation": (
+        "Label preservation",
+        "Rows made from a parent record keep its labels; their score is {what}, a task model fitted on the job's "
+        "source training split only. Low: the new pixels no longer show what the labels say.",
+        "parent frame | {tag} row | carried mask | the segmenter's reading"),
+    "label_consistency": (
+        "Label consistency",
+        "Rows painted from a label map keep that map as their mask; their score is {what}, a segmenter fitted on "
+        "the job's real (image, mask) training pairs only (the SPADE paper's protocol). Low: the painted image does "
+        "not show the classes where its map puts them.",
+        "real frame of the map (when there is one) | {tag} row | its label map | the segmenter's reading"),
+}
+
+
+def _judge(report: dict[str, Any], pictures: dict[str, Any], judge: str) -> str:
+    summary = report.get(judge)
     if not summary:
         return ""
-    model = report.get("label_preservation_model") or {}
-    what = ("pixel accuracy of the frozen source segmenter against the carried mask (void pixels left out)"
-            if model.get("task") == "segmentation" else
-            "the frozen source classifier's probability of the carried label")
-    parts = ["<h2>Label preservation</h2>",
-             f"<p class='caption'>Rows made from a parent record keep its labels; their score is {what}, a task "
-             "model fitted on the job's source training split only. Low: the new pixels no longer show what the "
-             "labels say. Mean over every scored row made (dropped ones too); dropped: removed by "
-             "<code>filter.min_label_preservation</code>.</p>"]
+    heading, caption, strip = _JUDGE_TEXT[judge]
+    model = report.get(f"{judge}_model") or {}
+    what = ("the pixel accuracy of that frozen segmenter against the row's mask (void pixels left out)"
+            if model.get("task") == "segmentation" else "the frozen classifier's probability of the carried label")
+    parts = [f"<h2>{heading}</h2>",
+             "<p class='caption'>" + caption.format(what=what) + " Mean over every scored row made (dropped ones "
+             f"too); dropped: removed by <code>filter.min_{judge}</code>.</p>"]
     ceiling = (model.get("training") or {}).get("source_holdout") or {}
     if ceiling.get("mean") is not None:
-        parts.append(f"<p class='caption'>Ceiling: on {ceiling['images']:,} untouched held-out source frames the "
-                     f"task model scores <b>{_fmt(ceiling['mean'])}</b>, what a translation that changed nothing "
-                     "would score. Read the rows' scores against it: a low ceiling means the task model cannot "
-                     "judge, not that the rows drifted.</p>")
+        extra = (f", mIoU <b>{_fmt(ceiling['miou'])}</b>, pixel accuracy {_fmt(ceiling['pixel_accuracy'])}"
+                 if ceiling.get("miou") is not None else "")
+        parts.append(f"<p class='caption'>Ceiling: on {ceiling['images']:,} untouched held-out real frames the "
+                     f"task model scores <b>{_fmt(ceiling['mean'])}</b> per row{extra}: what rows as good as real "
+                     "ones would score. Read the rows' scores against it: a low ceiling means the task model cannot "
+                     "judge, not that the rows are wrong.</p>")
     for tag, block in summary.items():
         rows = "".join(f'<tr><td class="l">{html.escape(name)}</td><td>{c["rows"]:,}</td><td>{_fmt(c["mean"])}</td>'
                        f'<td>{c["dropped"]:,}</td></tr>' for name, c in block["per_class"].items())
@@ -310,22 +326,31 @@ def _label_preservation(report: dict[str, Any], pictures: dict[str, Any]) -> str
                      f"<th>mean</th><th>dropped</th></tr><tr><td class='l'><b>overall</b></td>"
                      f"<td>{block['rows']:,}</td><td>{_fmt(block['mean'])}</td><td>{block['dropped']:,}</td></tr>"
                      + rows + "</table>")
+        measured = block.get("agreement")
+        if measured:
+            real = (f"; the same segmenter on real held-out frames: mIoU {_fmt(ceiling.get('miou'))}, pixel accuracy "
+                    f"{_fmt(ceiling.get('pixel_accuracy'))}" if ceiling.get("miou") is not None else "")
+            parts.append(f"<p class='caption'>Over {measured['rows']:,} published rows: mIoU "
+                         f"<b>{_fmt(measured['miou'])}</b>, pixel accuracy {_fmt(measured['pixel_accuracy'])}{real}."
+                         "</p>")
         per_mask = block.get("per_mask_class")
         if per_mask:
             cells = "".join(f'<tr><td class="l">{html.escape(name)}</td><td>{c["pixels"]:,}</td>'
-                            f'<td>{_fmt(c["pixel_accuracy"])}</td></tr>' for name, c in per_mask.items())
+                            f'<td>{_fmt(c["pixel_accuracy"])}</td><td>{_fmt(c.get("iou"))}</td></tr>'
+                            for name, c in per_mask.items())
             parts.append("<p class='caption'>Per mask class, over the published rows: the share of its pixels the "
-                         "source segmenter still labels as that class (low: that content was changed).</p><table>"
-                         "<tr><th class='l'>mask class</th><th>pixels</th><th>pixel accuracy</th></tr>"
-                         + cells + "</table>")
-        shown = (pictures.get("label_preservation") or {}).get(tag) or []
+                         "segmenter labels as that class, and its IoU (low: that content is missing or changed)."
+                         "</p><table><tr><th class='l'>mask class</th><th>pixels</th><th>pixel accuracy</th>"
+                         "<th>IoU</th></tr>" + cells + "</table>")
+        shown = (pictures.get("worst", {}).get(judge) or {}).get(tag) or []
         if shown:
             cells = "".join(
-                f"<tr><td class='l grid'>{_img(w['png'], w['id'])}</td><td class='l'>{_fmt(w['label_preservation'])}"
+                f"<tr><td class='l grid'>{_img(w['png'], w['id'])}</td><td class='l'>{_fmt(w[judge])}"
                 f"<br>{html.escape(w['class'])}<br><code>{html.escape(w['id'])}</code>"
                 + ("" if w["parent_found"] else "<br>parent not in the shards") + "</td></tr>" for w in shown)
-            parts.append(f"<p class='caption'>Lowest-scoring published rows: parent frame | {html.escape(tag)} row"
-                         " | carried mask (when there is one).</p><table>" + cells + "</table>")
+            parts.append("<p class='caption'>Lowest-scoring published rows: "
+                         + html.escape(strip.format(tag=tag)) + " (the parts a row has).</p><table>" + cells
+                         + "</table>")
     return "\n".join(parts)
 
 
@@ -344,7 +369,8 @@ def _filter(report: dict[str, Any]) -> str:
 
 def render_html(report: dict[str, Any], pictures: dict[str, Any], per_class: int = 8) -> str:
     body = [_header(report), _verdicts(report), _grids(report, pictures, per_class), _metric_tables(report),
-            _sweep(report), _classifier(report), _utility(report), _label_preservation(report, pictures),
+            _sweep(report), _classifier(report), _utility(report), _judge(report, pictures, "label_preservation"),
+            _judge(report, pictures, "label_consistency"),
             _adaptation(report), _filter(report)]
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>synthaug report — "
             f"{html.escape(report['job']['name'])}</title><style>{STYLE}</style></head><body>"

@@ -1,13 +1,16 @@
-"""The report's label preservation: rows made from a parent record (domain transfer) against
-the labels the job carried over from it.
+"""The report's judged labels (`augment.metrics.judges`): label preservation (rows made from a
+parent record, against the labels the job carried over) and label consistency (rows painted
+from a label map, against that map).
 
-Per source and per class: the mean `label_preservation` of every scored row the step made
-(published or dropped by the gate, so the gate does not flatter the generator), the mean
-of the published ones, and how many rows the gate dropped for it (`low_label_preservation`).
-With a segmentation task model also per *mask* class (street frames have no row label):
-the pixel accuracy of each class over the published rows, which says what content a
-translator changed. The pictures: the worst published rows beside their parent frames (the parent's real row
-in the same shards; it is there unless `output.include_real` is off) and the carried mask.
+Per source and per class: the mean score (`label_preservation` / `label_consistency`) of
+every scored row the step made (published or dropped by the gate, so the gate does not
+flatter the generator), the mean of the published ones, and how many rows the gate dropped
+for it (`low_<score>`). With a segmentation task model also per *mask* class (street frames
+have no row label): the pixel accuracy and IoU of each class and the mIoU over the
+published rows, which say what content a translator changed or a painter got wrong. The
+pictures: the worst published rows beside their parent frames (the parent's real row in the
+same shards; it is there unless `output.include_real` is off), their mask, and what the
+segmenter read in them.
 """
 
 from __future__ import annotations
@@ -25,24 +28,23 @@ from augment.images import decode_png
 from augment.report.inputs import class_name
 from augment.seeding import derive_seed
 
-REASON = "low_label_preservation"  # the quality filter's reason (augment.metrics.scoring.filter_reasons)
 WORST_ROWS = 8
 STRIP_HEIGHT = 96  # px of each picture in a worst-row strip (small frames are enlarged, nearest neighbour)
 STRIP_GAP = 6
 MASK_CLASS_STREAM = 84  # derive_seed(job seed, stream, source number): the rows per-mask-class accuracy reads
 
 
-def read_scored(shards: Path) -> list[dict[str, Any]]:
-    """id, label, source, parent_id and label_preservation of every published row that has the
-    score. Each file is read on its own, so a shard written before the score existed (its
-    `scores` struct lacks the field) reads as unscored instead of hiding the field of the rest."""
+def read_scored(shards: Path, score: str = "label_preservation") -> list[dict[str, Any]]:
+    """id, label, source, parent_id and `score` of every published row that has the score. Each
+    file is read on its own, so a shard written before the score existed (its `scores` struct
+    lacks the field) reads as unscored instead of hiding the field of the rest."""
     rows: list[dict[str, Any]] = []
     for path in sorted(Path(shards).glob("*.parquet")):
         table = pq.read_table(path, columns=["id", "label", "source", "parent_id", "scores"])
         for row in table.to_pylist():
-            value = (row.pop("scores") or {}).get("label_preservation")
+            value = (row.pop("scores") or {}).get(score)
             if value is not None:
-                rows.append({**row, "label_preservation": float(value)})
+                rows.append({**row, score: float(value)})
     return rows
 
 
@@ -52,41 +54,42 @@ def _block(scores: list[float], published: list[float], dropped: int) -> dict[st
 
 
 def preservation_summary(scored: list[dict[str, Any]], filtered: list[dict[str, Any]], class_names: list[str],
-                         worst: int = WORST_ROWS) -> dict[str, Any] | None:
+                         worst: int = WORST_ROWS, score: str = "label_preservation") -> dict[str, Any] | None:
     """{source: {rows, mean, published_mean, dropped, per_class: {class: same keys}, worst: [...]}}
-    from the published scored rows (`read_scored`) and the filter's records (shard metadata);
-    None when no row was scored or dropped for it."""
-    dropped = [r for r in filtered if REASON in r.get("reasons", [])]
-    made = scored + [r for r in filtered if r.get("label_preservation") is not None]
+    of `score` from the published scored rows (`read_scored`) and the filter's records (shard
+    metadata); None when no row was scored or dropped for it."""
+    reason = f"low_{score}"  # the quality filter's reason (augment.metrics.scoring.filter_reasons)
+    dropped = [r for r in filtered if reason in r.get("reasons", [])]
+    made = scored + [r for r in filtered if r.get(score) is not None]
     tags = sorted({r["source"] for r in made} | {r["source"] for r in dropped})
     if not tags:
         return None
     out: dict[str, Any] = {}
     for tag in tags:
         mine = [r for r in scored if r["source"] == tag]
-        every = [r["label_preservation"] for r in made if r["source"] == tag]
+        every = [r[score] for r in made if r["source"] == tag]
         gone = [r for r in dropped if r["source"] == tag]
-        block = _block(every, [r["label_preservation"] for r in mine], len(gone))
+        block = _block(every, [r[score] for r in mine], len(gone))
         names = sorted({class_name(r["label"], class_names) for r in [*mine, *gone]},
                        key=lambda n: (n not in class_names, class_names.index(n) if n in class_names else 0))
         block["per_class"] = {
-            name: _block([r["label_preservation"] for r in made if r["source"] == tag
-                          and class_name(r["label"], class_names) == name],
-                         [r["label_preservation"] for r in mine if class_name(r["label"], class_names) == name],
+            name: _block([r[score] for r in made if r["source"] == tag and class_name(r["label"], class_names) == name],
+                         [r[score] for r in mine if class_name(r["label"], class_names) == name],
                          sum(class_name(r["label"], class_names) == name for r in gone))
             for name in names}
-        lowest = sorted(mine, key=lambda r: (r["label_preservation"], r["id"]))[:worst]
+        lowest = sorted(mine, key=lambda r: (r[score], r["id"]))[:worst]
         block["worst"] = [{"id": r["id"], "parent_id": r["parent_id"], "class": class_name(r["label"], class_names),
-                           "label_preservation": r["label_preservation"]} for r in lowest]
+                           score: r[score]} for r in lowest]
         out[tag] = block
     return out
 
 
 def mask_class_accuracy(model: Any, shards: Path, summary: dict[str, Any] | None, class_names: list[str],
                         limit: int, seed: int) -> None:
-    """Add `per_mask_class` ({class: {"pixel_accuracy", "pixels"}}) to each source of `summary`,
-    from at most `limit` published rows (a seeded choice) and the segmentation `model`."""
-    from augment.metrics.preservation import class_pixel_accuracy
+    """Add `per_mask_class` ({class: {"pixel_accuracy", "iou", "pixels"}}) and `agreement` (mIoU,
+    pixel accuracy) to each source of `summary`, from at most `limit` published rows (a seeded
+    choice) and the segmentation `model`."""
+    from augment.metrics.preservation import agreement, segmentation_confusion
 
     if not summary or model is None or model.task != "segmentation":
         return
@@ -102,10 +105,15 @@ def mask_class_accuracy(model: Any, shards: Path, summary: dict[str, Any] | None
             block["per_mask_class"] = {}
             continue
         masks = [_plane(decode_png(r["mask"]["bytes"])) for r in rows]
-        hits, totals = class_pixel_accuracy(model, [decode_png(r["image"]["bytes"]) for r in rows], masks)
+        confusion = segmentation_confusion(model, [decode_png(r["image"]["bytes"]) for r in rows], masks)
+        measured = agreement(confusion, model.void_id)
+        totals, hits = confusion.sum(axis=1), np.diag(confusion)
         names = [class_names[c] if c < len(class_names) else str(c) for c in range(len(totals))]
-        block["per_mask_class"] = {names[c]: {"pixel_accuracy": float(hits[c] / totals[c]), "pixels": int(totals[c])}
+        block["per_mask_class"] = {names[c]: {"pixel_accuracy": float(hits[c] / totals[c]), "pixels": int(totals[c]),
+                                              "iou": measured["per_class_iou"][c]}
                                    for c in range(len(totals)) if totals[c]}
+        block["agreement"] = {"rows": len(rows), "miou": measured["miou"],
+                              "pixel_accuracy": measured["pixel_accuracy"]}
 
 
 def _plane(array: np.ndarray) -> np.ndarray:
@@ -159,14 +167,17 @@ def strip(parts: Sequence[np.ndarray | None], class_names: Sequence[str], masks:
     return buffer.getvalue()
 
 
-def worst_pictures(shards: Path, summary: dict[str, Any] | None, class_names: list[str]) -> dict[str, list[dict]]:
-    """{source: [{"png", "id", "parent_id", "class", "label_preservation", "parent_found"}]}: per worst
-    row a strip of parent | row | carried mask (no mask: parent | row)."""
+def worst_pictures(shards: Path, summary: dict[str, Any] | None, class_names: list[str],
+                   model: Any = None) -> dict[str, list[dict]]:
+    """{source: [{"png", "id", "parent_id", "class", <score>, "parent_found"}]}: per worst row a
+    strip of parent | row | its mask | the segmenter's reading of the row (the last with a
+    segmentation `model`; no mask: parent | row)."""
     if not summary:
         return {}
     wanted = {w["id"] for block in summary.values() for w in block["worst"]}
     wanted |= {w["parent_id"] for block in summary.values() for w in block["worst"] if w["parent_id"]}
     rows = _rows_by_id(shards, wanted)
+    reads = model is not None and model.task == "segmentation"
     out: dict[str, list[dict]] = {}
     for tag, block in summary.items():
         shown = []
@@ -179,7 +190,9 @@ def worst_pictures(shards: Path, summary: dict[str, Any] | None, class_names: li
             parts: list[np.ndarray | None] = [None if parent is None else decode_png(parent["image"]["bytes"]), image]
             if row["mask"] is not None:
                 parts.append(decode_png(row["mask"]["bytes"]))
-            png = strip(parts, class_names, [False, False, True][:len(parts)])
+                if reads:
+                    parts.append(model.logits(model.images([image])).argmax(dim=1)[0].numpy().astype(np.uint16))
+            png = strip(parts, class_names, [False, False, True, True][:len(parts)])
             shown.append({**worst, "png": png, "parent_found": parent is not None})
         out[tag] = shown
     return out
