@@ -246,7 +246,7 @@ def test_registered_families_are_listed_and_validated() -> None:
         register(type("Other", (ToyTint,), {"__module__": __name__}))
     with pytest.raises(ValueError, match="reserved"):
         register(type("Real", (ToyTint,), {"name": "real", "__module__": __name__}))
-    with pytest.raises(ConfigError, match=r"unknown generator kind 'toy'; registered: cgan, cycada, cyclegan, diffusion, spade, toy_colour"):
+    with pytest.raises(ConfigError, match=r"unknown generator kind 'toy'; registered: cgan, controlnet, cycada, cyclegan, diffusion, spade, toy_colour"):
         parse_config({"source": {"kind": "digits"}, "generate": [{"kind": "toy"}]})
 
 

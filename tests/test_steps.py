@@ -33,7 +33,7 @@ def test_the_old_single_family_mapping_is_one_step_with_the_same_hash() -> None:
 
 
 @pytest.mark.parametrize("generate, message", [
-    ([{"kind": "gan"}], r"generate\[0\]\.kind: 'gan' — unknown generator kind 'gan'; registered: .*cgan, cycada, cyclegan, diffusion"),
+    ([{"kind": "gan"}], r"generate\[0\]\.kind: 'gan' — unknown generator kind 'gan'; registered: .*cgan, controlnet, cycada, cyclegan, diffusion"),
     ([{"kind": "cgan", "fit": {"z_dim": 1}}], r"generate\[0\]\.fit\.z_dim: 1 — Input should be greater"),
     ([{"kind": "cgan", "sample": {"guidance": 2}}], r"generate\[0\]\.sample\.guidance: 2 — Extra inputs"),
     ([{"kind": "cgan", "num_gpus_per_worker": 1}], r"moved to execution\.num_gpus_per_worker"),
