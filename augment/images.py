@@ -326,6 +326,19 @@ def resize_image(array: np.ndarray, size: int) -> np.ndarray:
     return np.array(out[..., None] if mode == "L" else out, dtype=np.uint8)
 
 
+def centred_crop(array: np.ndarray, height: int, width: int) -> np.ndarray:
+    """The largest centred window of aspect width/height of an HxW(xC) array (a view): whichever
+    side is too long is cropped."""
+    h, w = array.shape[:2]
+    if w * height > h * width:
+        keep = max(1, round(h * width / height))
+        return array[:, (w - keep) // 2:(w - keep) // 2 + keep]
+    if w * height < h * width:
+        keep = max(1, round(w * height / width))
+        return array[(h - keep) // 2:(h - keep) // 2 + keep]
+    return array
+
+
 def crop_resize(array: np.ndarray, height: int, width: int, *, nearest: bool = False) -> np.ndarray:
     """uint8 HxWxC (C 1 or 3) to height x width: the centred crop of that aspect ratio, then
     Pillow's bicubic resize, so nothing is stretched (a 240x180 frame to 128x96 is a pure resize).
@@ -334,16 +347,9 @@ def crop_resize(array: np.ndarray, height: int, width: int, *, nearest: bool = F
         raise ValueError(f"height and width must be >= 1, got {height}x{width}")
     if array.dtype != np.uint8 or array.ndim != 3 or array.shape[2] not in (1, 3):
         raise ValueError(f"crop_resize takes uint8 HxWx1 or HxWx3, got {array.dtype} {array.shape}")
-    h, w = array.shape[:2]
-    if (h, w) == (height, width):
+    if array.shape[:2] == (height, width):
         return array
-    # The largest centred window of aspect width/height: crop whichever side is too long.
-    if w * height > h * width:
-        keep = max(1, round(h * width / height))
-        array = array[:, (w - keep) // 2:(w - keep) // 2 + keep]
-    elif w * height < h * width:
-        keep = max(1, round(w * height / width))
-        array = array[(h - keep) // 2:(h - keep) // 2 + keep]
+    array = centred_crop(array, height, width)
     mode = "L" if array.shape[2] == 1 else "RGB"
     image = Image.fromarray(np.ascontiguousarray(array[..., 0] if mode == "L" else array))
     resample = Image.Resampling.NEAREST if nearest else Image.Resampling.BICUBIC

@@ -23,13 +23,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from transfer_common import (FAMILIES, REPO, benchmark_args, cached, configured, decode, fingerprint, fit_extras, gate_of, passes,
-                             preservation, rows_of, run_family, show_progress, transfer_grid)
+from transfer_common import (FAMILIES, REPO, benchmark_args, cached, camvid, configured, decode, fingerprint, fit_extras,
+                             gate_of, passes, preservation, rows_of, run_family, show_progress, transfer_grid)
 
-from augment.images import crop_resize
 from augment.metrics.utility import confusion_matrix, mean_iou, predict_masks, train_segmenter
 from jobs.config import ExternalSourceConfig, parse_config
-from jobs.sources import build_source
 
 CONFIG = REPO / "configs" / "sim2real_street.yaml"
 SEGMENTER_STEPS = 2000  # one fixed budget for every training set
@@ -44,17 +42,6 @@ def shard_pairs(out: Path, source: str, gate: float | None = None) -> tuple[np.n
         return np.zeros((0, 1, 1, 3), np.uint8), np.zeros((0, 1, 1), np.int64)
     return (np.stack([decode(r["image"]) for r in rows]),
             np.stack([decode(r["mask"], None) for r in rows]).astype(np.int64))
-
-
-def camvid(split: str, target: ExternalSourceConfig, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
-    """CamVid `split` at the simulator's size (4:3 to 4:3: a pure resize; masks nearest)."""
-    source = build_source(target.model_copy(update={"root": target.root.parent / split}))
-    images, masks = [], []
-    for record in source.records():
-        sample = source.load(record)
-        images.append(crop_resize(sample.image, height, width))
-        masks.append(crop_resize(sample.mask.astype(np.uint8)[..., None], height, width, nearest=True)[..., 0])
-    return np.stack(images), np.stack(masks).astype(np.int64)
 
 
 def main() -> None:

@@ -1,5 +1,5 @@
-"""What the two sim-to-real benchmarks share: running the shipped config once per transfer
-family, reading its shards, and the picture of simulator frames beside their translations."""
+"""What the benchmarks share: running the shipped config once per family, reading its shards,
+CamVid at a given size, cached scores, and the picture of frames beside their translations."""
 
 from __future__ import annotations
 
@@ -18,8 +18,10 @@ import pyarrow.parquet as pq
 import yaml
 from PIL import Image
 
-from jobs.config import parse_config
+from augment.images import crop_resize
+from jobs.config import ExternalSourceConfig, parse_config
 from jobs.registry import families
+from jobs.sources import build_source
 from jobs.runner import run_job
 
 REPO = Path(__file__).resolve().parent.parent
@@ -28,35 +30,53 @@ FAMILIES = ("cyclegan", "cycada")
 MIN_CELL = 96  # grid cells are enlarged (nearest) to at least this many pixels high
 
 
-def benchmark_args(doc: str, name: str, task_steps: int) -> argparse.ArgumentParser:
-    """The options both benchmarks take; `name` names the default output folder and grid."""
+def benchmark_args(doc: str, name: str, task_steps: int | None = None,
+                   families: tuple[str, ...] = FAMILIES) -> argparse.ArgumentParser:
+    """The options the benchmarks take; `name` names the default output folder and grid. The
+    sim-to-real ones (`task_steps` given) also take --frames and CyCADA's --task-steps."""
     parser = argparse.ArgumentParser(description=doc.split("\n")[0])
-    parser.add_argument("--steps", type=int, default=None, help="translator fit steps (default: the config's)")
-    parser.add_argument("--frames", type=int, default=None, help="simulator frames (default: the config's)")
+    parser.add_argument("--steps", type=int, default=None, help="generator fit steps (default: the config's)")
     parser.add_argument("--out", type=Path, default=REPO / "runs" / f"bench_{name}")
-    parser.add_argument("--families", nargs="+", default=list(FAMILIES))
-    parser.add_argument("--task-steps", type=int, default=task_steps,
-                        help="CyCADA's f_S steps, added before the translator's (both families get the same "
-                             "translator steps)")
+    parser.add_argument("--families", nargs="+", default=list(families))
+    if task_steps is not None:
+        parser.add_argument("--frames", type=int, default=None, help="simulator frames (default: the config's)")
+        parser.add_argument("--task-steps", type=int, default=task_steps,
+                            help="CyCADA's f_S steps, added before the translator's (both families get the same "
+                                 "translator steps)")
     parser.add_argument("--num-cpus", type=int, default=None, help="CPUs of the embedded Ray (default: all)")
     parser.add_argument("--grid", type=Path, default=REPO / "docs" / f"{name}.png",
                         help="where to save simulator frames beside their translations")
     return parser
 
 
-def configured(config: Path, args: argparse.Namespace) -> tuple[dict[str, Any], list[str]]:
-    """The shipped config with the options applied, and the registered families asked for."""
+def configured(config: Path, args: argparse.Namespace, wanted: list[str] | None = None) -> tuple[dict[str, Any], list[str]]:
+    """The shipped config with the options applied, and the registered families asked for
+    (`wanted`, default --families)."""
     raw = yaml.safe_load(config.read_text())
     if args.steps is not None:
         raw["generate"][0].setdefault("fit", {})["steps"] = args.steps
-    if args.frames is not None:
+    if getattr(args, "frames", None) is not None:
         raw["source"]["frames"] = args.frames
     if args.num_cpus is not None:
         raw["execution"] = {**raw.get("execution", {}), "num_cpus": args.num_cpus, "num_workers": args.num_cpus}
-    kinds = [k for k in args.families if k in families()]
+    wanted = args.families if wanted is None else wanted
+    kinds = [k for k in wanted if k in families()]
     if not kinds:
-        raise SystemExit(f"none of {args.families} is a registered family")
+        raise SystemExit(f"none of {wanted} is a registered family")
     return raw, kinds
+
+
+def camvid(split: str, like: ExternalSourceConfig, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+    """CamVid `split` (a folder beside `like`'s root, read with its class ids) at height x width:
+    the centred crop of that aspect, resized (4:3 to 4:3 is a pure resize; masks nearest)."""
+    source = build_source(like.model_copy(update={"root": like.root.parent / split, "image_size": None,
+                                                  "width": None, "height": None}))
+    images, masks = [], []
+    for record in source.records():
+        sample = source.load(record)
+        images.append(crop_resize(sample.image, height, width))
+        masks.append(crop_resize(sample.mask.astype(np.uint8)[..., None], height, width, nearest=True)[..., 0])
+    return np.stack(images), np.stack(masks).astype(np.int64)
 
 
 def fit_extras(raw: dict[str, Any], task_steps: int, **shared: Any) -> dict[str, dict[str, Any]]:
@@ -171,10 +191,20 @@ def transfer_grid(outs: dict[str, Path], real: np.ndarray, path: Path, n: int = 
     shared = [pid for pid in sorted(frames) if all(pid in m for m in made.values())][:n]
     rows = [[decode(frames[pid]["image"]), *(decode(made[kind][pid]["image"]) for kind in outs)] for pid in shared]
     height, width = rows[0][0].shape[:2] if rows else real.shape[1:3]
-    scale = max(1, -(-MIN_CELL // height))
     columns = 1 + len(outs)
     reals = [np.asarray(Image.fromarray(r).convert("RGB").resize((width, height))) for r in real[:columns]]
     rows.append(reals + [np.zeros((height, width, 3), np.uint8)] * (columns - len(reals)))
+    save_grid(rows, path)
+    print(f"grid: {path} (columns: simulator, {', '.join(outs)}; last row: real target images)")
+    return path
+
+
+def save_grid(rows: list[list[np.ndarray]], path: Path) -> Path:
+    """A PNG of uint8 HxWx3 cells of one size, row by row, each enlarged (nearest) to at least
+    `MIN_CELL` pixels high, on white with 2-pixel gaps."""
+    height, width = rows[0][0].shape[:2]
+    scale = max(1, -(-MIN_CELL // height))
+    columns = max(len(row) for row in rows)
     pad = 2
     canvas = np.full((len(rows) * (height * scale + pad), columns * (width * scale + pad), 3), 255, np.uint8)
     for i, row in enumerate(rows):
@@ -184,5 +214,4 @@ def transfer_grid(outs: dict[str, Path], real: np.ndarray, path: Path, n: int = 
             canvas[y:y + height * scale, x:x + width * scale] = big
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(canvas).save(path)
-    print(f"grid: {path} (columns: simulator, {', '.join(outs)}; last row: real target images)")
     return path

@@ -170,8 +170,24 @@ class ExternalSourceConfig(_Strict):
     ids: dict[int, str] | None = None
     unknown: Literal["reject", "void"] = "reject"
     void_class: str | None = None
-    image_size: int | None = Field(None, ge=8, le=4096)
+    image_size: int | None = Field(None, ge=8, le=4096, description="square frames (stretched); default: as stored")
+    width: int | None = Field(None, ge=8, le=4096, description="with height, instead of image_size: the centred "
+                                                               "crop of that aspect ratio, resized (not stretched)")
+    height: int | None = Field(None, ge=8, le=4096, description="with width, instead of image_size")
     max_pixels: int = Field(40_000_000, gt=0)
+
+    @model_validator(mode="after")
+    def _one_frame_shape(self) -> ExternalSourceConfig:
+        if (self.width is None) != (self.height is None):
+            missing, given = ("height", "width") if self.height is None else ("width", "height")
+            raise ValueError(f"{given} {getattr(self, given)} needs {missing} too (or give image_size alone)")
+        if self.image_size is not None and self.width is not None:
+            raise ValueError(f"image_size {self.image_size} and width {self.width}, height {self.height}: give "
+                             "image_size (square frames) or width and height, not both")
+        return self
+
+    # Absent sizes are left out, so a config without them dumps (and hashes, so resumes) as before.
+    _omit_unused_shape = omit_when_none("width", "height")
 
 
 SourceConfig = Annotated[

@@ -59,6 +59,7 @@ def build_source(config: SourceConfig, job_seed: int = 0) -> Source:
             return ExternalFramesSource(
                 config.root, class_names=config.class_names, frames=config.frames, labels=config.labels,
                 palette=config.palette, ids=config.ids, unknown=config.unknown, void_class=config.void_class,
-                image_size=config.image_size, max_pixels=config.max_pixels,
+                image_size=config.image_size, width=config.width, height=config.height,
+                max_pixels=config.max_pixels,
             )
     raise TypeError(f"unknown source config {type(config).__name__}")

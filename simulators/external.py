@@ -29,7 +29,10 @@ and ``a.jpg``) make the layout ambiguous: `ConfigError`.
 
 `load` returns the frame (uint8 HxWx3) and its mask (uint16 HxW class ids), resized to
 ``image_size`` x ``image_size`` when set: the frame with `resize_image` (bicubic), the
-mask nearest-neighbour (so it only holds class ids).
+mask nearest-neighbour (so it only holds class ids). With ``width`` and ``height`` instead
+(e.g. 128 x 96 for 4:3 dashcam frames) both are cut to the same centred window of that
+aspect ratio (`centred_crop`), then resized (the frame with `crop_resize`, bicubic; the mask
+nearest-neighbour, as uint16), so nothing is stretched.
 """
 
 from __future__ import annotations
@@ -49,6 +52,8 @@ from augment.images import (
     # values, not `decode_image`'s colour conversion.
     _open_checked,
     _uint16_gray,
+    centred_crop,
+    crop_resize,
     image_file_bound,
     load_image_file,
     read_regular_file,
@@ -123,11 +128,11 @@ def _map_codes(
     return per_code[inverse].reshape(codes.shape), unknown
 
 
-def _resize_nearest(mask: np.ndarray, size: int) -> np.ndarray:
-    """Nearest-neighbour resize of an HxW mask to size x size (pixel-centre sampling)."""
-    height, width = mask.shape
-    rows = np.minimum(((np.arange(size) + 0.5) * height / size).astype(np.int64), height - 1)
-    cols = np.minimum(((np.arange(size) + 0.5) * width / size).astype(np.int64), width - 1)
+def _resize_nearest(mask: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Nearest-neighbour resize of an HxW mask to height x width (pixel-centre sampling)."""
+    h, w = mask.shape
+    rows = np.minimum(((np.arange(height) + 0.5) * h / height).astype(np.int64), h - 1)
+    cols = np.minimum(((np.arange(width) + 0.5) * w / width).astype(np.int64), w - 1)
     return np.ascontiguousarray(mask[rows[:, None], cols[None, :]])
 
 
@@ -146,6 +151,8 @@ class ExternalFramesSource(ListedRecordsSource):
         unknown: Unknown = "reject",
         void_class: str | None = None,
         image_size: int | None = None,
+        width: int | None = None,
+        height: int | None = None,
         max_pixels: int = DEFAULT_MAX_PIXELS,
     ) -> None:
         self.root = Path(root)
@@ -165,11 +172,16 @@ class ExternalFramesSource(ListedRecordsSource):
         elif void_class is not None:
             raise ConfigError("void_class: only used with unknown='void' (unknown is 'reject')")
         self.void_class = void_class
-        for field, value in (("image_size", image_size), ("max_pixels", max_pixels)):
+        sizes = (("image_size", image_size), ("width", width), ("height", height), ("max_pixels", max_pixels))
+        for field, value in sizes:
             positive = isinstance(value, int) and not isinstance(value, bool) and value >= 1
-            if not positive and not (field == "image_size" and value is None):
+            if not positive and not (field != "max_pixels" and value is None):
                 raise ConfigError(f"{field}: must be a positive integer, got {value!r}")
+        if (width is None) != (height is None) or (image_size is not None and width is not None):
+            raise ConfigError(f"image_size {image_size}, width {width}, height {height}: give image_size (square "
+                              "frames) or width and height, or none of them")
         self.image_size = image_size
+        self.frame_size = None if width is None or height is None else (width, height)
         self.max_pixels = max_pixels
 
         # 2. The label encoding: exactly one of palette / ids.
@@ -291,7 +303,11 @@ class ExternalFramesSource(ListedRecordsSource):
             )
         if self.image_size is not None:
             image = resize_image(image, self.image_size)
-            mask = _resize_nearest(mask, self.image_size)
+            mask = _resize_nearest(mask, self.image_size, self.image_size)
+        elif self.frame_size is not None:  # the same centred window for both (uint16 ids: no uint8 round trip)
+            width, height = self.frame_size
+            image = crop_resize(image, height, width)
+            mask = _resize_nearest(centred_crop(mask, height, width), height, width)
         return Sample(id=record.id, image=image, mask=mask, label=None, source="simulator")
 
     def _find_label(self, name: str, label_rel: PurePosixPath) -> Path:

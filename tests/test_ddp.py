@@ -48,7 +48,7 @@ def test_a_label_map_family_fits_with_ddp_and_paints_every_map(kind: str, fit: d
 
     config = parse_config({
         "name": f"ddp_{kind}", "seed": 2,
-        "source": {"kind": "simulator", "family": "street", "frames": 12, "width": 32, "height": 24},
+        "source": {"kind": "simulator", "family": "street", "frames": 12, "width": 48, "height": 32},
         "split": {"holdout": 0.25},
         "generate": {"kind": kind, "fit": fit, "train_workers": 2, "checkpoint_every": 2},
         "report": {"enabled": False},

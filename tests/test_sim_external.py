@@ -10,6 +10,9 @@ import pytest
 from PIL import Image
 
 from augment.errors import ConfigError, InputRejected
+from augment.images import crop_resize
+from jobs.config import parse_config
+from jobs.sources import build_source
 from simulators.external import ExternalFramesSource, parse_colour
 
 H, W = 24, 32
@@ -319,6 +322,37 @@ def test_image_size_resizes_mask_nearest(capture: Path) -> None:
     rows = ((np.arange(16) + 0.5) * H / 16).astype(int)
     cols = ((np.arange(16) + 0.5) * W / 16).astype(int)
     np.testing.assert_array_equal(sample.mask, _expected(0)[np.ix_(rows, cols)])
+
+
+def test_width_height_crop_then_resize_image_and_mask_alike(capture: Path) -> None:
+    # 32x24 frames to 12x12: the centred 24x24 window (4 columns cut each side), then halved.
+    source = ExternalFramesSource(capture, class_names=CLASSES, palette=PALETTE, width=12, height=12)
+    sample = source.load(source.records()[0])
+    assert sample.image.shape == (12, 12, 3) and sample.mask.shape == (12, 12)
+    assert sample.mask.dtype == np.uint16
+    np.testing.assert_array_equal(sample.mask, _expected(0)[:, 4:28][1::2, 1::2])
+    np.testing.assert_array_equal(sample.image, crop_resize(_frame(0), 12, 12))
+    # The stored aspect (4:3, as CamVid's 240x180 to 128x96) is a pure resize: nothing cut.
+    same = ExternalFramesSource(capture, class_names=CLASSES, palette=PALETTE, width=16, height=12).load(
+        source.records()[0])
+    np.testing.assert_array_equal(same.mask, _expected(0)[1::2, 1::2])
+
+
+@pytest.mark.parametrize("kwargs", [{"width": 16}, {"height": 16}, {"image_size": 16, "width": 16, "height": 12},
+                                    {"width": 0, "height": 12}])
+def test_width_height_config_errors(capture: Path, kwargs: dict) -> None:
+    with pytest.raises(ConfigError, match="width|height"):
+        ExternalFramesSource(capture, class_names=CLASSES, palette=PALETTE, **kwargs)
+
+
+def test_width_height_in_the_job_config(capture: Path) -> None:
+    raw = {"kind": "external", "root": str(capture), "class_names": CLASSES, "palette": PALETTE}
+    config = parse_config({"source": {**raw, "width": 16, "height": 12}})
+    sample = build_source(config.source).load(build_source(config.source).records()[0])
+    assert sample.image.shape == (12, 16, 3)
+    assert "width" not in parse_config({"source": raw}).model_dump()["source"]  # old configs hash as before
+    with pytest.raises(ConfigError, match="width 16 needs height"):
+        parse_config({"source": {**raw, "width": 16}})
 
 
 def test_parse_colour() -> None:

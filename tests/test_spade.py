@@ -231,7 +231,8 @@ def test_generator_keeps_any_size_and_starts_from_a_grid_of_the_aspect_ratio() -
     assert halvings(16, 24, 5, 4) == 2 and halvings(96, 128, 5, 4) == 4 and halvings(17, 24, 5, 4) == 0
     assert generator_widths(TINY, SHAPE) == [16, 8, 4]
     street = DataShape(96, 3, NAMES, 128)
-    assert SPADEFit().ups(street) == 4 and SPADEFit().d_depth(street) == 5
+    assert SPADEFit().ups(street) == 4 and SPADEFit(discriminator="oasis").d_depth(street) == 5
+    assert SPADEFit().discriminator == "patchgan" and SPADEFit().d_depth(street) == 4  # the paper's 4 layers
     with torch.random.fork_rng(devices=[]):
         assert (SPADEGenerator(SPADEFit(ngf=1), street).h0, SPADEGenerator(SPADEFit(ngf=1), street).w0) == (6, 8)
     for fit in (TINY, TINY.model_copy(update={"use_vae": True})):
@@ -385,7 +386,7 @@ def test_the_vgg_loss_is_used_when_weights_are_given(tmp_path: Path) -> None:
 @pytest.mark.parametrize("changes,shape,message", [
     ({"num_up": 4}, SHAPE, r"num_up=4 needs both image sides divisible by 16, got 24x16 \(WxH\)"),
     ({}, DataShape(17, 3, NAMES, 24), r"cannot derive num_up for 24x17 \(WxH\) images"),
-    ({"d_layers": 4}, SHAPE, r"oasis discriminator halves the image d_layers=4 times and needs both sides "
+    ({"d_layers": 4, "discriminator": "oasis"}, SHAPE, r"oasis discriminator halves the image d_layers=4 times and needs both sides "
                              r"divisible by 16, got 24x16"),
     ({}, DataShape(16, 4, NAMES, 24), "channels must be 1 or 3, got 4"),
     ({}, DataShape(6, 3, NAMES, 40), r"at least 8x8, got 40x6 \(WxH\)"),

@@ -1,5 +1,6 @@
-"""The `spade` family: label map → image (Park et al. 2019, SPADE), with OASIS's segmentation
-discriminator and 3D noise (Schönfeld et al. 2021) as the default. Fitted on the source's
+"""The `spade` family: label map → image (Park et al. 2019, SPADE), with SPADE's multi-scale
+PatchGAN (the default: the better of the two in benchmarks/label2image.py) or OASIS's
+segmentation discriminator and 3D noise (Schönfeld et al. 2021). Fitted on the source's
 (image, mask) pairs, it paints a new image for each label map it is given (the records'
 masks, augmented masks or a simulator's), and the row keeps that map as its mask.
 
@@ -41,7 +42,7 @@ class SPADEFamily(Family):
     request = "label_map"
     Fit = SPADEFit
     Sample = SPADESample
-    description = "label map to image (SPADE generator; OASIS segmentation or PatchGAN discriminator)"
+    description = "label map to image (SPADE generator; PatchGAN or OASIS segmentation discriminator)"
     ema_modules = ("G",)
     fit: SPADEFit
 
