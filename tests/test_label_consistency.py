@@ -26,17 +26,9 @@ from augment.sample import GeneratorInfo, Sample
 from jobs.config import parse_config
 from jobs.datasink import read_filtered
 from jobs.registry import register, unregister
+from tests.test_label_preservation import FixedLogits
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-
-class FixedLogits(torch.nn.Module):
-    def __init__(self, logits: torch.Tensor) -> None:
-        super().__init__()
-        self.register_buffer("fixed", logits)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fixed.expand(len(x), *self.fixed.shape)
 
 
 def test_agreement_matches_scikit_learn_with_void_left_out() -> None:

@@ -42,6 +42,7 @@ from augment.generators.controlnet_train import (ClassPrompt, build_train_schedu
                                                  conditioning_image, controlled_noise)
 from augment.generators.diffusion import make_sampling_scheduler
 from augment.generators.family import DataShape
+from augment.generators.label_maps import checked_label_maps
 from augment.generators.tensors import to_uint8
 from augment.sample import GeneratorInfo, Sample
 
@@ -83,25 +84,14 @@ class ControlNetPainter:
 
     def _maps(self, request: SampleRequest) -> list[np.ndarray]:
         """The request's label maps, checked: uint16 H×W, sides divisible, ids below the class count."""
-        if request.label_maps is None:
-            raise ValueError(f"{self.name}: paints label maps; the request has no label_maps")
-        num_classes, multiple = self.shape.num_classes, self.multiple
-        for i, label_map in enumerate(request.label_maps):
-            if not (isinstance(label_map, np.ndarray) and label_map.dtype == np.uint16 and label_map.ndim == 2
-                    and label_map.size):
-                got = (getattr(label_map, "dtype", type(label_map).__name__), getattr(label_map, "shape", None))
-                raise ValueError(f"{self.name}: label map {i} ({request.ids[i]!r}) must be a uint16 HxW array of "
-                                 f"class ids, got {got}")
-            height, width = label_map.shape
-            if height % multiple or width % multiple:
-                raise ValueError(f"{self.name}: label map {i} ({request.ids[i]!r}) is {width}x{height} (WxH); the "
-                                 f"model halves it down to 1/{multiple}, so both sides must be divisible by "
-                                 f"{multiple}")
-            top = int(label_map.max())
-            if top >= num_classes:
-                raise ValueError(f"{self.name}: label map {i} ({request.ids[i]!r}) has class id {top}; the model "
-                                 f"knows {num_classes} classes {list(self.class_names)}")
-        return list(request.label_maps)
+        multiple = self.multiple
+
+        def size_problem(label_map: np.ndarray) -> str | None:
+            if label_map.shape[0] % multiple == 0 and label_map.shape[1] % multiple == 0:
+                return None
+            return f"the model halves it down to 1/{multiple}, so both sides must be divisible by {multiple}"
+
+        return checked_label_maps(self.name, request, self.class_names, size_problem)
 
     @torch.no_grad()
     def sample(self, request: SampleRequest, *, guidance: float = 2.0, steps: int = 25, scheduler: str = "ddim",

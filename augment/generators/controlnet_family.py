@@ -32,6 +32,7 @@ from pydantic import Field
 
 from augment.generators.controlnet_config import ControlNetFit
 from augment.generators.family import DataShape, Family, Hyperparameters, Sampler, StepFn, TrainingData, TrainState
+from augment.generators.label_maps import check_training_masks
 
 if TYPE_CHECKING:
     import numpy as np
@@ -87,14 +88,7 @@ class ControlNetFamily(Family):
 
     def check_data(self, data: TrainingData) -> None:
         """Every record needs its mask, with class ids below the class names' count."""
-        names = list(self.shape.class_names)
-        if data.masks is None:
-            raise ValueError("controlnet: learns to paint label maps from (image, mask) pairs, but the training "
-                             "data have no masks (TrainingData.masks is None); give the source records masks")
-        top = int(data.masks.max()) if data.masks.size else 0
-        if top >= len(names):
-            raise ValueError(f"controlnet: mask class ids must be below the {len(names)} class names {names}, "
-                             f"got id {top}")
+        check_training_masks("controlnet", data, self.shape.class_names)
 
     def build(self) -> dict[str, torch.nn.Module]:
         from augment.generators.controlnet_train import build_modules

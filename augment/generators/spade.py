@@ -26,6 +26,7 @@ from safetensors.torch import load_file
 from augment.generators.base import SampleRequest, checkpoint_sha256
 from augment.generators.checkpoint import CONFIG, WEIGHTS, OneGenerator, read_checkpoint_config
 from augment.generators.family import DataShape
+from augment.generators.label_maps import checked_label_maps
 from augment.generators.spade_config import SPADEFit
 from augment.generators.spade_networks import SPADEGenerator, conditioning, one_hot
 from augment.generators.tensors import to_uint8
@@ -51,25 +52,15 @@ class SPADEPainter(OneGenerator):
     generator: SPADEGenerator
 
     def _maps(self, request: SampleRequest) -> list[np.ndarray]:
-        if request.label_maps is None:
-            raise ValueError(f"{self.name}: paints label maps; the request has no label_maps")
-        num_classes = self.shape.num_classes
-        for i, label_map in enumerate(request.label_maps):
-            if not (isinstance(label_map, np.ndarray) and label_map.dtype == np.uint16 and label_map.ndim == 2
-                    and label_map.size):
-                got = (getattr(label_map, "dtype", type(label_map).__name__), getattr(label_map, "shape", None))
-                raise ValueError(f"{self.name}: label map {i} ({request.ids[i]!r}) must be a uint16 HxW array of "
-                                 f"class ids, got {got}")
-            multiple = self.generator.multiple  # G pads a map up to whole cells of its start grid
-            if math.ceil(label_map.shape[0] / multiple) * math.ceil(label_map.shape[1] / multiple) < 2:
-                raise ValueError(f"{self.name}: label map {i} ({request.ids[i]!r}) is {label_map.shape[1]}x"
-                                 f"{label_map.shape[0]} (WxH); G doubles its start grid to {multiple}x{multiple} "
-                                 f"px cells and needs at least 2 of them: give maps larger than {multiple}x{multiple}")
-            top = int(label_map.max())
-            if top >= num_classes:
-                raise ValueError(f"{self.name}: label map {i} ({request.ids[i]!r}) has class id {top}; the model "
-                                 f"knows {num_classes} classes {list(self.class_names)}")
-        return list(request.label_maps)
+        multiple = self.generator.multiple  # G pads a map up to whole cells of its start grid
+
+        def size_problem(label_map: np.ndarray) -> str | None:
+            if math.ceil(label_map.shape[0] / multiple) * math.ceil(label_map.shape[1] / multiple) >= 2:
+                return None
+            return (f"G doubles its start grid to {multiple}x{multiple} px cells and needs at least 2 of them: give "
+                    f"maps larger than {multiple}x{multiple}")
+
+        return checked_label_maps(self.name, request, self.class_names, size_problem)
 
     @torch.no_grad()
     def sample(self, request: SampleRequest, *, batch_size: int = 16) -> list[Sample]:

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 from pydantic import Field
 
 from augment.generators.family import Family, Hyperparameters, Sampler, StepFn, TrainingData, TrainState
+from augment.generators.label_maps import check_training_masks
 from augment.generators.spade_config import SPADEFit
 
 if TYPE_CHECKING:
@@ -49,13 +50,7 @@ class SPADEFamily(Family):
     def check_data(self, data: TrainingData) -> None:
         """Every record needs its mask, with class ids below the class names' count; a
         `vgg_weights` file must exist (checked here, before Ray Train starts)."""
-        names = list(self.shape.class_names)
-        if data.masks is None:
-            raise ValueError("spade: learns to paint label maps from (image, mask) pairs, but the training data "
-                             "have no masks (TrainingData.masks is None); give the source records masks")
-        top = int(data.masks.max()) if data.masks.size else 0
-        if top >= len(names):
-            raise ValueError(f"spade: mask class ids must be below the {len(names)} class names {names}, got id {top}")
+        check_training_masks("spade", data, self.shape.class_names)
         if self.fit.vgg_weights is not None and not Path(self.fit.vgg_weights).is_file():
             raise ValueError(f"spade: vgg_weights {str(self.fit.vgg_weights)!r} is not a file")
 
