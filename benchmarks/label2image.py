@@ -1,9 +1,10 @@
 """Label map to image on CamVid through the service: do the painted images follow their maps?
 
-Each arm is the shipped config (`configs/label2image_spade.yaml`) run as a job, fitted on
-CamVid `train/` (image, label map) pairs at 128x96: `spade` with SPADE's multi-scale PatchGAN
-discriminator, `oasis` with OASIS's segmentation discriminator, and `controlnet` when that
-family is registered (skipped with a message otherwise). Each arm's model
+Each arm is a shipped config run as a job, fitted on CamVid `train/` (image, label map) pairs
+at 128x96: `configs/label2image_spade.yaml` with SPADE's multi-scale PatchGAN discriminator
+(`spade`) and with OASIS's segmentation discriminator (`oasis`), and
+`configs/label2image_controlnet.yaml` (`controlnet`; its own two fit phases, `--steps` is the
+SPADE arms'). Each arm's model
 (`OUT/<arm>/checkpoints/<kind>/model/`) then paints one image for every CamVid `val/` label
 map (never fitted on). One fixed small segmenter (`TinySegmenter`, one budget, one seed),
 trained on the real `train/` pairs, segments
@@ -30,7 +31,6 @@ utility_train_plus_synthetic_miou=…` (nan for an arm not run). An arm whose jo
 
 from __future__ import annotations
 
-import copy
 import functools
 import json
 from pathlib import Path
@@ -51,6 +51,7 @@ from jobs.registry import families
 from jobs.sources import build_source
 
 CONFIG = REPO / "configs" / "label2image_spade.yaml"
+CONTROLNET_CONFIG = REPO / "configs" / "label2image_controlnet.yaml"  # same source; its own two-phase fit
 STREET = REPO / "configs" / "sim2real_street.yaml"  # its simulator block: the utility's label maps
 SEGMENTER_STEPS = 1000  # one fixed budget for every training set (the street benchmark's README run)
 SEGMENTER_SEED = 5
@@ -62,11 +63,13 @@ GRID_MAPS = 6
 
 class Arm(NamedTuple):
     kind: str  # the registered family the job's step runs
-    fit: dict[str, Any] | None  # fit keys set on the config's (None: the family's defaults, not the spade keys)
+    fit: dict[str, Any]  # fit keys set on the config's
+    config: Path  # the shipped config the arm runs
 
 
-ARMS = {"spade": Arm("spade", {"discriminator": "patchgan"}), "oasis": Arm("spade", {"discriminator": "oasis"}),
-        "controlnet": Arm("controlnet", None)}
+ARMS = {"spade": Arm("spade", {"discriminator": "patchgan"}, CONFIG),
+        "oasis": Arm("spade", {"discriminator": "oasis"}, CONFIG),
+        "controlnet": Arm("controlnet", {}, CONTROLNET_CONFIG)}
 
 
 class Score(NamedTuple):
@@ -75,25 +78,21 @@ class Score(NamedTuple):
     per_class: list[float | None]  # the 11 non-void classes
 
 
-def arm_config(raw: dict[str, Any], arm: Arm) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The config for one arm (its own report off: the benchmark scores the model itself) and
-    the fit keys `run_family` adds."""
-    raw = copy.deepcopy(raw)
+def arm_config(args: Any, arm: Arm) -> dict[str, Any]:
+    """The arm's shipped config with the options applied (`--steps` sets the SPADE arms' steps;
+    the ControlNet arm keeps its config's two phases) and its own report off: the benchmark
+    scores the model itself."""
+    raw, _ = configured(arm.config, args, [arm.kind])
+    if arm.config != CONFIG and args.steps is not None:
+        raw["generate"][0]["fit"] = yaml.safe_load(arm.config.read_text())["generate"][0]["fit"]
     raw["report"] = {"enabled": False}
-    if arm.fit is not None:
-        return raw, dict(arm.fit)
-    # Another family: the spade-specific fit keys go, the steps stay when it has them.
-    steps = raw["generate"][0].get("fit", {}).get("steps")
-    fields = families()[arm.kind].Fit.model_fields
-    raw["generate"][0]["fit"] = {"steps": steps} if steps is not None and "steps" in fields else {}
-    return raw, {}
+    return raw
 
 
-def fitted(out: Path, arm: Arm, config: Path, raw: dict[str, Any]) -> tuple[Path, float]:
+def fitted(out: Path, arm: Arm, args: Any) -> tuple[Path, float]:
     """Run the arm's job unless `out` holds it (reused); its model folder and the job's seconds
     (saved beside it, so a rerun still reports how long the fit took)."""
-    raw, fit = arm_config(raw, arm)
-    seconds = run_family(config, raw, arm.kind, out, fit)
+    seconds = run_family(arm.config, arm_config(args, arm), arm.kind, out, arm.fit)
     timing = out / "bench_seconds.json"
     if seconds > 0:
         timing.write_text(json.dumps({"job_seconds": seconds}) + "\n")
@@ -183,7 +182,7 @@ def main() -> None:
     width, height = source.width, source.height
 
     # 1. The fits, one arm after the other (each is a job: its fit, its shards).
-    models = {arm: fitted(args.out / arm, ARMS[arm], CONFIG, raw) for arm in arms}
+    models = {arm: fitted(args.out / arm, ARMS[arm], args) for arm in arms}
     train, val = camvid("train", source, height, width), camvid("val", source, height, width)
 
     # 2. Every arm paints every val/ map (the same seeds); the fixed segmenter reads them.
