@@ -144,7 +144,7 @@ def fit_step(step: StepConfig, *, family_ref: str, shape: DataShape, seed: int, 
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    from jobs.ray_compat import quiet_train_fit, train_torch_config
+    from jobs.ray_compat import quiet_train_fit, train_torch_config, without_placement_group_cleaner
 
     model_dir = folder / "model"
     if model_dir.is_dir():
@@ -176,6 +176,7 @@ def fit_step(step: StepConfig, *, family_ref: str, shape: DataShape, seed: int, 
         run_config=RunConfig(storage_path=str(folder / "ray_train"), name=f"fit_{step.kind}"),
         torch_config=train_torch_config(),  # on the embedded Ray, rank 0's TCPStore on 127.0.0.1 only
     )
+    without_placement_group_cleaner(ray_trainer)
     with quiet_train_fit():
         ray_trainer.fit()
     if not model_dir.is_dir():

@@ -87,9 +87,14 @@ def start_embedded_ray(num_cpus: int | None, **init_kwargs: Any) -> None:
     """Start the embedded Ray: a fresh single-machine node (address="local" never joins a
     `ray start` cluster that happens to run here) whose servers listen on 127.0.0.1 only,
     plus the reaper of its agents. `init_kwargs` go to `ray.init` (logging and the like)."""
+    global _embedded
     with _single_machine_node():
         ray.init(**embedded_ray_kwargs(num_cpus), **init_kwargs)
+    _embedded = True
     start_raylet_reaper()
+
+
+_embedded = False  # this process started the Ray it runs on (no dashboard, one machine)
 
 
 LOOPBACK = "127.0.0.1"
@@ -252,6 +257,27 @@ def quiet_train_fit() -> Iterator[None]:
         yield
     finally:
         os.environ.pop(PREEMPTION_WATCHER_ENV, None)
+
+
+def without_placement_group_cleaner(trainer: Any) -> None:
+    """On the embedded Ray, leave Ray Train 2.60's placement-group cleaner out of `trainer`.
+
+    The cleaner is a detached actor that asks the state API once a second whether the fit's
+    controller still lives, to free its placement group should the driver die. The state API
+    is served by the dashboard, which the embedded Ray does not start: the cleaner then logs
+    a warning every second of every fit, or, when a second Ray runs on the machine, dies
+    with a traceback ("Found multiple active Ray instances"). The embedded Ray ends with its
+    driver, placement groups included, so there is nothing for it to clean. On a joined
+    cluster it stays.
+    """
+    create = getattr(trainer, "_create_default_callbacks", None)
+    if not _embedded or create is None:
+        return
+
+    def callbacks() -> list[Any]:
+        return [c for c in create() if type(c).__name__ != "PlacementGroupCleanerCallback"]
+
+    trainer._create_default_callbacks = callbacks
 
 
 # --- Ray Train's torch process group on a loopback node -----------------------------------

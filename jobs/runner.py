@@ -359,6 +359,7 @@ class JobRunner:
                 "job_seed": self.config.seed,
                 "generators": generators,
                 "quality": quality,
+                "progress": counter,  # the workers bump it per record, so the bar moves
             },
             batch_size=1,
             num_cpus=execution.num_cpus_per_worker,

@@ -177,3 +177,27 @@ def test_report_and_compare_name_what_is_missing(digits_run, tmp_path: Path) -> 
     assert missing.returncode == 2 and "report/report.json" in missing.stderr and "synthaug report" in missing.stderr
     not_a_job = synthaug("report", str(tmp_path), cwd=tmp_path)
     assert not_a_job.returncode == 2 and "not a synthaug job folder" in not_a_job.stderr
+
+
+FIT = """
+    name: tiny-fit
+    seed: 1
+    source: {kind: digits, image_size: 8}
+    split: {holdout: 0.5}
+    quota: {per_class: {"0": 120, "1": 120}}
+    generate:
+      - kind: cgan
+        fit: {steps: 40, batch_size: 16, g_channels: 8, d_channels: 8, z_dim: 8}
+    execution: {num_workers: 1, num_cpus: 2}
+    report: {enabled: false}
+"""
+
+
+def test_a_fit_shows_its_progress_and_ray_train_stays_quiet(tmp_path: Path) -> None:
+    """What a user reads while a job fits: our rate/ETA lines and a generate bar that ends at
+    100%, and none of the embedded Ray's placement-group-cleaner warnings (once a second)."""
+    done = synthaug("run", str(_write(tmp_path / "fit.yaml", FIT)), "--out", str(tmp_path / "out"), cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "fit cgan: step 40/40" in done.stderr
+    assert "generate: 100%" in done.stderr, done.stderr[-3000:]
+    assert "PlacementGroupCleaner" not in done.stderr, done.stderr[-3000:]

@@ -72,6 +72,13 @@ def test_rows_are_annotated_and_ids_unique(finished) -> None:
     assert len(holdout) == 359 and not holdout & set(ids)
 
 
+def test_the_generate_bar_counts_every_row_it_makes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    result = run_job(small_config(quota={"per_class": {str(c): 160 for c in range(10)}}), tmp_path / "out")
+    made = result.rows + result.holdout_rows
+    err = capsys.readouterr().err
+    assert "generate: 100%" in err and f"{made}/{made}" in err, err[-2000:]
+
+
 def test_inspect_reports_counts_and_catches_a_corrupt_shard(finished, tmp_path: Path) -> None:
     out, _ = finished
     report, problems = inspect_job(out)
