@@ -47,6 +47,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from augment.errors import InputRejected
+from augment.sample import Box
 
 Color = Literal["rgb", "gray"]
 COLORS: tuple[str, ...] = ("rgb", "gray")
@@ -326,17 +327,51 @@ def resize_image(array: np.ndarray, size: int) -> np.ndarray:
     return np.array(out[..., None] if mode == "L" else out, dtype=np.uint8)
 
 
-def centred_crop(array: np.ndarray, height: int, width: int) -> np.ndarray:
-    """The largest centred window of aspect width/height of an HxW(xC) array (a view): whichever
-    side is too long is cropped."""
-    h, w = array.shape[:2]
+def centred_window(h: int, w: int, height: int, width: int) -> tuple[int, int, int, int]:
+    """(top, left, rows, cols) of the largest centred window of aspect width/height in an HxW
+    array: whichever side is too long is cropped."""
     if w * height > h * width:
         keep = max(1, round(h * width / height))
-        return array[:, (w - keep) // 2:(w - keep) // 2 + keep]
+        return 0, (w - keep) // 2, h, keep
     if w * height < h * width:
         keep = max(1, round(w * height / width))
-        return array[(h - keep) // 2:(h - keep) // 2 + keep]
-    return array
+        return (h - keep) // 2, 0, keep, w
+    return 0, 0, h, w
+
+
+def centred_crop(array: np.ndarray, height: int, width: int) -> np.ndarray:
+    """The largest centred window of aspect width/height of an HxW(xC) array (a view)."""
+    top, left, rows, cols = centred_window(*array.shape[:2], height, width)
+    return array[top:top + rows, left:left + cols]
+
+
+def resize_ids(ids: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Nearest-neighbour resize of an HxW array of ids (class ids, instance ids: any integer
+    dtype, kept) to height x width, sampling at pixel centres."""
+    h, w = ids.shape
+    rows = np.minimum(((np.arange(height) + 0.5) * h / height).astype(np.int64), h - 1)
+    cols = np.minimum(((np.arange(width) + 0.5) * w / width).astype(np.int64), w - 1)
+    return np.ascontiguousarray(ids[rows[:, None], cols[None, :]])
+
+
+def crop_resize_ids(ids: np.ndarray, height: int, width: int) -> np.ndarray:
+    """`crop_resize` for an HxW id map: the same centred window, then nearest-neighbour."""
+    return resize_ids(centred_crop(ids, height, width), height, width)
+
+
+def crop_resize_boxes(boxes: list[Box], h: int, w: int, height: int, width: int) -> list[Box]:
+    """Boxes of an HxW image after `crop_resize` to height x width: cut to the centred window,
+    then scaled. A box left with less than a pixel's width or height is dropped (it lay in the
+    cropped-off margin)."""
+    top, left, rows, cols = centred_window(h, w, height, width)
+    sx, sy = width / cols, height / rows
+    out = []
+    for box in boxes:
+        x0, y0 = max(box.x - left, 0.0), max(box.y - top, 0.0)
+        x1, y1 = min(box.x + box.w - left, float(cols)), min(box.y + box.h - top, float(rows))
+        if (x1 - x0) * sx >= 1 and (y1 - y0) * sy >= 1:
+            out.append(Box(x=x0 * sx, y=y0 * sy, w=(x1 - x0) * sx, h=(y1 - y0) * sy, label=box.label))
+    return out
 
 
 def crop_resize(array: np.ndarray, height: int, width: int, *, nearest: bool = False) -> np.ndarray:

@@ -84,7 +84,21 @@ class CocoSourceConfig(_Strict):
     images_root: Path
     color: Color = "rgb"
     masks: bool = True
+    width: int | None = Field(None, ge=8, le=4096, description="with height: every image (mask, instances, boxes "
+                                                               "too) cut to the centred crop of that aspect ratio "
+                                                               "and resized; default: as stored")
+    height: int | None = Field(None, ge=8, le=4096, description="with width")
     max_pixels: int = Field(40_000_000, gt=0)
+
+    @model_validator(mode="after")
+    def _both_sides(self) -> CocoSourceConfig:
+        if (self.width is None) != (self.height is None):
+            missing, given = ("height", "width") if self.height is None else ("width", "height")
+            raise ValueError(f"{given} {getattr(self, given)} needs {missing} too")
+        return self
+
+    # Absent sizes are left out, so a config without them dumps (and hashes, so resumes) as before.
+    _omit_unused_shape = omit_when_none("width", "height")
 
 
 class ParquetSourceConfig(_Strict):

@@ -38,7 +38,7 @@ def training_data(source: Any, records: list[SourceRecord], family: type[Family]
     shapes = sorted({s.image.shape for s in samples})
     if len(shapes) != 1:
         raise ConfigError(f"{where}: training images come in {len(shapes)} sizes ({shapes[:3]}...); "
-                          "set source.image_size so that they share one")
+                          "give the source one size (image_size, or width and height) so that they share one")
     masks = None
     if all(s.mask is not None for s in samples):
         masks = np.stack([s.mask for s in samples])

@@ -38,6 +38,7 @@ def build_source(config: SourceConfig, job_seed: int = 0) -> Source:
                 color=config.color,
                 max_pixels=config.max_pixels,
                 with_masks=config.masks,
+                size=None if config.width is None or config.height is None else (config.width, config.height),
             )
         case ParquetSourceConfig():
             from augment.sources.parquet import ParquetSource

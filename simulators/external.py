@@ -52,11 +52,12 @@ from augment.images import (
     # values, not `decode_image`'s colour conversion.
     _open_checked,
     _uint16_gray,
-    centred_crop,
     crop_resize,
+    crop_resize_ids,
     image_file_bound,
     load_image_file,
     read_regular_file,
+    resize_ids,
     resize_image,
 )
 from augment.sample import Sample
@@ -126,14 +127,6 @@ def _map_codes(
     unknown = [(int(c), int(n)) for c, n in zip(uniq[~known], counts[~known])]
     unknown.sort(key=lambda item: (-item[1], item[0]))
     return per_code[inverse].reshape(codes.shape), unknown
-
-
-def _resize_nearest(mask: np.ndarray, height: int, width: int) -> np.ndarray:
-    """Nearest-neighbour resize of an HxW mask to height x width (pixel-centre sampling)."""
-    h, w = mask.shape
-    rows = np.minimum(((np.arange(height) + 0.5) * h / height).astype(np.int64), h - 1)
-    cols = np.minimum(((np.arange(width) + 0.5) * w / width).astype(np.int64), w - 1)
-    return np.ascontiguousarray(mask[rows[:, None], cols[None, :]])
 
 
 class ExternalFramesSource(ListedRecordsSource):
@@ -303,11 +296,11 @@ class ExternalFramesSource(ListedRecordsSource):
             )
         if self.image_size is not None:
             image = resize_image(image, self.image_size)
-            mask = _resize_nearest(mask, self.image_size, self.image_size)
+            mask = resize_ids(mask, self.image_size, self.image_size)
         elif self.frame_size is not None:  # the same centred window for both (uint16 ids: no uint8 round trip)
             width, height = self.frame_size
             image = crop_resize(image, height, width)
-            mask = _resize_nearest(centred_crop(mask, height, width), height, width)
+            mask = crop_resize_ids(mask, height, width)
         return Sample(id=record.id, image=image, mask=mask, label=None, source="simulator")
 
     def _find_label(self, name: str, label_rel: PurePosixPath) -> Path:

@@ -12,7 +12,16 @@ import pytest
 from PIL import Image
 
 from augment.errors import InputRejected
-from augment.images import decode_image, decode_png, encode_png, load_image_file, resize_image
+from augment.images import (
+    crop_resize_boxes,
+    crop_resize_ids,
+    decode_image,
+    decode_png,
+    encode_png,
+    load_image_file,
+    resize_image,
+)
+from augment.sample import Box
 
 
 def _save(image: Image.Image, fmt: str, **kwargs: object) -> bytes:
@@ -252,3 +261,38 @@ def test_resize_image_square_bicubic() -> None:
     assert out.shape == (16, 16, 3) and out.dtype == np.uint8
     gray = resize_image(np.full((8, 8, 1), 7, dtype=np.uint8), 4)
     assert gray.shape == (4, 4, 1) and np.all(gray == 7)
+
+
+def test_boxes_follow_the_centred_crop_and_resize_of_their_image() -> None:
+    """A 40x30 image to 16x16: the centred 30x30 window (columns 5..35), scaled by 16/30."""
+    boxes = [Box(0, 0, 10, 10, 1), Box(0, 5, 4, 10, 2), Box(20, 10, 10, 20, 3), Box(34.9, 0, 5, 30, 4)]
+    s = 16 / 30
+    got = crop_resize_boxes(boxes, 30, 40, 16, 16)
+    # the first is cut at the window's left edge; the second lies in the cropped-off margin;
+    # the last keeps 0.1 px of width, under a pixel once scaled
+    assert [b.label for b in got] == [1, 3]
+    assert (got[0].x, got[0].y, got[0].w, got[0].h) == pytest.approx((0, 0, 5 * s, 10 * s))
+    assert (got[1].x, got[1].y, got[1].w, got[1].h) == pytest.approx((15 * s, 10 * s, 10 * s, 20 * s))
+
+
+def test_ids_and_boxes_of_one_object_stay_together_through_crop_resize() -> None:
+    """An object's box after `crop_resize_boxes` bounds its pixels after `crop_resize_ids`
+    (to within a pixel), and ids stay ids (uint16, no new values)."""
+    rng = np.random.default_rng(3)
+    for _ in range(20):
+        h, w = (int(v) for v in rng.integers(20, 80, 2))
+        height, width = (int(v) for v in rng.integers(8, 40, 2))
+        x0, y0 = int(rng.integers(0, w - 6)), int(rng.integers(0, h - 6))
+        x1, y1 = int(rng.integers(x0 + 5, w + 1)), int(rng.integers(y0 + 5, h + 1))
+        ids = np.zeros((h, w), np.uint16)
+        ids[y0:y1, x0:x1] = 300
+        small = crop_resize_ids(ids, height, width)
+        assert small.dtype == np.uint16 and small.shape == (height, width) and set(np.unique(small)) <= {0, 300}
+        boxes = crop_resize_boxes([Box(x0, y0, x1 - x0, y1 - y0, 1)], h, w, height, width)
+        rows, cols = np.nonzero(small == 300)
+        if not len(rows):
+            continue
+        assert len(boxes) == 1
+        box = boxes[0]
+        assert box.x - 1 <= cols.min() and cols.max() + 1 <= box.x + box.w + 1
+        assert box.y - 1 <= rows.min() and rows.max() + 1 <= box.y + box.h + 1

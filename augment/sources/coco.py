@@ -12,6 +12,12 @@ order (0 is none). Crowd annotations (`iscrowd`) are kept like any other.
 Polygons are rasterised with pycocotools (coordinates first checked to lie within 1 px of
 the image); RLE counts are checked (non-negative, summing to height * width) and decoded
 here, never by pycocotools' C decoder, which writes without bounds checks.
+
+With `size` (width, height) every image is annotated at its stored size, then all its layers
+are cut to the same centred window of that aspect ratio and resized: the image bicubic, the
+mask and instances nearest-neighbour (ids stay ids), the boxes cut to the window and scaled
+(a box left under a pixel wide or high is dropped). That is how images of mixed sizes share
+the one size a fit needs (label-map families learn from COCO masks this way).
 """
 
 from __future__ import annotations
@@ -30,6 +36,9 @@ from augment.images import (
     DEFAULT_MAX_PIXELS,
     Color,
     check_color,
+    crop_resize,
+    crop_resize_boxes,
+    crop_resize_ids,
     format_bytes,
     load_image_file,
     read_regular_file,
@@ -118,6 +127,7 @@ class CocoSource(ListedRecordsSource):
         color: Color = "rgb",
         max_pixels: int = DEFAULT_MAX_PIXELS,
         with_masks: bool = True,
+        size: tuple[int, int] | None = None,
     ) -> None:
         self.annotations_path = Path(annotations)
         self.images_root = Path(images_root)
@@ -128,6 +138,7 @@ class CocoSource(ListedRecordsSource):
             raise ConfigError(f"{where}: {exc}") from None
         self.max_pixels = max_pixels
         self.with_masks = with_masks
+        self.size = size  # (width, height): every sample cut to that aspect ratio and resized
         if not self.images_root.is_dir():
             raise ConfigError(f"{self.images_root}: COCO images folder not found (or not a directory)")
         try:
@@ -258,6 +269,12 @@ class CocoSource(ListedRecordsSource):
         mask = instances = None
         if self.with_masks:
             mask, instances = self._masks(image_info.annotations, class_ids, file_name, width, height)
+        if self.size is not None:  # annotated at the stored size, then all layers cut the same way
+            size_w, size_h = self.size
+            boxes = crop_resize_boxes(boxes, height, width, size_h, size_w)
+            image = crop_resize(image, size_h, size_w)
+            if mask is not None:
+                mask, instances = crop_resize_ids(mask, size_h, size_w), crop_resize_ids(instances, size_h, size_w)
         return Sample(
             id=record.id,
             image=image,
