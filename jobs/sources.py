@@ -8,6 +8,7 @@ from jobs.config import (
     DigitsSimulatorConfig,
     DigitsSourceConfig,
     ExternalSourceConfig,
+    FiftyOneSourceConfig,
     FolderSourceConfig,
     ParquetSourceConfig,
     SourceConfig,
@@ -40,6 +41,12 @@ def build_source(config: SourceConfig, job_seed: int = 0) -> Source:
                 with_masks=config.masks,
                 size=None if config.width is None or config.height is None else (config.width, config.height),
             )
+        case FiftyOneSourceConfig():
+            from augment.sources.fiftyone_dataset import FiftyOneSource
+
+            return FiftyOneSource(config.dataset, label_field=config.label_field, mask_field=config.mask_field,
+                                  detections_field=config.detections_field, color=config.color,
+                                  max_pixels=config.max_pixels)
         case ParquetSourceConfig():
             from augment.sources.parquet import ParquetSource
 

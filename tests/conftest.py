@@ -4,12 +4,20 @@ from __future__ import annotations
 
 import os
 import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
+
+# FiftyOne tests use a database of their own (a private mongod under a temporary folder, bound
+# to 127.0.0.1), never the user's: set before Ray starts, so its workers inherit it too.
+_FIFTYONE_DIR = tempfile.mkdtemp(prefix="synthaug-fiftyone-db-")
+os.environ["FIFTYONE_DATABASE_DIR"] = _FIFTYONE_DIR
+os.environ.pop("FIFTYONE_DATABASE_URI", None)
+os.environ.setdefault("FIFTYONE_DO_NOT_TRACK", "true")
 
 
 @pytest.fixture(scope="session")
