@@ -32,6 +32,7 @@ import re
 import sys
 import time
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -50,6 +51,7 @@ INSTALL_HINT = ("FiftyOne is not installed: pip install '.[fiftyone]' (on Debian
 REAL_SOURCES = ("real", "simulator")  # rows that are data, not made by this job
 SPLITS = {"shards": "train", "holdout": "holdout"}
 DEPTH_RANGE = [0, 65535]
+LAYERS = ("image", "mask", "instances", "depth")  # the shard's pixel columns, one media file each
 
 
 def import_fiftyone() -> Any:
@@ -130,13 +132,16 @@ def job_class_names(out: Path) -> list[str]:
 
 
 def _write_if_changed(path: Path, data: bytes) -> bool:
-    """Write `data` to `path` unless it holds those bytes already; True when written."""
-    if path.is_file() and path.stat().st_size == len(data) and path.read_bytes() == data:
-        return False
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    tmp.replace(path)
+    """Write `data` to `path` unless it holds those bytes already; True when written. Written
+    in place, not by rename: a file cut short by a crash differs from its bytes, so the next
+    export rewrites it (and creating files is most of the export's cost on slow disks)."""
+    try:
+        if path.stat().st_size == len(data) and path.read_bytes() == data:
+            return False
+    except FileNotFoundError:
+        pass
+    with open(path, "wb") as f:
+        f.write(data)
     return True
 
 
@@ -149,23 +154,47 @@ def _plane_png(cell: dict[str, Any]) -> bytes:
     return cell["bytes"]
 
 
-class MediaWriter:
-    """Writes a row's pixels under the media folder; counts what it actually wrote."""
+def media_path(folder: Path, row_id: str, split: str, layer: str) -> Path:
+    """Where a row's `layer` (image, mask, instances, depth) lives in the media folder."""
+    return folder / split / layer / f"{_slug(row_id)}.png"
 
-    def __init__(self, folder: Path) -> None:
+
+class MediaWriter:
+    """Writes rows' pixels under the media folder from a few threads (file creation waits on
+    the disk, not the CPU, so it overlaps with building and inserting samples); `wait()`
+    returns once every write so far is done and counts the files actually written."""
+
+    def __init__(self, folder: Path, threads: int = 4) -> None:
         self.folder = folder
         self.written = 0
+        self._pool = ThreadPoolExecutor(threads, thread_name_prefix="fiftyone-media")
+        self._pending: list[Future[bool]] = []
+        self._folders: set[Path] = set()
 
     def path(self, row_id: str, split: str, layer: str) -> Path:
-        return self.folder / split / layer / f"{_slug(row_id)}.png"
+        return media_path(self.folder, row_id, split, layer)
 
-    def has_image(self, item: Row) -> bool:
-        return self.path(item.row["id"], item.split, "image").is_file()
+    def has_media(self, item: Row) -> bool:
+        """Every layer the row has is on disk (an export cut short may have left one out)."""
+        return all(self.path(item.row["id"], item.split, layer).is_file()
+                   for layer in LAYERS if item.row[layer] is not None)
 
     def write(self, row: dict[str, Any], split: str, layer: str, data: bytes) -> str:
         path = self.path(row["id"], split, layer)
-        self.written += _write_if_changed(path, data)
+        if path.parent not in self._folders:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._folders.add(path.parent)
+        self._pending.append(self._pool.submit(_write_if_changed, path, data))
         return str(path)
+
+    def wait(self) -> None:
+        for future in self._pending:
+            self.written += future.result()  # a failed write raises here
+        self._pending.clear()
+
+    def close(self) -> None:
+        self.wait()
+        self._pool.shutdown()
 
 
 def to_sample(fo: Any, item: Row, class_names: list[str], media: MediaWriter) -> Any:
@@ -206,10 +235,7 @@ def to_sample(fo: Any, item: Row, class_names: list[str], media: MediaWriter) ->
     scores = row["scores"] or {}
     if any(scores.get(name) is not None for name in SCORE_NAMES):
         fields["scores"] = fo.DynamicEmbeddedDocument(**{name: scores.get(name) for name in SCORE_NAMES})
-    sample = fo.Sample(filepath=fields.pop("filepath"))
-    for key, value in fields.items():
-        sample[key] = value
-    return sample
+    return fo.Sample(**fields)
 
 
 STRING_FIELDS = ("row_id", "row_sha256", "split", "source", "parent_id", "parent_sample_id", "generator",
@@ -252,6 +278,8 @@ def export(out: Path, name: str, *, include_real: bool = True, batch: int = 1000
     new, changed = [], []
 
     def flush() -> None:
+        # Media writes go on while samples are inserted (FiftyOne reads no pixels to insert);
+        # the export returns only once every write is done (`media.close()`).
         if new:
             dataset.add_samples(new, progress=False)
         if changed:
@@ -261,27 +289,30 @@ def export(out: Path, name: str, *, include_real: bool = True, batch: int = 1000
 
     bar = tqdm(total=total, desc="fiftyone", unit="row", file=sys.stderr, dynamic_ncols=True,
                mininterval=0.5 if sys.stderr.isatty() else 10.0)
-    for item in iter_rows(out, include_real):
-        row_id = item.row["id"]
-        if row_id in seen:
-            raise ValueError(f"{out}: row id {row_id!r} is listed twice")
-        seen.add(row_id)
-        bar.update(1)
-        previous = known.get(row_id)
-        if previous == item.sha256 and media.has_image(item):
-            unchanged += 1
-            continue
-        sample = to_sample(fo, item, class_names, media)
-        if previous is None:
-            new.append(sample)
-            added += 1
-        else:
-            changed.append(sample)
-            updated += 1
-        if len(new) + len(changed) >= batch:
-            flush()
-    flush()
-    bar.close()
+    try:
+        for item in iter_rows(out, include_real):
+            row_id = item.row["id"]
+            if row_id in seen:
+                raise ValueError(f"{out}: row id {row_id!r} is listed twice")
+            seen.add(row_id)
+            bar.update(1)
+            previous = known.get(row_id)
+            if previous == item.sha256 and media.has_media(item):
+                unchanged += 1
+                continue
+            sample = to_sample(fo, item, class_names, media)
+            if previous is None:
+                new.append(sample)
+                added += 1
+            else:
+                changed.append(sample)
+                updated += 1
+            if len(new) + len(changed) >= batch:
+                flush()
+        flush()
+    finally:
+        media.close()
+        bar.close()
     gone = [row_id for row_id in known if row_id not in seen]
     if gone:
         dataset.delete_samples(dataset.select_by("row_id", gone))

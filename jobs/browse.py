@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -54,9 +55,32 @@ def export_job(out: Path, name: str | None = None, *, include_real: bool = True,
     return dataset, result, views
 
 
+def check_port(port: int, address: str = LOOPBACK) -> None:
+    """A ConfigError when address:port is taken: FiftyOne would silently attach to whatever App
+    server answers there (perhaps another user's, on another database) instead of starting ours."""
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the App server does
+        try:
+            probe.bind((address, port))
+        except OSError as error:
+            raise ConfigError(f"fiftyone: cannot serve the App on {address}:{port} ({error.strerror}); "
+                              f"choose another --port") from None
+
+
 def launch(dataset: Any, port: int, address: str = LOOPBACK) -> None:
-    """Serve the App for `dataset` on address:port and wait until interrupted."""
+    """Serve the App for `dataset` on address:port until Ctrl-C or SIGTERM (the CLI turns SIGTERM
+    into KeyboardInterrupt), then stop the App server before returning."""
     fo = import_fiftyone()
+    check_port(port, address)
+    # The address is always passed: with None, FiftyOne serves 0.0.0.0 inside a container.
+    # remote=True: no browser is opened here; auto=False: no notebook cell.
     session = fo.launch_app(dataset, port=port, address=address, remote=True, auto=False)
-    print(f"FiftyOne App: http://{address}:{port}/ (Ctrl-C to stop)", flush=True)
-    session.wait(-1)
+    try:
+        print(f"FiftyOne App: http://{address}:{port}/ (Ctrl-C to stop)", flush=True)
+        session.wait(-1)  # -1: until interrupted, not until the last browser tab closes
+    except KeyboardInterrupt:
+        print("FiftyOne App: stopped", flush=True)
+    finally:
+        # Waits for FiftyOne's service wrapper to terminate the server process. The database
+        # service is shared per user and outlives us only while other clients use it.
+        session.close()

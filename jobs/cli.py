@@ -156,13 +156,15 @@ def _report(args: argparse.Namespace) -> int:
 
 def _fiftyone(args: argparse.Namespace) -> int:
     from augment.fiftyone_export import import_fiftyone
-    from jobs.browse import export_job, launch
+    from jobs.browse import check_port, export_job, launch
 
     try:
         import_fiftyone()
     except ImportError as error:
         print(f"synthaug: {error}", file=sys.stderr)
         return EXIT_USAGE
+    if args.launch:
+        check_port(args.port, args.address)  # before the export, which can take minutes
     dataset, result, views = export_job(args.out, args.name, include_real=not args.no_real, brain=not args.no_brain)
     print(f"fiftyone dataset {result.name!r}: {result.samples} samples ({result.added} added, {result.updated} "
           f"updated, {result.unchanged} unchanged, {result.removed} removed; {result.media_written} media files "

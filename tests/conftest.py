@@ -4,20 +4,19 @@ from __future__ import annotations
 
 import os
 import sys
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from augment.fiftyone_db import PrivateMongo
+
 REPO = Path(__file__).resolve().parent.parent
 
-# FiftyOne tests use a database of their own (a private mongod under a temporary folder, bound
-# to 127.0.0.1), never the user's: set before Ray starts, so its workers inherit it too.
-_FIFTYONE_DIR = tempfile.mkdtemp(prefix="synthaug-fiftyone-db-")
-os.environ["FIFTYONE_DATABASE_DIR"] = _FIFTYONE_DIR
-os.environ.pop("FIFTYONE_DATABASE_URI", None)
-os.environ.setdefault("FIFTYONE_DO_NOT_TRACK", "true")
+# FiftyOne tests use a MongoDB of their own (`fiftyone_db`: a private mongod on 127.0.0.1),
+# never the user's. Its address is set now, before Ray starts, so Ray's workers inherit it.
+_FIFTYONE_MONGO = PrivateMongo()
+os.environ.update(_FIFTYONE_MONGO.environ())
 
 
 @pytest.fixture(scope="session")
@@ -30,6 +29,14 @@ def ray_session() -> Iterator[None]:
     quiet_data_context()
     yield
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def fiftyone_db() -> Iterator[str]:
+    """The session's private mongod (started on first use); yields its URI."""
+    _FIFTYONE_MONGO.start()
+    yield _FIFTYONE_MONGO.uri
+    _FIFTYONE_MONGO.stop()
 
 
 def cli_command(*args: str) -> list[str]:

@@ -1,7 +1,7 @@
 """FiftyOne: shards → dataset (labels, fields, tags, views, Brain on the report's features),
 re-export in place, and a FiftyOne dataset as a job's source (the round trip keeps ids,
 labels, masks and boxes; bad samples are recorded skips). The database is the session's
-private one (tests/conftest.py)."""
+private mongod (tests/conftest.py `fiftyone_db`)."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ fo = pytest.importorskip("fiftyone")
 from augment.fiftyone_export import export, media_folder  # noqa: E402
 from jobs.browse import export_job  # noqa: E402
 
-pytestmark = pytest.mark.usefixtures("ray_session")
+pytestmark = pytest.mark.usefixtures("fiftyone_db", "ray_session")
 
 SIM = {"kind": "simulator", "family": "digits", "frames": 40, "image_size": 16}
 
