@@ -76,6 +76,13 @@ class FolderSourceConfig(_Strict):
     max_pixels: int = Field(40_000_000, gt=0)
 
 
+def _width_with_height(config: Any, alternative: str = "") -> None:
+    """A source's `width` and `height` come together or not at all."""
+    if (config.width is None) != (config.height is None):
+        missing, given = ("height", "width") if config.height is None else ("width", "height")
+        raise ValueError(f"{given} {getattr(config, given)} needs {missing} too{alternative}")
+
+
 class CocoSourceConfig(_Strict):
     """A COCO JSON file with boxes and (polygon or RLE) masks."""
 
@@ -92,9 +99,7 @@ class CocoSourceConfig(_Strict):
 
     @model_validator(mode="after")
     def _both_sides(self) -> CocoSourceConfig:
-        if (self.width is None) != (self.height is None):
-            missing, given = ("height", "width") if self.height is None else ("width", "height")
-            raise ValueError(f"{given} {getattr(self, given)} needs {missing} too")
+        _width_with_height(self)
         return self
 
     # Absent sizes are left out, so a config without them dumps (and hashes, so resumes) as before.
@@ -204,9 +209,7 @@ class ExternalSourceConfig(_Strict):
 
     @model_validator(mode="after")
     def _one_frame_shape(self) -> ExternalSourceConfig:
-        if (self.width is None) != (self.height is None):
-            missing, given = ("height", "width") if self.height is None else ("width", "height")
-            raise ValueError(f"{given} {getattr(self, given)} needs {missing} too (or give image_size alone)")
+        _width_with_height(self, " (or give image_size alone)")
         if self.image_size is not None and self.width is not None:
             raise ValueError(f"image_size {self.image_size} and width {self.width}, height {self.height}: give "
                              "image_size (square frames) or width and height, not both")
