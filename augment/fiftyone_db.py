@@ -89,6 +89,8 @@ class PrivateMongo:
 
 def use_private_mongo(port: int | None = None) -> PrivateMongo:
     """Start a PrivateMongo and point this process's environment (and so its children's) at it."""
-    mongo = PrivateMongo(port).start()
+    mongo = PrivateMongo(port)
+    # Before start(): starting imports FiftyOne (to find mongod), and FiftyOne reads its
+    # configuration once, on import; set afterwards, the URI would be ignored in this process.
     os.environ.update(mongo.environ())
-    return mongo
+    return mongo.start()
