@@ -99,15 +99,18 @@ def _slug(row_id: str) -> str:
 
 
 def _row_sha256(row: dict[str, Any]) -> str:
-    """Content hash of a row: every column, PNG bytes included."""
+    """Content hash of a row: every column, PNG bytes included (the pixel columns' bytes, then
+    one canonical JSON of the rest: one dumps per row, not one per column)."""
     digest = hashlib.sha256()
+    rest = {}
     for key in sorted(row):
         value = row[key]
-        digest.update(key.encode())
         if isinstance(value, dict) and isinstance(value.get("bytes"), bytes):
+            digest.update(key.encode())
             digest.update(value["bytes"])
         else:
-            digest.update(json.dumps(value, sort_keys=True, default=str).encode())
+            rest[key] = value
+    digest.update(json.dumps(rest, sort_keys=True, default=str).encode())
     return digest.hexdigest()
 
 
@@ -167,7 +170,7 @@ class MediaWriter:
     def __init__(self, folder: Path, threads: int = 4) -> None:
         self.folder = folder
         self.written = 0
-        self._pool = ThreadPoolExecutor(threads, thread_name_prefix="fiftyone-media")
+        self._pool = ThreadPoolExecutor(threads, thread_name_prefix="fiftyone-media") if threads else None
         self._pending: list[Future[bool]] = []
         self._folders: set[Path] = set()
 
@@ -184,7 +187,10 @@ class MediaWriter:
         if path.parent not in self._folders:
             path.parent.mkdir(parents=True, exist_ok=True)
             self._folders.add(path.parent)
-        self._pending.append(self._pool.submit(_write_if_changed, path, data))
+        if self._pool is None:
+            self.written += _write_if_changed(path, data)
+        else:
+            self._pending.append(self._pool.submit(_write_if_changed, path, data))
         return str(path)
 
     def wait(self) -> None:
@@ -194,7 +200,8 @@ class MediaWriter:
 
     def close(self) -> None:
         self.wait()
-        self._pool.shutdown()
+        if self._pool is not None:
+            self._pool.shutdown()
 
 
 def to_sample(fo: Any, item: Row, class_names: list[str], media: MediaWriter) -> Any:
@@ -277,11 +284,35 @@ def export(out: Path, name: str, *, include_real: bool = True, batch: int = 1000
     added = updated = unchanged = 0
     new, changed = [], []
 
+    schema: set[str] = set()  # sample fields the dataset is known to hold already
+    sample_ids: dict[str, str] = {}  # row id -> FiftyOne id of the rows this export inserted
+
+    def insert(samples: list[Any]) -> None:
+        # Schema expansion and validation are a third of add_samples' time; a batch that
+        # brings no field the dataset has not seen is built by the same code as one that
+        # was validated, so it goes in without either.
+        fields = set().union(*(sample.field_names for sample in samples))
+        known_fields = fields <= schema
+        ids = dataset.add_samples(samples, expand_schema=not known_fields, validate=not known_fields,
+                                  progress=False)
+        schema.update(fields)
+        sample_ids.update(zip((sample["row_id"] for sample in samples), ids, strict=True))
+
     def flush() -> None:
         # Media writes go on while samples are inserted (FiftyOne reads no pixels to insert);
-        # the export returns only once every write is done (`media.close()`).
+        # the export returns only once every write is done (`media.close()`). A child usually
+        # sits in its parent's batch: parents go in first, so children are linked as they are
+        # inserted and `_link_parents` has little left to write.
         if new:
-            dataset.add_samples(new, progress=False)
+            pending = {sample["row_id"] for sample in new}
+            first = [sample for sample in new if sample["parent_id"] not in pending]
+            second = [sample for sample in new if sample["parent_id"] in pending]
+            for group in (first, second):
+                for sample in group:
+                    if sample["parent_id"] in sample_ids:
+                        sample["parent_sample_id"] = sample_ids[sample["parent_id"]]
+                if group:
+                    insert(group)
         if changed:
             dataset.merge_samples(changed, key_field="row_id", insert_new=False, progress=False)
         new.clear()
