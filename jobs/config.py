@@ -515,6 +515,8 @@ class ExecutionConfig(_Strict):
     num_gpus_per_worker: float = Field(0.0, ge=0, description="GPUs of every Ray worker: fit, sampling, "
                                                                "augmenting")
     num_cpus: int | None = Field(None, ge=1, description="CPUs of the embedded local Ray (default: all)")
+    max_retries: int = Field(2, ge=0, le=20, description="attempts a shard gets after its first failure before "
+                                                         "it is recorded as failed (the rest are still published)")
 
 
 class JobConfig(_Strict):

@@ -360,6 +360,7 @@ class JobRunner:
                 "generators": generators,
                 "quality": quality,
                 "progress": counter,  # the workers bump it per record, so the bar moves
+                "max_retries": execution.max_retries,
             },
             batch_size=1,
             num_cpus=execution.num_cpus_per_worker,
@@ -459,6 +460,13 @@ class JobRunner:
             quality = self.prepare_quality(listed, rejected, plan)
         if pending:
             self.generate(pending, plan, counter, generators, quality)
+        failed = ray.get(counter.failures.remote())
+        if failed:
+            self._save_job(failed_shards=failed)
+            causes = "; ".join(f"{f['shard']}: {f['cause']}" for f in failed[:3])
+            raise JobFailed(f"{len(failed)} of {len(every)} shards failed after {failed[0]['attempts']} attempts each "
+                            f"(execution.max_retries = {config.execution.max_retries}); the others are published "
+                            f"and a rerun of the same command makes only these. {causes}")
         missing = [s.file for s in every if not (folders[s.split] / s.file).exists()]
         if missing:
             raise JobFailed(f"{len(missing)} shards were not published: {', '.join(missing[:5])}")

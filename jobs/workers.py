@@ -6,6 +6,7 @@ Both can be called directly on a small batch (tests do) before Ray is involved.
 from __future__ import annotations
 
 import json
+import logging
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -27,6 +28,7 @@ from jobs.plan import ShardSpec
 from jobs.sources import build_source
 
 _SOURCE_ADAPTER: TypeAdapter[Any] = TypeAdapter(SourceConfig)
+log = logging.getLogger("synthaug")
 
 
 class ScanWorker:
@@ -66,7 +68,10 @@ class ShardWorker:
         generators: dict[str, dict[str, Any]] | None = None,
         progress: Any = None,
         quality: dict[str, Any] | None = None,
+        max_retries: int = 0,
     ) -> None:
+        self.max_retries = max_retries
+        self._attempt_rows = 0  # rows this attempt at a shard added to the bar (taken back if it fails)
         self.source = build_source(_SOURCE_ADAPTER.validate_python(source_config), job_seed)
         self.job_seed = job_seed
         self.map_frames: dict[str, Any] = {}  # `maps: simulator` steps' frames, built when first needed
@@ -113,6 +118,7 @@ class ShardWorker:
         return [self.augmenter(base, child_id=child.id, seed=child.seed) for child in children]
 
     def _report(self, rows: int) -> None:
+        self._attempt_rows += rows
         if self.progress is not None and rows:
             self.progress.add.remote("generated", rows)
 
@@ -170,17 +176,40 @@ class ShardWorker:
                 verdicts[synthetic[j]] = ",".join(reasons)
         return verdicts
 
+    def shard_table(self, shard: ShardSpec) -> pa.Table:
+        """One shard's rows, scored, with their filter verdicts and shard name."""
+        samples = self.make_samples(shard)
+        verdicts = self.score(samples)
+        table = samples_to_table(samples, self.class_names, png_compress_level=self.png_compress_level)
+        # Filtered rows travel to the sink, which publishes the rest and records these.
+        table = table.append_column(FILTER_COLUMN, pa.array(verdicts, pa.string()))
+        return table.append_column("_shard", pa.array([shard.file] * table.num_rows, pa.string()))
+
+    def attempt(self, shard: ShardSpec) -> pa.Table | None:
+        """The shard's table, trying up to 1 + `max_retries` times; None once every attempt
+        raised (the last cause goes to the progress actor, which the driver asks)."""
+        for attempt in range(1 + self.max_retries):
+            self._attempt_rows = 0
+            try:
+                return self.shard_table(shard)
+            except Exception as error:  # noqa: BLE001 - any failure of a shard is retried, then recorded
+                if self.progress is not None and self._attempt_rows:  # the bar counts what was kept
+                    self.progress.add.remote("generated", -self._attempt_rows)
+                cause = f"{type(error).__name__}: {error}"[:2000]
+                log.warning("shard %s: attempt %d of %d failed: %s", shard.file, attempt + 1, 1 + self.max_retries,
+                            cause)
+        if self.progress is not None:
+            self.progress.fail.remote(shard.file, cause, 1 + self.max_retries)
+        return None
+
     def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
-        tables = []
-        for text in batch["spec"]:
-            shard = ShardSpec.from_json(str(text))
-            samples = self.make_samples(shard)
-            verdicts = self.score(samples)
-            table = samples_to_table(samples, self.class_names, png_compress_level=self.png_compress_level)
-            # Filtered rows travel to the sink, which publishes the rest and records these.
-            table = table.append_column(FILTER_COLUMN, pa.array(verdicts, pa.string()))
-            tables.append(table.append_column("_shard", pa.array([shard.file] * table.num_rows, pa.string())))
-        return pa.concat_tables(tables)
+        tables = [self.attempt(ShardSpec.from_json(str(text))) for text in batch["spec"]]
+        made = [t for t in tables if t is not None]
+        if made:
+            return pa.concat_tables(made)
+        empty = samples_to_table([], self.class_names)  # a failed shard publishes nothing
+        return empty.append_column(FILTER_COLUMN, pa.array([], pa.string())).append_column(
+            "_shard", pa.array([], pa.string()))
 
 
 
@@ -263,6 +292,7 @@ class ProgressCounter:
 
     def __init__(self) -> None:
         self.counts: dict[str, int] = {}
+        self.failed: list[dict[str, Any]] = []
         self.started = time.monotonic()
 
     def add(self, key: str, n: int) -> None:
@@ -270,3 +300,10 @@ class ProgressCounter:
 
     def get(self, key: str) -> int:
         return self.counts.get(key, 0)
+
+    def fail(self, shard: str, cause: str, attempts: int) -> None:
+        """A shard every attempt of which raised."""
+        self.failed.append({"shard": shard, "attempts": attempts, "cause": cause})
+
+    def failures(self) -> list[dict[str, Any]]:
+        return sorted(self.failed, key=lambda f: f["shard"])
