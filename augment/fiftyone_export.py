@@ -170,7 +170,7 @@ class MediaWriter:
     def __init__(self, folder: Path, threads: int = 4) -> None:
         self.folder = folder
         self.written = 0
-        self._pool = ThreadPoolExecutor(threads, thread_name_prefix="fiftyone-media") if threads else None
+        self._pool = ThreadPoolExecutor(threads, thread_name_prefix="fiftyone-media")
         self._pending: list[Future[bool]] = []
         self._folders: set[Path] = set()
 
@@ -187,10 +187,7 @@ class MediaWriter:
         if path.parent not in self._folders:
             path.parent.mkdir(parents=True, exist_ok=True)
             self._folders.add(path.parent)
-        if self._pool is None:
-            self.written += _write_if_changed(path, data)
-        else:
-            self._pending.append(self._pool.submit(_write_if_changed, path, data))
+        self._pending.append(self._pool.submit(_write_if_changed, path, data))
         return str(path)
 
     def wait(self) -> None:
@@ -200,8 +197,7 @@ class MediaWriter:
 
     def close(self) -> None:
         self.wait()
-        if self._pool is not None:
-            self._pool.shutdown()
+        self._pool.shutdown()
 
 
 def to_sample(fo: Any, item: Row, class_names: list[str], media: MediaWriter) -> Any:

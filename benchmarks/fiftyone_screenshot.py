@@ -17,7 +17,6 @@ Last line: `rows=… synthetic=… shown=… seconds=… screenshot=…`.
 from __future__ import annotations
 
 import argparse
-import socket
 import sys
 import tempfile
 import time
@@ -26,12 +25,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from augment.fiftyone_db import use_private_mongo  # noqa: E402
+from augment.fiftyone_db import free_port, use_private_mongo  # noqa: E402
+from tests.chromium import CHROMIUM, CHROMIUM_ARGS  # noqa: E402
 
 PER_SOURCE = 6  # synthetic rows shown per source, each with its nearest real row: one screen in all
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 TIMEOUT_MS = 120_000
 
 
@@ -68,18 +65,12 @@ def pairs_view(dataset, per_source: int):  # noqa: ANN001, ANN201 (FiftyOne type
     return dataset.select(ids, ordered=True)
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def screenshot(url: str, png: Path) -> None:
     from playwright.sync_api import expect, sync_playwright
 
     with sync_playwright() as playwright, tempfile.TemporaryDirectory() as profile:
         context = playwright.chromium.launch_persistent_context(
-            profile, executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True,
+            profile, executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True,
             viewport={"width": 1400, "height": 900})
         context.add_init_script("window.IS_PLAYWRIGHT = true;")  # no pop-overs, no analytics
         page = context.new_page()

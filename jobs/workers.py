@@ -176,14 +176,16 @@ class ShardWorker:
                 verdicts[synthetic[j]] = ",".join(reasons)
         return verdicts
 
-    def shard_table(self, shard: ShardSpec) -> pa.Table:
-        """One shard's rows, scored, with their filter verdicts and shard name."""
-        samples = self.make_samples(shard)
+    def shard_table(self, shard: ShardSpec | None) -> pa.Table:
+        """One shard's rows, scored, with their filter verdicts and shard name (no shard: the
+        empty table a batch whose shards all failed hands on)."""
+        samples = self.make_samples(shard) if shard is not None else []
         verdicts = self.score(samples)
         table = samples_to_table(samples, self.class_names, png_compress_level=self.png_compress_level)
         # Filtered rows travel to the sink, which publishes the rest and records these.
         table = table.append_column(FILTER_COLUMN, pa.array(verdicts, pa.string()))
-        return table.append_column("_shard", pa.array([shard.file] * table.num_rows, pa.string()))
+        names = [shard.file] * table.num_rows if shard is not None else []
+        return table.append_column("_shard", pa.array(names, pa.string()))
 
     def attempt(self, shard: ShardSpec) -> pa.Table | None:
         """The shard's table, trying up to 1 + `max_retries` times; None once every attempt
@@ -204,12 +206,8 @@ class ShardWorker:
 
     def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
         tables = [self.attempt(ShardSpec.from_json(str(text))) for text in batch["spec"]]
-        made = [t for t in tables if t is not None]
-        if made:
-            return pa.concat_tables(made)
-        empty = samples_to_table([], self.class_names)  # a failed shard publishes nothing
-        return empty.append_column(FILTER_COLUMN, pa.array([], pa.string())).append_column(
-            "_shard", pa.array([], pa.string()))
+        made = [t for t in tables if t is not None]  # a failed shard publishes nothing
+        return pa.concat_tables(made) if made else self.shard_table(None)
 
 
 
@@ -288,7 +286,8 @@ def record_columns(records: list[SourceRecord]) -> list[dict[str, Any]]:
 
 
 class ProgressCounter:
-    """A tiny actor that workers bump, so the driver can show a bar with rate and ETA."""
+    """A tiny actor that workers bump, so the driver can show a bar with rate and ETA; it also
+    keeps the shards every attempt of which failed, for the driver to record."""
 
     def __init__(self) -> None:
         self.counts: dict[str, int] = {}

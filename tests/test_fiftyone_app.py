@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import threading
 import time
@@ -20,6 +19,8 @@ import pytest
 
 from jobs.config import parse_config
 from jobs.runner import run_job
+from augment.fiftyone_db import free_port
+from tests.chromium import CHROMIUM, CHROMIUM_ARGS
 from tests.conftest import cli_command, cli_env
 
 pytest.importorskip("fiftyone")
@@ -29,10 +30,6 @@ import psutil  # noqa: E402  (a FiftyOne dependency)
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("fiftyone_db", "ray_session")]
 
-CHROMIUM = Path("/usr/bin/chromium")
-# Headless, and nothing that reaches out to the network on its own; a fresh profile per run.
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 START_TIMEOUT_S = 600.0  # export + Brain + App server start, on two busy cores
 PAGE_TIMEOUT_MS = 120_000
 STOP_TIMEOUT_S = 60.0
@@ -54,12 +51,6 @@ def chromium() -> Path:
     if not CHROMIUM.is_file():
         pytest.skip(f"{CHROMIUM} is missing after `apt-get install -y chromium`")
     return CHROMIUM
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 class Output:
