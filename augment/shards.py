@@ -30,6 +30,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from augment.failpoints import failpoint
 from augment.images import decode_png, encode_png
 from augment.sample import Box, GeneratorInfo, Sample, Scores
 
@@ -290,14 +291,17 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
-def _atomic_write(path: Path, write: Callable[[Any], None]) -> None:
-    """Write via `write(file)` to a hidden temporary sibling, fsync, then rename into place."""
+def _atomic_write(path: Path, write: Callable[[Any], None], point: str | None = None) -> None:
+    """Write via `write(file)` to a hidden temporary sibling, fsync, then rename into place
+    (`point`: the failpoint between the two, see augment.failpoints)."""
     tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex}")
     try:
         with open(tmp, "wb") as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
+        if point:
+            failpoint(point)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -319,7 +323,7 @@ def write_shard(table: pa.Table, path: Path) -> ShardEntry:
         pq.write_table(table, f, row_group_size=ROW_GROUP_ROWS, compression=PARQUET_COMPRESSION,
                        use_dictionary=_DICTIONARY_COLUMNS, write_statistics=_STATISTICS_COLUMNS)
 
-    _atomic_write(path, write)
+    _atomic_write(path, write, point="shard_written")
     return _entry(path, table)
 
 

@@ -25,6 +25,7 @@ from typing import Any
 from tqdm import tqdm
 
 from augment.errors import ConfigError, reason_kind
+from augment.failpoints import arm_driver, failpoint
 from augment.shards import (
     MANIFEST_NAME,
     ShardEntry,
@@ -232,7 +233,7 @@ class JobRunner:
     def fit(self, number: int, listed: ListedSource, rejected: dict[str, Any], plan: Plan) -> dict[str, Any]:
         """Fit generate step `number` (or take its `from_pretrained`); the workers' settings for it."""
         from augment.generators.family import DataShape
-        from jobs.fit import fit_step, target_images, training_data
+        from jobs.fit import fit_nodes, fit_step, target_images, training_data
         from jobs.registry import family_ref
 
         step = self.config.generate[number]
@@ -271,7 +272,7 @@ class JobRunner:
             model_dir = fit_step(step, family_ref=family_ref(family), shape=shape, seed=self.config.seed, data=data,
                                  sample_kwargs=step_sample_kwargs(step, plan.class_names, where), folder=folder,
                                  num_gpus_per_worker=self.config.execution.num_gpus_per_worker)
-            stages[step.kind] = {"status": "done", "model": str(model_dir)}
+            stages[step.kind] = {"status": "done", "model": str(model_dir), "nodes": fit_nodes(folder)}
             self._save_job()
         spec: dict[str, Any] = {
             "family": family_ref(family), "dir": str(model_dir),
@@ -372,6 +373,7 @@ class JobRunner:
             # Writing is light next to augmentation: one writer on a fraction of a CPU keeps
             # it off the actors' cores without starting a worker process per task.
             dataset.write_datasink(sink, ray_remote_args={"num_cpus": 0}, concurrency=1)
+        self._stage("generate", nodes=ray.get(counter.nodes.remote("generate")))  # Ray node ids it ran on
         return sink.published
 
     def _contact_sheet(self, shard: Path, class_names: list[str]) -> None:
@@ -390,7 +392,7 @@ class JobRunner:
     def run(self, previous: dict[str, Any] | None, listed: ListedSource) -> JobResult:
         import ray
 
-        from jobs.workers import ProgressCounter
+        from jobs.workers import start_progress_counter
 
         started = time.monotonic()
         config = self.config
@@ -405,7 +407,7 @@ class JobRunner:
         self._save_job()
         records, train, holdout = listed.records, listed.train, listed.holdout
 
-        counter = ray.remote(num_cpus=0)(ProgressCounter).remote()
+        counter = start_progress_counter()  # on the driver's node: outlives any worker node
 
         # 2. Decode everything once; bad records are skipped and recorded.
         rejected = {} if listed.trusted else self.scan(records, counter)
@@ -470,6 +472,7 @@ class JobRunner:
         missing = [s.file for s in every if not (folders[s.split] / s.file).exists()]
         if missing:
             raise JobFailed(f"{len(missing)} shards were not published: {', '.join(missing[:5])}")
+        failpoint("shards_published")
 
         # 5. The manifest comes last: it is the only truth of what exists.
         for split, folder in folders.items():
@@ -477,6 +480,7 @@ class JobRunner:
             entries = [shard_entry_from_file(folder / name) for name in planned]
             write_manifest(folder, entries, plan.class_names,
                            extra={"job": config.name, "config_hash": config.content_hash(), "split": split})
+            failpoint("manifest_written")
         self._stage("shards", planned=len(every), published=len(every))
         if config.source.kind in ("simulator", "external") and every:
             self._contact_sheet(folders[every[0].split] / every[0].file, plan.class_names)
@@ -521,6 +525,7 @@ def run_job(config: JobConfig, out: Path, *, address: str | None = None, overwri
         previous = prepare_out(out, config, overwrite)
         listed = list_source(config)
         runner = JobRunner(config, out)
+        arm_driver()
         started_ray = _init_ray_keeping_sigterm(address, config.execution.num_cpus)
         quiet_data_context()
         try:
