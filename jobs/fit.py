@@ -6,10 +6,16 @@ training state (safetensors + JSON) under `OUT/checkpoints/<kind>/states/` and a
 PNG; a rerun of the job continues from the last saved state. The finished sampler is saved
 with `save_pretrained` to `OUT/checkpoints/<kind>/model/`, published by rename, which marks
 the stage done. `train_loop_per_worker` is only the Ray Train glue around `run`.
+
+Faults: when a Ray Train worker dies (its process killed, its node lost) or raises, Ray
+Train starts the worker group again, up to `MAX_FIT_FAILURES` times, and `run` continues
+from the last saved state, not from step 0. The nodes the workers ran on are recorded in
+`OUT/checkpoints/<kind>/nodes.json` (`fit_nodes`).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 import time
@@ -25,6 +31,11 @@ from augment.sources.base import SourceRecord
 from jobs.config import StepConfig
 
 log = logging.getLogger("synthaug")
+
+# Restarts of a fit's worker group after a worker died or raised (Ray Train's
+# `FailureConfig.max_failures`); each continues from the last saved state.
+MAX_FIT_FAILURES = 3
+NODES_FILE = "nodes.json"
 
 
 def training_data(source: Any, records: list[SourceRecord], family: type[Family], where: str) -> TrainingData:
@@ -87,7 +98,8 @@ def train_loop_per_worker(loop: dict[str, Any]) -> None:
 
     `loop` keys: family (`jobs.registry.family_ref`), fit (the `fit:` section as JSON), shape
     (image_size, channels, class_names), seed, data (an object ref of `TrainingData`),
-    states, grids, model (folders), checkpoint_every, sample_kwargs (for the grids).
+    states, grids, model (folders), checkpoint_every, sample_kwargs (for the grids), progress
+    (optional: a `jobs.workers.ProgressCounter` told each worker's node).
     """
     import ray
     import ray.train
@@ -97,6 +109,8 @@ def train_loop_per_worker(loop: dict[str, Any]) -> None:
 
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
+    if loop.get("progress") is not None:
+        loop["progress"].ran.remote("fit", ray.get_runtime_context().get_node_id())
     shape = loop["shape"]
     family_class = resolve(loop["family"])
     family = family_class(family_class.Fit.model_validate(loop["fit"]), DataShape.from_dict(shape), loop["seed"])
@@ -110,6 +124,12 @@ def train_loop_per_worker(loop: dict[str, Any]) -> None:
 
     def on_checkpoint(state: trainer.TrainState) -> None:
         ray.train.report({"step": state.step, "seconds": time.monotonic() - started})
+
+    latest = trainer.latest_state(Path(loop["states"]))
+    if latest is not None and rank == 0:  # also after Ray Train restarted the workers
+        step = json.loads((latest / trainer.STATE_JSON).read_text())["step"]
+        sys.stderr.write(f"fit {family.name}: resuming from step {step} ({latest})\n")
+        sys.stderr.flush()
 
     trainer.run(family, _writable(ray.get(loop["data"])), states=Path(loop["states"]), model=Path(loop["model"]),
                 grids=Path(loop["grids"]), grid_kwargs=loop["sample_kwargs"],
@@ -137,14 +157,29 @@ def _worker_resources(workers: int, num_gpus_per_worker: float) -> dict[str, flo
     return {"CPU": max(1, cpus // workers)}
 
 
+def fit_nodes(folder: Path) -> list[str]:
+    """The Ray node ids the fit in `folder` (`OUT/checkpoints/<kind>/`) ran on, over all runs."""
+    path = Path(folder) / NODES_FILE
+    return sorted(json.loads(path.read_text())) if path.is_file() else []
+
+
+def _record_nodes(folder: Path, nodes: list[str]) -> None:
+    path = Path(folder) / NODES_FILE
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(sorted(set(fit_nodes(folder)) | set(nodes))) + "\n")
+    tmp.replace(path)
+
+
 def fit_step(step: StepConfig, *, family_ref: str, shape: DataShape, seed: int, data: TrainingData,
              sample_kwargs: dict[str, Any], folder: Path, num_gpus_per_worker: float) -> Path:
-    """Fit under Ray Train unless `folder/model` exists already; returns the model folder."""
+    """Fit under Ray Train unless `folder/model` exists already; returns the model folder.
+    A worker that dies or raises restarts the workers from the last state (`MAX_FIT_FAILURES`)."""
     import ray
-    from ray.train import RunConfig, ScalingConfig
+    from ray.train import FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     from jobs.ray_compat import quiet_train_fit, train_torch_config, without_placement_group_cleaner
+    from jobs.workers import start_progress_counter
 
     model_dir = folder / "model"
     if model_dir.is_dir():
@@ -167,18 +202,23 @@ def fit_step(step: StepConfig, *, family_ref: str, shape: DataShape, seed: int, 
         "steps": int(getattr(step.fit, "steps", 0)),
         "checkpoint_every": step.checkpoint_every,
         "sample_kwargs": sample_kwargs,
+        "progress": start_progress_counter(),
     }
     ray_trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config=loop,
         scaling_config=ScalingConfig(num_workers=step.train_workers, use_gpu=num_gpus_per_worker > 0,
                                      resources_per_worker=_worker_resources(step.train_workers, num_gpus_per_worker)),
-        run_config=RunConfig(storage_path=str(folder / "ray_train"), name=f"fit_{step.kind}"),
+        run_config=RunConfig(storage_path=str(folder / "ray_train"), name=f"fit_{step.kind}",
+                             failure_config=FailureConfig(max_failures=MAX_FIT_FAILURES)),
         torch_config=train_torch_config(),  # on the embedded Ray, rank 0's TCPStore on 127.0.0.1 only
     )
     without_placement_group_cleaner(ray_trainer)
-    with quiet_train_fit():
-        ray_trainer.fit()
+    try:
+        with quiet_train_fit():
+            ray_trainer.fit()
+    finally:  # where the workers ran, also when the fit failed (a rerun adds its own)
+        _record_nodes(folder, ray.get(loop["progress"].nodes.remote("fit")))
     if not model_dir.is_dir():
         raise RuntimeError(f"fit {step.kind}: training finished without saving {model_dir}")
     return model_dir

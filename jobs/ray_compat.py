@@ -23,21 +23,31 @@ import ray
 import ray.data
 
 
-def actor_pool(size: int) -> dict[str, Any]:
-    """Keyword arguments for `map_batches` that run a callable class on `size` actors.
+# A pool actor that dies (its process killed, its node lost) is restarted this many times,
+# and the batch it held is run again this many times: bounded, so that a batch that kills its
+# worker every time (out of memory) fails the job, which a rerun resumes, instead of looping.
+ACTOR_MAX_RESTARTS = 4
+ACTOR_MAX_TASK_RETRIES = 4
 
-    `max_restarts=0`: Ray Data hands every pool actor its transformer and context as object
-    references and defaults to restarting actors forever, and Ray 2.60's core worker then
-    logs a `core_worker.cc` ERROR line (actor constructor arguments in the object store with
-    max_restarts > 0, ray-project/ray#53727) on every run, whatever the constructor takes.
-    Without restarts an actor that dies fails its stage; a rerun resumes from the shards
-    already published, and an exception raised by our own code was never retried anyway.
+
+def actor_pool(size: int) -> dict[str, Any]:
+    """Keyword arguments for `map_batches` that run a callable class on `size` actors, each
+    restarted (and its batch run again) when it dies: `ACTOR_MAX_RESTARTS`,
+    `ACTOR_MAX_TASK_RETRIES`. Exceptions raised by our own code are not retried here (the
+    shard worker retries those itself, `execution.max_retries`).
+
+    Ray 2.60's core worker logs one `core_worker.cc` ERROR line per pool actor ("has
+    constructor arguments in the object store and max_restarts > 0", ray-project/ray#53727,
+    #57733): Ray Data hands every pool actor its transformer as an object reference, owned by
+    the driver and kept on the driver's node, so a restart on another node finds it as long
+    as the driver lives.
     """
     _quiet_remote_args_deprecation()
+    restarts = {"max_restarts": ACTOR_MAX_RESTARTS, "max_task_retries": ACTOR_MAX_TASK_RETRIES}
     strategy = getattr(ray.data, "ActorPoolStrategy", None)
     if strategy is not None:
-        return {"compute": strategy(size=size), "max_restarts": 0}
-    return {"concurrency": size, "max_restarts": 0}
+        return {"compute": strategy(size=size), **restarts}
+    return {"concurrency": size, **restarts}
 
 
 @functools.cache

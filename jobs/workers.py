@@ -1,6 +1,11 @@
 """Ray Data callable classes: load what they need once, then map batches purely.
 
 Both can be called directly on a small batch (tests do) before Ray is involved.
+
+Faults: Ray restarts a pool actor that dies (its process killed, its node lost) and runs
+the batch it held again (`jobs.ray_compat.actor_pool`). A shard's bytes are a pure function
+of its plan, so the retry publishes the same file; what the lost attempt had counted on
+the progress actor is replaced, not added to (every count carries its shard and attempt).
 """
 
 from __future__ import annotations
@@ -8,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+import uuid
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -49,8 +55,8 @@ class ScanWorker:
             except InputRejected as rejected:
                 paths.append(rejected.path)
                 reasons.append(rejected.reason)
-        if self.progress is not None:
-            self.progress.add.remote("scanned", len(reasons))
+        if self.progress is not None and len(reasons):  # a batch run again replaces its count
+            self.progress.add.remote("scanned", len(reasons), str(batch["id"][0]), uuid.uuid4().hex)
         return {"id": batch["id"], "path": np.array(paths, dtype=object), "reason": np.array(reasons, dtype=object)}
 
 
@@ -72,6 +78,7 @@ class ShardWorker:
     ) -> None:
         self.max_retries = max_retries
         self._attempt_rows = 0  # rows this attempt at a shard added to the bar (taken back if it fails)
+        self._attempt: tuple[str | None, str | None] = (None, None)  # (shard, attempt id) the rows count for
         self.source = build_source(_SOURCE_ADAPTER.validate_python(source_config), job_seed)
         self.job_seed = job_seed
         self.map_frames: dict[str, Any] = {}  # `maps: simulator` steps' frames, built when first needed
@@ -80,7 +87,8 @@ class ShardWorker:
             from augment.classical import ClassicalAugmenter
 
             self.augmenter = ClassicalAugmenter(transforms)
-        # Each generate step's model, loaded by an actor when a shard first needs it (once).
+        # Each generate step's model, loaded by an actor when a shard first needs it, then kept:
+        # once per actor (again only if Ray restarts the actor), never per batch.
         self.generators = generators or {}
         self.steps: dict[str, StepSampler] = {}
         self.class_names = class_names
@@ -120,7 +128,7 @@ class ShardWorker:
     def _report(self, rows: int) -> None:
         self._attempt_rows += rows
         if self.progress is not None and rows:
-            self.progress.add.remote("generated", rows)
+            self.progress.add.remote("generated", rows, *self._attempt)
 
     def make_samples(self, shard: ShardSpec) -> list[Sample]:
         samples: list[Sample] = []
@@ -191,15 +199,21 @@ class ShardWorker:
         """The shard's table, trying up to 1 + `max_retries` times; None once every attempt
         raised (the last cause goes to the progress actor, which the driver asks)."""
         for attempt in range(1 + self.max_retries):
-            self._attempt_rows = 0
+            # A fresh id per attempt, also when Ray runs the batch again on a restarted actor:
+            # the progress actor then counts the shard's rows of the newest attempt only.
+            self._attempt_rows, self._attempt = 0, (shard.file, uuid.uuid4().hex)
             try:
-                return self.shard_table(shard)
+                table = self.shard_table(shard)
             except Exception as error:  # noqa: BLE001 - any failure of a shard is retried, then recorded
                 if self.progress is not None and self._attempt_rows:  # the bar counts what was kept
-                    self.progress.add.remote("generated", -self._attempt_rows)
+                    self.progress.add.remote("generated", -self._attempt_rows, *self._attempt)
                 cause = f"{type(error).__name__}: {error}"[:2000]
                 log.warning("shard %s: attempt %d of %d failed: %s", shard.file, attempt + 1, 1 + self.max_retries,
                             cause)
+                continue
+            if self.progress is not None:  # where it was made (and no longer failed, if a lost attempt said so)
+                self.progress.ran.remote("generate", current_node_id(), shard.file)
+            return table
         if self.progress is not None:
             self.progress.fail.remote(shard.file, cause, 1 + self.max_retries)
         return None
@@ -287,22 +301,66 @@ def record_columns(records: list[SourceRecord]) -> list[dict[str, Any]]:
 
 class ProgressCounter:
     """A tiny actor that workers bump, so the driver can show a bar with rate and ETA; it also
-    keeps the shards every attempt of which failed, for the driver to record."""
+    keeps the shards every attempt of which failed, and the nodes each stage ran on, for the
+    driver to record. Start it with `start_progress_counter`."""
 
     def __init__(self) -> None:
         self.counts: dict[str, int] = {}
-        self.failed: list[dict[str, Any]] = []
+        # (key, part) -> {attempt id: count} and the newest attempt id: a part (a shard, a scan
+        # batch) Ray ran again counts its newest attempt only, whatever the lost one had added.
+        self.parts: dict[tuple[str, str], dict[str, int]] = {}
+        self.newest: dict[tuple[str, str], str] = {}
+        self.failed: dict[str, dict[str, Any]] = {}
+        self.where: dict[str, set[str]] = {}
         self.started = time.monotonic()
 
-    def add(self, key: str, n: int) -> None:
-        self.counts[key] = self.counts.get(key, 0) + n
+    def add(self, key: str, n: int, part: str | None = None, attempt: str | None = None) -> None:
+        """Add `n` to `key`; with `part` and `attempt`, to that attempt at the part, and a part's
+        first count from a new attempt replaces the older attempts' counts."""
+        if part is None or attempt is None:
+            self.counts[key] = self.counts.get(key, 0) + n
+            return
+        attempts = self.parts.setdefault((key, part), {})
+        if attempt not in attempts:
+            self.newest[(key, part)] = attempt
+        attempts[attempt] = attempts.get(attempt, 0) + n
 
     def get(self, key: str) -> int:
-        return self.counts.get(key, 0)
+        parts = sum(self.parts[(k, part)][attempt] for (k, part), attempt in self.newest.items() if k == key)
+        return self.counts.get(key, 0) + parts
 
     def fail(self, shard: str, cause: str, attempts: int) -> None:
         """A shard every attempt of which raised."""
-        self.failed.append({"shard": shard, "attempts": attempts, "cause": cause})
+        self.failed[shard] = {"shard": shard, "attempts": attempts, "cause": cause}
 
     def failures(self) -> list[dict[str, Any]]:
-        return sorted(self.failed, key=lambda f: f["shard"])
+        return [self.failed[shard] for shard in sorted(self.failed)]
+
+    def ran(self, stage: str, node: str | None, shard: str | None = None) -> None:
+        """Work of `stage` ran on `node`; a `shard` named here was made, so it has not failed
+        (an attempt lost with its actor may have said otherwise)."""
+        if node:
+            self.where.setdefault(stage, set()).add(node)
+        if shard is not None:
+            self.failed.pop(shard, None)
+
+    def nodes(self, stage: str) -> list[str]:
+        """The Ray node ids `stage` ran on, sorted."""
+        return sorted(self.where.get(stage, ()))
+
+
+def start_progress_counter() -> Any:
+    """A `ProgressCounter` actor on the driver's node: it ends with the driver, never with a
+    worker node the cluster loses (the driver polls it until the end of the job)."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+    return ray.remote(num_cpus=0)(ProgressCounter).options(scheduling_strategy=here).remote()
+
+
+def current_node_id() -> str | None:
+    """The Ray node this process runs on (None outside Ray)."""
+    import ray
+
+    return ray.get_runtime_context().get_node_id() if ray.is_initialized() else None
