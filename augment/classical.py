@@ -19,16 +19,22 @@ from __future__ import annotations
 
 import inspect
 import json
+import os
 import warnings
 from dataclasses import replace
 from typing import Any
 
-import albumentations as A
 import cv2
 import numpy as np
 import pydantic
 
 from augment.sample import Box, GeneratorInfo, Sample
+
+# Importing albumentations 2.0 asks pypi.org for a newer release (albumentations.check_version,
+# up to 2 s) unless this is set. A job makes no network calls, and each Ray worker that
+# augments imports this module. An explicit setting of the variable is left as it is.
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+import albumentations as A  # noqa: E402
 
 # Transforms that are BasicTransforms but cannot be declared as data or break the Sample
 # contract: abstract bases, user callables, tensor/float outputs, font files.

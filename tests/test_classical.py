@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import random
+import subprocess
+import sys
 
 import albumentations as A
 import numpy as np
@@ -152,3 +155,17 @@ def test_missing_mask_stays_missing():
     parent.instances = None
     child = ClassicalAugmenter([{"name": "MaskDropout", "p": 1.0}])(parent, child_id="c", seed=0)
     assert child.mask is None and child.instances is None and child.depth is None
+
+
+def test_import_makes_no_network_call():
+    """albumentations asks pypi.org for a newer release when imported, unless told not to;
+    importing the augmenter (as the driver and every Ray worker do) must not."""
+    code = ("import sys\n"
+            "calls = []\n"
+            "sys.addaudithook(lambda event, args: calls.append(event) "
+            "if event in ('socket.connect', 'socket.getaddrinfo') else None)\n"
+            "import augment.classical\n"
+            "print(sorted(set(calls)))\n")
+    env = {k: v for k, v in os.environ.items() if k != "NO_ALBUMENTATIONS_UPDATE"}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"
