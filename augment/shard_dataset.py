@@ -17,6 +17,7 @@ import torch.utils.data
 from augment.images import decode_png
 from augment.metrics.judges import JUDGE_NAMES  # per-row task-model scores, nan where not measured
 from augment.shards import ROW_GROUP_ROWS, read_manifest
+from augment.store import Folder
 
 
 def _row_to_item(row: dict[str, Any]) -> dict[str, Any]:
@@ -64,13 +65,17 @@ def collate_items(items: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 class _ShardFiles:
-    """Listed shard files of a folder, from its manifest (unlisted files are never read)."""
+    """Listed shard files of a folder (a path or an s3:// URL), from its manifest (unlisted
+    files are never read)."""
 
-    def __init__(self, shard_dir: Path) -> None:
-        self.shard_dir = Path(shard_dir)
-        self.manifest = read_manifest(self.shard_dir)
-        self.paths = [self.shard_dir / e.file for e in self.manifest.shards]
+    def __init__(self, shard_dir: Path | str) -> None:
+        self.folder = Folder(shard_dir)
+        self.manifest = read_manifest(self.folder)
+        self.files = [e.file for e in self.manifest.shards]
         self.rows = [e.rows for e in self.manifest.shards]
+
+    def open(self, f: int) -> pq.ParquetFile:
+        return pq.ParquetFile(self.folder.open(self.files[f]))
 
 
 class ShardDataset(_ShardFiles, torch.utils.data.Dataset):
@@ -101,7 +106,7 @@ class ShardDataset(_ShardFiles, torch.utils.data.Dataset):
         local = index - int(self._starts[f])
         key = (f, os.getpid())  # a DataLoader worker never reuses its parent's handle
         if self._file is None or self._file[0] != key:
-            pf = pq.ParquetFile(self.paths[f])
+            pf = self.open(f)
             group_rows = [pf.metadata.row_group(g).num_rows for g in range(pf.num_row_groups)]
             self._file = (key, pf, np.cumsum([0] + group_rows))
             self._group = None
@@ -136,14 +141,14 @@ class ShardIterableDataset(_ShardFiles, torch.utils.data.IterableDataset):
         return sum(self.rows)
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
-        order = list(range(len(self.paths)))
+        order = list(range(len(self.files)))
         if self.shuffle_files:
             order = list(np.random.default_rng([self.seed, self.epoch]).permutation(order))
         info = torch.utils.data.get_worker_info()
         if info is not None:
             order = order[info.id::info.num_workers]
         for f in order:
-            pf = pq.ParquetFile(self.paths[f])
+            pf = self.open(f)
             for batch in pf.iter_batches(batch_size=ROW_GROUP_ROWS, columns=_ITEM_COLUMNS):
                 for row in batch.to_pylist():
                     item = _row_to_item(row)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import uuid
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -33,9 +34,11 @@ import pyarrow.parquet as pq
 from augment.failpoints import failpoint
 from augment.images import decode_png, encode_png
 from augment.sample import Box, GeneratorInfo, Sample, Scores
+from augment.store import Folder, buffer_bytes
 
 SCHEMA_VERSION = 1
 MANIFEST_NAME = "_manifest.json"
+MAX_MANIFEST_BYTES = 256 * 2**20  # ~200 bytes per shard: over a million shards
 ROW_GROUP_ROWS = 64
 """Fixed so identical tables give identical bytes; small so readers can fetch rows lazily."""
 PARQUET_COMPRESSION = "zstd"
@@ -324,32 +327,95 @@ def write_shard(table: pa.Table, path: Path) -> ShardEntry:
                        use_dictionary=_DICTIONARY_COLUMNS, write_statistics=_STATISTICS_COLUMNS)
 
     _atomic_write(path, write, point="shard_written")
-    return _entry(path, table)
+    return _entry(path.name, table, file_sha256(path))
 
 
-def _entry(path: Path, table: pa.Table) -> ShardEntry:
+def _entry(file: str, table: pa.Table, sha256: str) -> ShardEntry:
     label_names = [n for n in table.column("label_name").to_pylist() if n is not None]
     return ShardEntry(
-        file=path.name,
+        file=file,
         rows=table.num_rows,
-        sha256=file_sha256(path),
+        sha256=sha256,
         class_counts=dict(sorted(Counter(label_names).items())),
         source_counts=dict(sorted(Counter(table.column("source").to_pylist()).items())),
     )
 
 
-def shard_entry_from_file(path: Path) -> ShardEntry:
-    """The manifest entry of an already published shard (e.g. when a job resumes)."""
-    path = Path(path)
+def _table_bytes(table: pa.Table) -> bytes:
+    """The shard file's bytes, as write_shard writes them."""
+    return buffer_bytes(lambda sink: pq.write_table(
+        table, sink, row_group_size=ROW_GROUP_ROWS, compression=PARQUET_COMPRESSION,
+        use_dictionary=_DICTIONARY_COLUMNS, write_statistics=_STATISTICS_COLUMNS))
+
+
+# ---------------------------------------------------------------- object stores: one name per attempt
+
+_ATTEMPT = re.compile(r"^(?P<stem>.+)\.(?P<attempt>[0-9a-f]{12})\.parquet$")
+
+
+def attempt_name(planned: str) -> str:
+    """`train-00003.parquet` -> `train-00003.<12 hex>.parquet`: on a store every attempt writes
+    its own object, so a late retry or a zombie worker can never replace bytes a manifest lists."""
+    return f"{planned.removesuffix('.parquet')}.{uuid.uuid4().hex[:12]}.parquet"
+
+
+def planned_name(file: str) -> str:
+    """The planned shard name an attempt's object stands for (a plain local name is its own)."""
+    match = _ATTEMPT.match(file)
+    return f"{match['stem']}.parquet" if match else file
+
+
+def publish_shard(table: pa.Table, folder: Folder, name: str) -> ShardEntry:
+    """`write_shard` into a shard folder; on a store, under a fresh attempt name that only a
+    manifest makes visible to readers."""
+    if not folder.remote:
+        return write_shard(table, Path(folder.path) / name)
+    shard_metadata(table.schema)
+    metadata = {**table.schema.metadata, b"pandas": json.dumps(_pandas_metadata(table.schema)).encode()}
+    table = table.replace_schema_metadata(metadata)
+    data = _table_bytes(table)
+    file = attempt_name(name)
+    folder.write_bytes(file, data, point="shard_written")
+    return _entry(file, table, hashlib.sha256(data).hexdigest())
+
+
+def published_files(folder: Folder) -> dict[str, str]:
+    """{planned name: file holding it} of the shards in a folder (on a store, the first attempt
+    by name; every attempt of a shard holds the same rows)."""
+    found: dict[str, str] = {}
+    for file in folder.names():
+        if file.endswith(".parquet") and not file.startswith("."):
+            found.setdefault(planned_name(file), file)
+    return found
+
+
+def folder_sha256(folder: Folder, name: str) -> str:
+    if not folder.remote:
+        return file_sha256(Path(folder.join(name)))
+    digest = hashlib.sha256()
+    with folder.fs.open_input_stream(folder.join(name)) as stream:
+        for chunk in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def shard_entry_in(folder: Folder, file: str) -> ShardEntry:
+    """The manifest entry of a published shard file of `folder`."""
     try:
-        schema = pq.read_schema(path)
+        schema = pq.read_schema(folder.open(file))
         shard_metadata(schema)
-        table = pq.read_table(path, columns=["label_name", "source"])
+        table = pq.read_table(folder.open(file), columns=["label_name", "source"])
     except (OSError, pa.ArrowException) as exc:
-        raise ValueError(f"{path}: unreadable as a shard ({exc})") from None
+        raise ValueError(f"{folder.show(file)}: unreadable as a shard ({exc})") from None
     except ValueError as exc:
-        raise ValueError(f"{path}: {exc}") from None
-    return _entry(path, table)
+        raise ValueError(f"{folder.show(file)}: {exc}") from None
+    return _entry(file, table, folder_sha256(folder, file))
+
+
+def shard_entry_from_file(path: Path) -> ShardEntry:
+    """The manifest entry of an already published local shard (e.g. when a job resumes)."""
+    path = Path(path)
+    return shard_entry_in(Folder(path.parent), path.name)
 
 
 # ---------------------------------------------------------------- manifest
@@ -367,10 +433,14 @@ class Manifest:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def write_manifest(shard_dir: Path, entries: list[ShardEntry], class_names: list[str],
-                   extra: dict | None = None) -> Path:
+def _folder(shard_dir: Path | str | Folder) -> Folder:
+    return shard_dir if isinstance(shard_dir, Folder) else Folder(shard_dir)
+
+
+def write_manifest(shard_dir: Path | str | Folder, entries: list[ShardEntry], class_names: list[str],
+                   extra: dict | None = None) -> str:
     """Write `_manifest.json` atomically (last step of a job): totals plus the shard list."""
-    shard_dir = Path(shard_dir)
+    folder = _folder(shard_dir)
     class_names = _check_class_names(class_names)
     files = [e.file for e in entries]
     if len(set(files)) != len(files):
@@ -390,9 +460,8 @@ def write_manifest(shard_dir: Path, entries: list[ShardEntry], class_names: list
         "extra": extra or {},
     }
     data = (json.dumps(doc, indent=2, sort_keys=False) + "\n").encode()
-    path = shard_dir / MANIFEST_NAME
-    _atomic_write(path, lambda f: f.write(data))
-    return path
+    folder.write_bytes(MANIFEST_NAME, data)
+    return folder.show(MANIFEST_NAME)
 
 
 def _entry_from_dict(raw: Any, where: str) -> ShardEntry:
@@ -409,13 +478,14 @@ def _entry_from_dict(raw: Any, where: str) -> ShardEntry:
     return entry
 
 
-def read_manifest(shard_dir: Path) -> Manifest:
+def read_manifest(shard_dir: Path | str | Folder) -> Manifest:
     """Read and check `_manifest.json`; FileNotFoundError or ValueError naming the file."""
-    path = Path(shard_dir) / MANIFEST_NAME
-    if not path.is_file():
+    folder = _folder(shard_dir)
+    path = folder.show(MANIFEST_NAME)
+    if not folder.exists(MANIFEST_NAME):
         raise FileNotFoundError(f"{path}: no shard manifest (was the job finished?)")
     try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
+        doc = json.loads(folder.read_bytes(MANIFEST_NAME, limit=MAX_MANIFEST_BYTES).decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ValueError(f"{path}: not valid JSON ({exc})") from None
     if not isinstance(doc, dict):
@@ -438,28 +508,28 @@ def read_manifest(shard_dir: Path) -> Manifest:
         raise ValueError(f"{path}: malformed manifest ({exc!r})") from None
 
 
-def verify_shards(shard_dir: Path) -> list[str]:
+def verify_shards(shard_dir: Path | str | Folder) -> list[str]:
     """Check every listed shard (exists, sha256, rows); an empty list means all good."""
-    shard_dir = Path(shard_dir)
-    manifest = read_manifest(shard_dir)
+    folder = _folder(shard_dir)
+    manifest = read_manifest(folder)
+    present = set(folder.names())
     problems = []
     for entry in manifest.shards:
-        path = shard_dir / entry.file
-        if not path.is_file():
+        if entry.file not in present:
             problems.append(f"{entry.file}: missing")
             continue
-        digest = file_sha256(path)
+        digest = folder_sha256(folder, entry.file)
         if digest != entry.sha256:
             problems.append(f"{entry.file}: sha256 {digest} does not match the manifest's {entry.sha256}")
         try:
-            rows = pq.ParquetFile(path).metadata.num_rows
+            rows = pq.ParquetFile(folder.open(entry.file)).metadata.num_rows
         except (OSError, pa.ArrowException) as exc:
             problems.append(f"{entry.file}: unreadable as Parquet ({exc})")
             continue
         if rows != entry.rows:
             problems.append(f"{entry.file}: {rows} rows, the manifest says {entry.rows}")
     listed = {e.file for e in manifest.shards}
-    for path in sorted(shard_dir.glob("*.parquet")):
-        if path.name not in listed:
-            problems.append(f"{path.name}: not in manifest (ignored by readers)")
+    for name in sorted(present):
+        if name.endswith(".parquet") and not name.startswith(".") and name not in listed:
+            problems.append(f"{name}: not in manifest (ignored by readers)")
     return problems

@@ -25,13 +25,13 @@ def _parser() -> argparse.ArgumentParser:
 
     run = commands.add_parser("run", help="run a job config (resumes an interrupted run of the same config)")
     run.add_argument("config", type=Path)
-    run.add_argument("--out", type=Path, help="job folder (default: runs/<config name>)")
+    run.add_argument("--out", help="job folder or s3://bucket/prefix (default: runs/<config name>)")
     run.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS, else an embedded local Ray)")
     run.add_argument("--overwrite", action="store_true", help="replace a job folder that holds another config")
 
     simulate = commands.add_parser("simulate", help="render simulator frames to shards (+ a contact sheet)")
     simulate.add_argument("config", type=Path, help="a config whose source is a simulator")
-    simulate.add_argument("--out", type=Path, help="job folder (default: runs/<config name>)")
+    simulate.add_argument("--out", help="job folder or s3://bucket/prefix (default: runs/<config name>)")
     simulate.add_argument("--frames", type=int, help="number of frames (overrides source.frames)")
     simulate.add_argument("--size", type=int, help="square frames of this many pixels (overrides source.image_size, or width and height)")
     simulate.add_argument("--seed", type=int, help="simulator seed (overrides source.seed)")
@@ -44,10 +44,10 @@ def _parser() -> argparse.ArgumentParser:
     commands.add_parser("schema", help="print the config's JSON Schema (for editors)")
 
     inspect = commands.add_parser("inspect", help="counts per class and source; verify every shard's checksum")
-    inspect.add_argument("out", type=Path)
+    inspect.add_argument("out", help="job folder or s3://bucket/prefix")
 
     report = commands.add_parser("report", help="recompute OUT/report/ (report.json, report.html) for a finished job")
-    report.add_argument("out", type=Path)
+    report.add_argument("out", help="job folder or s3://bucket/prefix")
     report.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS, else an embedded local Ray)")
 
     browse = commands.add_parser("fiftyone", help="a finished job as a FiftyOne dataset (views, Brain runs); "
@@ -100,10 +100,12 @@ def _terminated(signum: int, frame: object) -> None:
 
 def _run(args: argparse.Namespace) -> int:
     from jobs.config import load_config
+    from augment.store import parse_location
+    from jobs.remote import staging_folder
     from jobs.runner import CONTACT_SHEET_FILE, JobFailed, run_job, summarize_rejections
 
     config = _simulate_config(args) if args.command == "simulate" else load_config(args.config)
-    out = args.out or Path("runs") / config.name
+    out = parse_location(args.out) if args.out else Path("runs") / config.name
     try:
         result = run_job(config, out, address=args.address, overwrite=args.overwrite)
     except (ConfigError, KeyboardInterrupt):
@@ -112,7 +114,8 @@ def _run(args: argparse.Namespace) -> int:
         print(f"synthaug: job failed: {error}", file=sys.stderr)
         return EXIT_FAILED
     except Exception as error:  # noqa: BLE001 - the CLI turns any failure into one line + a log file
-        print(f"synthaug: job failed: {type(error).__name__}: {error} ({_keep_traceback(out)})", file=sys.stderr)
+        logs = out if isinstance(out, Path) else staging_folder(out, config.execution.storage.endpoint_url)
+        print(f"synthaug: job failed: {type(error).__name__}: {error} ({_keep_traceback(logs)})", file=sys.stderr)
         return EXIT_FAILED
     counts = ", ".join(f"{name}={n}" for name, n in sorted(result.class_counts.items()))
     resumed = f", {result.resumed_shards} kept from an earlier run" if result.resumed_shards else ""
@@ -120,8 +123,8 @@ def _run(args: argparse.Namespace) -> int:
           f"to {result.out} in {result.seconds:.1f}s{resumed}")
     print(f"per class: {counts}")
     print(summarize_rejections(result.rejected))
-    if (result.out / CONTACT_SHEET_FILE).exists():
-        print(f"contact sheet: {result.out / CONTACT_SHEET_FILE}")
+    if (result.staging / CONTACT_SHEET_FILE).exists():
+        print(f"contact sheet: {result.out}/{CONTACT_SHEET_FILE}")
     return EXIT_OK
 
 
@@ -134,9 +137,10 @@ def _validate(args: argparse.Namespace) -> int:
 
 
 def _inspect(args: argparse.Namespace) -> int:
+    from augment.store import parse_location
     from jobs.inspect import inspect_job
 
-    report, problems = inspect_job(args.out)
+    report, problems = inspect_job(parse_location(args.out))
     print(report)
     for problem in problems:
         print(f"problem: {problem}", file=sys.stderr)
@@ -144,9 +148,10 @@ def _inspect(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
+    from augment.store import parse_location
     from jobs.runner import report_job
 
-    path = report_job(args.out, address=args.address)
+    path = report_job(parse_location(args.out), address=args.address)
     if path is None:
         print(f"synthaug: no report for {args.out} (see the log above)", file=sys.stderr)
         return EXIT_FAILED

@@ -507,6 +507,15 @@ class OutputConfig(_Strict):
     png_compress_level: int = Field(1, ge=0, le=9)
 
 
+class StorageConfig(_Strict):
+    """An `s3://` --out's endpoint and region, over the AWS variables (credentials only ever
+    come from the environment or the AWS profile: a config is copied into job.json)."""
+
+    endpoint_url: str | None = Field(None, pattern=r"^https?://[^/\s]+/?$",
+                                     description="e.g. http://127.0.0.1:9000 (default: $AWS_ENDPOINT_URL)")
+    region: str | None = Field(None, pattern=r"^[a-z0-9-]{1,32}$", description="default: $AWS_REGION")
+
+
 class ExecutionConfig(_Strict):
     """How to run; none of it changes the output bytes, so it is left out of the hash."""
 
@@ -517,6 +526,7 @@ class ExecutionConfig(_Strict):
     num_cpus: int | None = Field(None, ge=1, description="CPUs of the embedded local Ray (default: all)")
     max_retries: int = Field(2, ge=0, le=20, description="attempts a shard gets after its first failure before "
                                                          "it is recorded as failed (the rest are still published)")
+    storage: StorageConfig = StorageConfig()
 
 
 class JobConfig(_Strict):

@@ -4,7 +4,9 @@ Each incoming block holds whole shards (the shard stage emits one shard per batc
 by a `_shard` column. `write()` writes a shard to a temporary name and renames it into
 place. That is safe even though Ray retries tasks (at-least-once): a shard's bytes are a
 pure function of the plan, so a retried write publishes the same file under the same
-name, and a crash leaves at most a temporary file, which the next run removes. Publishing
+name, and a crash leaves at most a temporary file, which the next run removes. On an
+object store each attempt puts its own object (`augment.shards.attempt_name`) and the
+manifest names the one whose write returned. Publishing
 per shard (instead of at the end) is what lets a killed job resume where it stopped; the
 manifest, written by the driver once every shard exists, stays the only truth.
 """
@@ -21,7 +23,8 @@ import pyarrow.compute as pc
 from ray.data import Datasink
 from ray.data.block import Block, BlockAccessor
 
-from augment.shards import ShardEntry, shard_schema, write_shard
+from augment.shards import ShardEntry, publish_shard, shard_schema
+from augment.store import Folder
 
 FILTER_COLUMN = "_filtered"  # per row, from the shard workers: why the quality filter removes it ("" keeps it)
 FILTERED_KEY = b"synthaug_filtered"  # shard metadata: the rows the filter removed, and why
@@ -34,8 +37,10 @@ class ShardDatasink(Datasink):
         expected_rows: dict[str, int],
         class_names: list[str],
         progress: Any = None,
+        fs: Any = None,
     ) -> None:
-        self.out_dirs = out_dirs  # shard file name -> folder it is published in
+        self.out_dirs = out_dirs  # shard file name -> folder (path or s3:// URL) it is published in
+        self.fs = fs  # a store's pyarrow filesystem (pickled to the writer), None for local folders
         self.expected_rows = expected_rows
         self.class_names = class_names
         self.progress = progress
@@ -61,7 +66,7 @@ class ShardDatasink(Datasink):
             if filtered:  # the quality filter's record travels with the shard it shaped
                 metadata = {**rows.schema.metadata, FILTERED_KEY: json.dumps(filtered).encode()}
                 rows = rows.replace_schema_metadata(metadata)
-            entry = write_shard(rows, Path(self.out_dirs[name]) / name)
+            entry = publish_shard(rows, Folder(self.out_dirs[name], self.fs), name)
             entries.append(entry)
             if self.progress is not None:
                 self.progress.add.remote("written", entry.rows)

@@ -6,20 +6,25 @@ import json
 from collections import Counter
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from augment.errors import ConfigError
 from augment.report.inputs import UNLABELLED
 from augment.shards import read_manifest, verify_shards
+from augment.store import Folder
 
 
-def _cross_counts(folder: Path, files: list[str]) -> Counter[tuple[str, str]]:
+def _cross_counts(folder: Folder, files: list[str]) -> Counter[tuple[str, str]]:
     counts: Counter[tuple[str, str]] = Counter()
+    present = set(folder.names())
     for name in files:
-        path = folder / name
-        if not path.exists():
+        if name not in present:
             continue
-        table = pq.read_table(path, columns=["label_name", "source"])
+        try:
+            table = pq.read_table(folder.open(name), columns=["label_name", "source"])
+        except (OSError, pa.ArrowException):
+            continue  # unreadable: verify_shards names it among the problems
         for label, source in zip(table.column("label_name").to_pylist(), table.column("source").to_pylist()):
             counts[(label or UNLABELLED, source)] += 1
     return counts
@@ -39,15 +44,16 @@ def _table(title: str, counts: Counter[tuple[str, str]], class_order: list[str])
     return "\n".join(lines)
 
 
-def inspect_job(out: Path) -> tuple[str, list[str]]:
-    """A printable summary and the list of problems found (empty when all is well)."""
-    if not out.is_dir():
-        raise ConfigError(f"{out}: no such job folder")
+def inspect_job(out: Path | str) -> tuple[str, list[str]]:
+    """A printable summary and the list of problems found (empty when all is well); `out` is a
+    job folder or an s3:// prefix."""
+    root = Folder(out)
+    if (not root.remote and not Path(out).is_dir()) or not root.entries():
+        raise ConfigError(f"{out}: no such job folder" if not root.remote else f"{out}: nothing under this prefix")
     sections, problems = [], []
-    job_file = out / "job.json"
     job: dict = {}
-    if job_file.exists():
-        job = json.loads(job_file.read_text())
+    if root.exists("job.json"):
+        job = json.loads(root.read_bytes("job.json"))
         sections.append(f"job {job['config'].get('name')!r}  status={job.get('status')}  "
                         f"config_hash={job.get('config_hash', '')[:12]}")
         if job.get("status") != "complete":
@@ -56,8 +62,8 @@ def inspect_job(out: Path) -> tuple[str, list[str]]:
             problems.append(f"the job is {job.get('status')!r}, not complete{cause}")
     found_any = False
     for split in ("shards", "holdout"):
-        folder = out / split
-        if not folder.is_dir():
+        folder = root / split
+        if split not in root.entries():
             continue
         found_any = True
         try:
@@ -71,9 +77,8 @@ def inspect_job(out: Path) -> tuple[str, list[str]]:
         problems += [f"{split}/{p}" for p in verify_shards(folder)]
     if not found_any and not job:
         raise ConfigError(f"{out}: holds no shards/ folder; is it a synthaug job folder?")
-    rejected = out / "rejected.jsonl"
-    if rejected.exists():
-        n = sum(1 for line in rejected.read_text().splitlines() if line.strip())
-        sections.append(f"\nrejected records: {n} (see {rejected})")
+    if root.exists("rejected.jsonl"):
+        n = sum(1 for line in root.read_bytes("rejected.jsonl").decode().splitlines() if line.strip())
+        sections.append(f"\nrejected records: {n} (see {root.show('rejected.jsonl')})")
     sections.append("checksums: " + ("all ok" if not problems else f"{len(problems)} problems"))
     return "\n".join(sections), problems

@@ -16,7 +16,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field, replace
 from importlib import metadata
 from pathlib import Path
@@ -29,15 +29,20 @@ from augment.failpoints import arm_driver, failpoint
 from augment.shards import (
     MANIFEST_NAME,
     ShardEntry,
-    shard_entry_from_file,
+    planned_name,
+    published_files,
+    read_manifest,
+    shard_entry_in,
     write_manifest,
 )
+from augment.store import Folder, is_remote
 from augment.sources.base import SourceRecord
 from jobs.config import JobConfig
 from jobs.lock import LOCK_NAME, JobLock
 from jobs.maps import map_frames
 from jobs.plan import Plan, ShardSpec, make_plan, split_records
 from jobs.quota import plan_steps, precheck_quota
+from jobs.remote import RemoteJob
 from jobs.sources import build_source
 
 log = logging.getLogger("synthaug")
@@ -57,7 +62,7 @@ class JobFailed(RuntimeError):
 
 @dataclass
 class JobResult:
-    out: Path
+    out: Path | str  # the job folder, or its s3:// URL
     rows: int
     shards: int
     holdout_rows: int
@@ -65,6 +70,7 @@ class JobResult:
     resumed_shards: int = 0
     seconds: float = 0.0
     class_counts: dict[str, int] = field(default_factory=dict)
+    staging: Path | None = None  # the local folder (the job folder itself, or a store job's working copy)
 
 
 def _versions() -> dict[str, str]:
@@ -96,33 +102,39 @@ def make_out(out: Path) -> None:
         raise ConfigError(f"--out {out}: the job folder is not writable")
 
 
-def prepare_out(out: Path, config: JobConfig, overwrite: bool) -> dict[str, Any] | None:
-    """Check that `out` is empty, foreign, or this same job; returns the previous job.json."""
+def prepare_out(out: Path, config: JobConfig, overwrite: bool, store: RemoteJob | None = None) -> dict[str, Any] | None:
+    """Check that `out` (or the store prefix) is empty, foreign, or this same job; returns the
+    previous job.json."""
     if not out.exists():
         return None
     if not out.is_dir():
         raise ConfigError(f"{out}: exists and is not a folder")
+    where = store.url if store is not None else out
     entries = {p.name for p in out.iterdir()} - {LOCK_NAME}
-    foreign = entries - OWNED
-    if foreign and entries:
+    stored = store.entries() if store is not None else set()
+    foreign = (stored or entries) - OWNED
+    if foreign:
         raise ConfigError(
-            f"{out}: not empty and not a synthaug job folder (found {', '.join(sorted(foreign)[:5])}); "
+            f"{where}: not empty and not a synthaug job folder (found {', '.join(sorted(foreign)[:5])}); "
             "choose another --out"
         )
     job_file = out / JOB_FILE
     previous = json.loads(job_file.read_text()) if job_file.exists() else None
     # A job that never published a shard (e.g. it stopped on a config error) has nothing to
     # protect: a corrected config may take its folder without --overwrite.
-    nothing_published = not any(any((out / d).glob("*.parquet")) for d in ("shards", "holdout"))
+    nothing_published = not store.published_any() if store is not None else \
+        not any(any((out / d).glob("*.parquet")) for d in ("shards", "holdout"))
     if overwrite or (previous is not None and nothing_published
                      and previous.get("config_hash") != config.content_hash()):
         for name in entries:
             target = out / name
             shutil.rmtree(target) if target.is_dir() else target.unlink()
+        if store is not None:
+            store.wipe(OWNED)
         return None
     if previous is not None and previous.get("config_hash") != config.content_hash():
         raise ConfigError(
-            f"{out}: holds a job with a different config (hash {previous.get('config_hash', '?')[:12]}, "
+            f"{where}: holds a job with a different config (hash {previous.get('config_hash', '?')[:12]}, "
             f"this config {config.content_hash()[:12]}); pass --overwrite to replace it or choose another --out"
         )
     return previous
@@ -190,9 +202,10 @@ def _progress(counter: Any, key: str, total: int, desc: str) -> Iterator[None]:
 
 
 class JobRunner:
-    def __init__(self, config: JobConfig, out: Path) -> None:
+    def __init__(self, config: JobConfig, out: Path, store: RemoteJob | None = None) -> None:
         self.config = config
-        self.out = out
+        self.out = out  # on a store: the local staging folder
+        self.store = store
         self.job: dict[str, Any] = {}
         self._real: Any = None  # the report's real side, loaded once
 
@@ -206,6 +219,12 @@ class JobRunner:
     def _stage(self, name: str, **status: Any) -> None:
         self.job.setdefault("stages", {})[name] = status
         self._save_job()
+
+    def shard_folders(self) -> dict[str, Folder]:
+        """Where the shards are published: the job folder's, or the store prefix's."""
+        if self.store is not None:
+            return {split: self.store.shard_folder(split) for split in ("train", "holdout")}
+        return {"train": Folder(self.out / "shards"), "holdout": Folder(self.out / "holdout")}
 
     # -- stages --------------------------------------------------------------------------
 
@@ -274,6 +293,8 @@ class JobRunner:
                                  num_gpus_per_worker=self.config.execution.num_gpus_per_worker)
             stages[step.kind] = {"status": "done", "model": str(model_dir), "nodes": fit_nodes(folder)}
             self._save_job()
+            if self.store is not None:  # a resume on another machine samples from these weights
+                self.store.push()
         spec: dict[str, Any] = {
             "family": family_ref(family), "dir": str(model_dir),
             "sample": step_sample_kwargs(step, plan.class_names, where),
@@ -342,11 +363,13 @@ class JobRunner:
         from jobs.workers import ShardWorker
 
         execution = self.config.execution
+        folders = self.shard_folders()
         sink = ShardDatasink(
-            out_dirs={s.file: str(self.out / ("shards" if s.split == "train" else "holdout")) for s in pending},
+            out_dirs={s.file: folders[s.split].url for s in pending},
             expected_rows={s.file: s.rows for s in pending},
             class_names=plan.class_names,
             progress=counter,
+            fs=self.store.fs if self.store is not None else None,
         )
         # Biggest shards first keeps the actors busy to the end.
         specs = [{"spec": s.to_json()} for s in sorted(pending, key=lambda s: -s.rows)]
@@ -436,16 +459,18 @@ class JobRunner:
         )
 
         # 4. Keep published shards, make the rest.
-        folders = {"train": self.out / "shards", "holdout": self.out / "holdout"}
+        folders = self.shard_folders()
         from jobs.datasink import remove_stale_temporaries
 
         for folder in folders.values():
-            folder.mkdir(parents=True, exist_ok=True)
-            remove_stale_temporaries(folder)
-            (folder / MANIFEST_NAME).unlink(missing_ok=True)
+            if not folder.remote:
+                Path(folder.path).mkdir(parents=True, exist_ok=True)
+                remove_stale_temporaries(Path(folder.path))
+            folder.delete(MANIFEST_NAME)  # from here until the job completes, readers see nothing
         every = plan.train + plan.holdout
-        done = [s for s in every if (folders[s.split] / s.file).exists()]
-        pending = [s for s in every if not (folders[s.split] / s.file).exists()]
+        published = {split: published_files(folder) for split, folder in folders.items()}
+        done = [s for s in every if s.file in published[s.split]]
+        pending = [s for s in every if s.file not in published[s.split]]
         if done:
             log.info("resuming: %d of %d shards already published", len(done), len(every))
         self._stage("shards", planned=len(every), published=len(done))
@@ -460,8 +485,7 @@ class JobRunner:
         quality = None
         if makes_synthetic and (config.report.enabled or gate):
             quality = self.prepare_quality(listed, rejected, plan)
-        if pending:
-            self.generate(pending, plan, counter, generators, quality)
+        made = self.generate(pending, plan, counter, generators, quality) if pending else []
         failed = ray.get(counter.failures.remote())
         if failed:
             self._save_job(failed_shards=failed)
@@ -469,29 +493,43 @@ class JobRunner:
             raise JobFailed(f"{len(failed)} of {len(every)} shards failed after {failed[0]['attempts']} attempts each "
                             f"(execution.max_retries = {config.execution.max_retries}); the others are published "
                             f"and a rerun of the same command makes only these. {causes}")
-        missing = [s.file for s in every if not (folders[s.split] / s.file).exists()]
+        published = {split: published_files(folder) for split, folder in folders.items()}
+        missing = [s.file for s in every if s.file not in published[s.split]]
         if missing:
             raise JobFailed(f"{len(missing)} shards were not published: {', '.join(missing[:5])}")
         failpoint("shards_published")
 
-        # 5. The manifest comes last: it is the only truth of what exists.
+        # 5. The manifest comes last: it is the only truth of what exists. A shard made in this
+        # run is listed as its writer reported it (on a store: the attempt that returned).
+        reported = {planned_name(entry.file): entry for entry in made}
         for split, folder in folders.items():
-            planned = [s.file for s in every if s.split == split]
-            entries = [shard_entry_from_file(folder / name) for name in planned]
+            entries = [reported.get(s.file) or shard_entry_in(folder, published[split][s.file])
+                       for s in every if s.split == split]
             write_manifest(folder, entries, plan.class_names,
                            extra={"job": config.name, "config_hash": config.content_hash(), "split": split})
             failpoint("manifest_written")
+            if folder.remote:  # attempts no manifest lists: retried or cut-short writers' objects
+                listed = {entry.file for entry in entries}
+                for name in folder.names():
+                    if name.endswith(".parquet") and name not in listed:
+                        folder.delete(name)
         self._stage("shards", planned=len(every), published=len(every))
+        if self.store is not None:  # the report and the contact sheet read a local copy
+            self.store.mirror_shards()
         if config.source.kind in ("simulator", "external") and every:
-            self._contact_sheet(folders[every[0].split] / every[0].file, plan.class_names)
+            local = self.out / ("shards" if every[0].split == "train" else "holdout")
+            self._contact_sheet(local / read_manifest(local).shards[0].file, plan.class_names)
         # 6. The report reads what was published; it never changes a shard.
         if config.report.enabled:
             self.report(listed, rejected, plan.class_names)
         train_rows = sum(s.rows for s in plan.train)
         holdout_rows = sum(s.rows for s in plan.holdout)
         self._save_job(status="complete")
+        if self.store is not None:
+            self.store.push()
         return JobResult(
-            out=self.out,
+            out=self.store.url if self.store is not None else self.out,
+            staging=self.out,
             rows=train_rows,
             shards=len(plan.train),
             holdout_rows=holdout_rows,
@@ -515,16 +553,25 @@ def _init_ray_keeping_sigterm(address: str | None, num_cpus: int | None) -> bool
     return started
 
 
-def run_job(config: JobConfig, out: Path, *, address: str | None = None, overwrite: bool = False) -> JobResult:
-    """Run `config` into `out` (resuming if it holds the same job)."""
+def run_job(config: JobConfig, out: Path | str, *, address: str | None = None,
+            overwrite: bool = False) -> JobResult:
+    """Run `config` into `out`, a folder or an `s3://bucket/prefix` (resuming if it holds the same job)."""
     from jobs.ray_compat import quiet_data_context
 
-    out = out.resolve()
+    store = None
+    if is_remote(out):
+        storage = config.execution.storage
+        store = RemoteJob(str(out), storage.endpoint_url, storage.region)
+        store.check_reachable()
+        out = store.staging
+    out = Path(out).resolve()
     make_out(out)
-    with JobLock(out):
-        previous = prepare_out(out, config, overwrite)
+    with JobLock(out), store or nullcontext():
+        if store is not None:
+            store.pull()
+        previous = prepare_out(out, config, overwrite, store)
         listed = list_source(config)
-        runner = JobRunner(config, out)
+        runner = JobRunner(config, out, store)
         arm_driver()
         started_ray = _init_ray_keeping_sigterm(address, config.execution.num_cpus)
         quiet_data_context()
@@ -534,6 +581,8 @@ def run_job(config: JobConfig, out: Path, *, address: str | None = None, overwri
             if runner.job:
                 status = "interrupted" if isinstance(error, KeyboardInterrupt) else "failed"
                 runner._save_job(status=status, error=f"{type(error).__name__}: {error}"[:2000])
+                if store is not None:
+                    store.push()
             raise
         finally:
             if started_ray:
@@ -560,32 +609,45 @@ def summarize_rejections(rejected: list[dict[str, str]]) -> str:
     return f"rejected {len(rejected)} records ({parts}); see {REJECTED_FILE}"
 
 
-def report_job(out: Path, *, address: str | None = None) -> Path | None:
-    """Recompute OUT/report/ for the shards a finished job published (they stay untouched)."""
+def report_job(out: Path | str, *, address: str | None = None) -> Path | None:
+    """Recompute OUT/report/ for the shards a finished job published (they stay untouched);
+    `out` is a job folder or an s3:// prefix (whose report/ is replaced)."""
     from jobs.config import parse_config
     from jobs.ray_compat import quiet_data_context
 
-    out = out.resolve()
+    store = RemoteJob(str(out)) if is_remote(out) else None
+    if store is not None:
+        store.check_reachable()
+        if not store.root.exists(JOB_FILE):
+            raise ConfigError(f"{out}: no {JOB_FILE}; not a synthaug job prefix")
+        out = store.staging
+    out = Path(out).resolve()
     job_file = out / JOB_FILE
-    if not job_file.is_file():
+    if store is None and not job_file.is_file():
         raise ConfigError(f"{out}: no {JOB_FILE}; not a synthaug job folder")
-    previous = json.loads(job_file.read_text())
-    if previous.get("status") != "complete":
-        raise ConfigError(f"{out}: the job is {previous.get('status', 'unknown')!r}, not complete; "
-                          "run it to the end first")
-    config = parse_config(previous["config"], where=str(job_file))
-    with JobLock(out):
+    with JobLock(out) if store is None else store:
+        if store is not None:
+            store.pull()
+            store.mirror_shards()
+        previous = json.loads(job_file.read_text())
+        if previous.get("status") != "complete":
+            raise ConfigError(f"{store.url if store else out}: the job is {previous.get('status', 'unknown')!r}, "
+                              "not complete; run it to the end first")
+        config = parse_config(previous["config"], where=str(job_file))
         listed = list_source(config)
         rejected = {}
         if (out / REJECTED_FILE).is_file():
             rows = [json.loads(line) for line in (out / REJECTED_FILE).read_text().splitlines() if line.strip()]
             rejected = {row["id"]: row for row in rows}
-        runner = JobRunner(config, out)
+        runner = JobRunner(config, out, store)
         runner.job = previous
         started_ray = _init_ray_keeping_sigterm(address, config.execution.num_cpus)
         quiet_data_context()
         try:
-            return runner.report(listed, rejected, listed.class_names)
+            path = runner.report(listed, rejected, listed.class_names)
+            if store is not None:
+                store.push()
+            return path
         finally:
             if started_ray:
                 import ray
