@@ -118,11 +118,24 @@ class FiftyOneSourceConfig(_Strict):
     max_pixels: int = Field(40_000_000, gt=0)
 
 
+def _location(value: Any) -> Any:
+    """An s3:// URL stays text (a Path would fold its '//'); anything else is a path."""
+    if isinstance(value, str) and "://" in value:
+        from augment.store import parse_location
+
+        try:
+            return parse_location(value)
+        except ConfigError as error:
+            raise ValueError(str(error)) from None
+    return Path(value) if isinstance(value, str) else value
+
+
 class ParquetSourceConfig(_Strict):
     """Parquet shards written by synthaug (a folder or one file)."""
 
     kind: Literal["parquet"]
-    path: Path
+    path: Annotated[Path | str, BeforeValidator(_location)] = Field(
+        description="a folder, one shard file, or a job's s3://bucket/prefix/shards (read through its manifest)")
 
 
 class _SimulatorConfig(_Strict):
@@ -646,7 +659,7 @@ def _resolve_paths(raw: dict[str, Any], base: Path) -> dict[str, Any]:
             continue
         for key in keys:
             value = mapping.get(key)
-            if isinstance(value, str) and value and not Path(value).is_absolute():
+            if isinstance(value, str) and value and not Path(value).is_absolute() and "://" not in value:
                 mapping[key] = str((base / value).resolve())
     return raw
 

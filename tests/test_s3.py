@@ -127,13 +127,23 @@ def test_a_job_on_s3_publishes_through_its_manifest_and_reads_back(
     assert rows_of(f"{url}/shards") == local_rows(local / "shards")
     assert rows_of(f"{url}/holdout") == local_rows(local / "holdout")
 
-    # The CLI's inspect reads the prefix too, and catches a shard changed behind the manifest.
+    # The CLI's inspect reads the prefix too; the `parquet` source takes the prefix's shards.
     assert cli("inspect", url, extra=s3).returncode == 0
+    again = config.with_name("from_s3.yaml")
+    again.write_text(f"name: from_s3\nsource: {{kind: parquet, path: '{url}/shards'}}\nsplit: {{holdout: 0.0}}\n"
+                     "report: {enabled: false}\nexecution: {num_workers: 1}\n")
+    copied = cli("run", str(again), "--out", str(config.parent / "from_s3"), extra=s3)
+    assert copied.returncode == 0, copied.stderr[-3000:]
+    assert local_rows(config.parent / "from_s3" / "shards") == local_rows(local / "shards")
+
+    # A shard changed behind the manifest: inspect names it, the parquet source refuses it.
     client = boto3.client("s3", endpoint_url=s3["AWS_ENDPOINT_URL"], region_name="us-east-1")
     victim = f"jobs/one/{shards[0]}"
     client.put_object(Bucket=BUCKET, Key=victim, Body=stored[shards[0]][:-100])
     broken = cli("inspect", url, extra=s3)
     assert broken.returncode == 1 and shards[0].split("/")[1] in broken.stderr
+    refused = cli("run", str(again), "--out", str(config.parent / "from_s3_broken"), extra=s3)
+    assert refused.returncode == 2 and "does not match" in refused.stderr and shards[0].split("/")[1] in refused.stderr
 
 
 def test_a_job_cut_short_on_s3_shows_nothing_and_resumes_from_another_machine(

@@ -24,6 +24,7 @@ import logging
 import os
 import re
 import stat
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +35,9 @@ import pyarrow.parquet as pq
 from augment.errors import ConfigError, InputRejected
 from augment.images import decode_png, format_bytes, read_regular_file
 from augment.sample import Box, Sample
+from augment.shards import folder_sha256
 from augment.sources.base import SourceRecord, check_class_name
+from augment.store import Folder, is_remote
 
 SCHEMA_VERSION = 1
 METADATA_KEY = b"synthaug"
@@ -85,14 +88,39 @@ def _sha256(path: Path) -> str:
     return _verified[key]
 
 
-def _read_manifest(folder: Path) -> dict[str, tuple[int, str]] | None:
+@dataclass(frozen=True)
+class RemoteFile:
+    """A shard object in a store prefix (`--out s3://...` jobs): read through pyarrow.fs."""
+
+    folder: Folder
+    name: str
+
+    def __str__(self) -> str:
+        return self.folder.show(self.name)
+
+
+def _open(file: Path | RemoteFile) -> Any:
+    """What pyarrow.parquet reads: the path, or the store object opened for random access."""
+    return file.folder.open(file.name) if isinstance(file, RemoteFile) else file
+
+
+def _read_manifest(folder: Path | Folder) -> dict[str, tuple[int, str]] | None:
     """{file: (rows, sha256)} from `folder/_manifest.json`; None when there is none."""
-    path = folder / MANIFEST_NAME
-    if not os.path.lexists(path):
-        return None
     try:
-        data = read_regular_file(path, name=str(path), max_bytes=MAX_MANIFEST_BYTES,
-                                 bound=f"the {format_bytes(MAX_MANIFEST_BYTES)} limit for a manifest")
+        if isinstance(folder, Folder):
+            path = folder.show(MANIFEST_NAME)
+            if not folder.exists(MANIFEST_NAME):
+                return None
+            try:
+                data = folder.read_bytes(MANIFEST_NAME, limit=MAX_MANIFEST_BYTES)
+            except (OSError, ValueError) as exc:
+                raise InputRejected(path, str(exc)) from None
+        else:
+            path = folder / MANIFEST_NAME
+            if not os.path.lexists(path):
+                return None
+            data = read_regular_file(path, name=str(path), max_bytes=MAX_MANIFEST_BYTES,
+                                     bound=f"the {format_bytes(MAX_MANIFEST_BYTES)} limit for a manifest")
         doc = json.loads(data.decode("utf-8"))
     except InputRejected as exc:
         raise ConfigError(f"{path}: cannot read the shard manifest: {exc.reason}") from None
@@ -119,8 +147,29 @@ def _read_manifest(folder: Path) -> dict[str, tuple[int, str]] | None:
     return entries
 
 
-def _shard_files(path: Path) -> list[tuple[Path, tuple[int, str] | None]]:
+def _remote_files(url: str) -> list[tuple[RemoteFile, tuple[int, str]]]:
+    """A store prefix is read only through its manifest: without one nothing there is published."""
+    folder = Folder(url)
+    try:
+        manifest = _read_manifest(folder)
+    except OSError as exc:
+        raise ConfigError(f"{url}: cannot read the store: {exc}") from None
+    if manifest is None:
+        raise ConfigError(f"{folder.show(MANIFEST_NAME)}: no shard manifest (an s3:// source is read only "
+                          "through the manifest its job wrote last; was the job finished?)")
+    if not manifest:
+        raise ConfigError(f"{folder.show(MANIFEST_NAME)}: the shard manifest lists no shards")
+    present = set(folder.names())
+    for name in manifest:
+        if name not in present:
+            raise ConfigError(f"{folder.show(name)}: listed in {MANIFEST_NAME} but missing")
+    return [(RemoteFile(folder, name), expected) for name, expected in sorted(manifest.items())]
+
+
+def _shard_files(path: Path | str) -> list[tuple[Path | RemoteFile, tuple[int, str] | None]]:
     """The files to read, each with the (rows, sha256) its manifest promises (or None)."""
+    if is_remote(path):
+        return _remote_files(str(path))
     if path.is_dir():
         manifest = _read_manifest(path)
         present = sorted(
@@ -153,9 +202,15 @@ def _shard_files(path: Path) -> list[tuple[Path, tuple[int, str] | None]]:
     return [(path, manifest[path.name])]
 
 
-def _check_sha256(file: Path, want: str) -> None:
+def _check_sha256(file: Path | RemoteFile, want: str) -> None:
     """`ConfigError` naming both hashes unless `file` is what its manifest published."""
-    got = _sha256(file)
+    if isinstance(file, RemoteFile):
+        try:
+            got = folder_sha256(file.folder, file.name)
+        except OSError as exc:
+            raise ConfigError(f"{file}: cannot read: {exc}") from None
+    else:
+        got = _sha256(file)
     if got != want:
         raise ConfigError(
             f"{file}: sha256 {got} does not match {want} listed in {MANIFEST_NAME} "
@@ -187,20 +242,21 @@ def _class_names_of(schema: pa.Schema, file: Path) -> list[str]:
 class ParquetSource:
     """A shard folder (`*.parquet`, skipping names starting with '_' or '.') or one shard file."""
 
-    def __init__(self, path: Path) -> None:
-        self.path = Path(path)
-        self._files: dict[str, Path] = {}
+    def __init__(self, path: Path | str) -> None:
+        self.path = path if is_remote(path) else Path(path)
+        self._files: dict[str, Path | RemoteFile] = {}
         self._class_names: list[str] | None = None
         self._group_starts: dict[str, list[int]] = {}  # first row of each row group, per file
         self._num_rows: dict[str, int] = {}
         records: list[SourceRecord] = []
         where_of: dict[str, str] = {}
         for file, expected in _shard_files(self.path):
-            _regular_file(file)
+            if not isinstance(file, RemoteFile):
+                _regular_file(file)
             if expected is not None:  # before any byte of it is parsed as Parquet
                 _check_sha256(file, expected[1])
             try:
-                schema = pq.read_schema(file)
+                schema = pq.read_schema(_open(file))
             except (OSError, pa.ArrowException) as exc:
                 raise ConfigError(f"{file}: not a readable Parquet file: {exc}") from None
             names = _class_names_of(schema, file)
@@ -216,11 +272,11 @@ class ParquetSource:
                     raise ConfigError(f"{file}: missing column {column!r}")
             columns = ["id"] + (["label"] if "label" in schema.names else [])
             try:
-                table = pq.read_table(file, columns=columns)
+                table = pq.read_table(_open(file), columns=columns)
             except (OSError, pa.ArrowException) as exc:
                 raise ConfigError(f"{file}: cannot read columns {columns}: {exc}") from None
             try:
-                metadata = pq.read_metadata(file)
+                metadata = pq.read_metadata(_open(file))
             except (OSError, pa.ArrowException) as exc:
                 raise ConfigError(f"{file}: cannot read the Parquet footer: {exc}") from None
             sizes = [metadata.row_group(g).num_rows for g in range(metadata.num_row_groups)]
@@ -275,7 +331,7 @@ class ParquetSource:
             raise InputRejected(ref, "no such shard row")
         if self._cache is None or self._cache[:2] != (name, group):
             try:
-                with pq.ParquetFile(file) as parquet:
+                with pq.ParquetFile(_open(file)) as parquet:
                     self._cache = (name, group, parquet.read_row_group(group))
             except (OSError, pa.ArrowException) as exc:
                 raise InputRejected(ref, f"cannot read shard row: {exc}") from None
