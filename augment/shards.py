@@ -389,16 +389,6 @@ def published_files(folder: Folder) -> dict[str, str]:
     return found
 
 
-def folder_sha256(folder: Folder, name: str) -> str:
-    if not folder.remote:
-        return file_sha256(Path(folder.join(name)))
-    digest = hashlib.sha256()
-    with folder.fs.open_input_stream(folder.join(name)) as stream:
-        for chunk in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def shard_entry_in(folder: Folder, file: str) -> ShardEntry:
     """The manifest entry of a published shard file of `folder`."""
     try:
@@ -409,7 +399,7 @@ def shard_entry_in(folder: Folder, file: str) -> ShardEntry:
         raise ValueError(f"{folder.show(file)}: unreadable as a shard ({exc})") from None
     except ValueError as exc:
         raise ValueError(f"{folder.show(file)}: {exc}") from None
-    return _entry(file, table, folder_sha256(folder, file))
+    return _entry(file, table, folder.sha256(file))
 
 
 def shard_entry_from_file(path: Path) -> ShardEntry:
@@ -518,7 +508,7 @@ def verify_shards(shard_dir: Path | str | Folder) -> list[str]:
         if entry.file not in present:
             problems.append(f"{entry.file}: missing")
             continue
-        digest = folder_sha256(folder, entry.file)
+        digest = folder.sha256(entry.file)
         if digest != entry.sha256:
             problems.append(f"{entry.file}: sha256 {digest} does not match the manifest's {entry.sha256}")
         try:

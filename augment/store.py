@@ -11,6 +11,7 @@ own chain: profile, instance role), or a config's `execution.storage` for `run`.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 from typing import Any
@@ -112,6 +113,14 @@ class Folder:
         if limit is not None and len(data) > limit:
             raise ValueError(f"{self.show(name)}: larger than {limit} bytes")
         return data
+
+    def sha256(self, name: str) -> str:
+        """sha256 of a file, read in 1 MiB pieces."""
+        digest = hashlib.sha256()
+        with self.fs.open_input_stream(self.join(name)) as stream:
+            for chunk in iter(lambda: stream.read(1 << 20), b""):
+                digest.update(chunk)
+        return digest.hexdigest()
 
     def open(self, name: str) -> Any:
         """For pyarrow.parquet readers: a path locally, a random-access file on a store."""

@@ -35,7 +35,6 @@ import pyarrow.parquet as pq
 from augment.errors import ConfigError, InputRejected
 from augment.images import decode_png, format_bytes, read_regular_file
 from augment.sample import Box, Sample
-from augment.shards import folder_sha256
 from augment.sources.base import SourceRecord, check_class_name
 from augment.store import Folder, is_remote
 
@@ -206,7 +205,7 @@ def _check_sha256(file: Path | RemoteFile, want: str) -> None:
     """`ConfigError` naming both hashes unless `file` is what its manifest published."""
     if isinstance(file, RemoteFile):
         try:
-            got = folder_sha256(file.folder, file.name)
+            got = file.folder.sha256(file.name)
         except OSError as exc:
             raise ConfigError(f"{file}: cannot read: {exc}") from None
     else:
