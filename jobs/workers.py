@@ -159,13 +159,14 @@ class ShardWorker:
 
     def score(self, samples: list[Sample]) -> list[str]:
         """Scores on every synthetic row; returns each row's filter verdict ("" keeps it)."""
-        from augment.metrics.preprocess import to_metric_size
-        from augment.metrics.scoring import filter_reasons
-
         verdicts = [""] * len(samples)
         synthetic = [i for i, s in enumerate(samples) if s.source != "real"]
         if self.scorer is None or not synthetic:
             return verdicts
+        # Imported only when there is a scorer: augment.metrics pulls in torch (seconds per actor).
+        from augment.metrics.preprocess import to_metric_size
+        from augment.metrics.scoring import filter_reasons
+
         size, channels = self.quality["size"], self.quality["channels"]
         images = np.stack([to_metric_size(samples[i].image, size, channels) for i in synthetic])
         scores = self.scorer.score(images, [samples[i].label for i in synthetic])
