@@ -89,13 +89,17 @@ def rows_of(url: str) -> list[tuple[str, bytes]]:
 
 
 @pytest.fixture(scope="module")
-def local_reference(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    folder = tmp_path_factory.mktemp("s3_reference")
-    config = folder / "job.yaml"
-    config.write_text(CONFIG)
-    done = cli("run", str(config), "--out", str(folder / "local"))
+def config(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("s3_job") / "job.yaml"
+    path.write_text(CONFIG)
+    return path
+
+
+@pytest.fixture(scope="module")
+def local_reference(config: Path) -> tuple[Path, Path]:
+    done = cli("run", str(config), "--out", str(config.parent / "local"))
     assert done.returncode == 0, done.stderr[-3000:]
-    return config, folder / "local"
+    return config, config.parent / "local"
 
 
 def local_rows(folder: Path) -> list[tuple[str, bytes]]:
@@ -103,6 +107,7 @@ def local_rows(folder: Path) -> list[tuple[str, bytes]]:
     return sorted((r["id"], decode_png(r["image"]["bytes"]).transpose(2, 0, 1).tobytes()) for r in table)
 
 
+@pytest.mark.slow
 def test_a_job_on_s3_publishes_through_its_manifest_and_reads_back(
         s3: dict[str, str], local_reference: tuple[Path, Path]) -> None:
     config, local = local_reference
@@ -146,6 +151,7 @@ def test_a_job_on_s3_publishes_through_its_manifest_and_reads_back(
     assert refused.returncode == 2 and "does not match" in refused.stderr and shards[0].split("/")[1] in refused.stderr
 
 
+@pytest.mark.slow
 def test_a_job_cut_short_on_s3_shows_nothing_and_resumes_from_another_machine(
         s3: dict[str, str], local_reference: tuple[Path, Path], tmp_path: Path) -> None:
     config, local = local_reference
@@ -170,8 +176,7 @@ def test_a_job_cut_short_on_s3_shows_nothing_and_resumes_from_another_machine(
     assert verify_shards(f"{url}/shards") == [] and verify_shards(f"{url}/holdout") == []
 
 
-def test_a_second_job_on_a_locked_prefix_is_refused(s3: dict[str, str], local_reference: tuple[Path, Path]) -> None:
-    config, _ = local_reference
+def test_a_second_job_on_a_locked_prefix_is_refused(s3: dict[str, str], config: Path) -> None:
     client = boto3.client("s3", endpoint_url=s3["AWS_ENDPOINT_URL"], region_name="us-east-1")
     holder = {"pid": 1, "host": "another-host", "start": None, "since": "2026-12-03T10:00:00+0000"}
     client.put_object(Bucket=BUCKET, Key="jobs/three/.synthaug.lock", Body=json.dumps(holder).encode())
