@@ -49,6 +49,9 @@ class Camera:
         # Rows: the world directions of the camera's right, up and forward axes.
         self.rotation = np.array([[cy, 0.0, -sy], [-sy * sp, cp, -cy * sp], [sy * cp, sp, cy * cp]])
         self.rot_t = np.ascontiguousarray(self.rotation.T)
+        # The same with the up axis negated: its product gives (right, -up, forward), image rows
+        # grow downwards. Negation is exact, so this is bit for bit `-(c_up)` of rot_t's product.
+        self.rot_t_down = self.rot_t * np.array([1.0, -1.0, 1.0])
         self.origin = np.array([x, height, 0.0])
         self.centre = np.array([width / 2.0, height_px / 2.0])
 
@@ -61,11 +64,10 @@ class Camera:
 
     def project(self, points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """World points (N, 3) → pixel coordinates (N, 2) and camera depth (N,) in metres."""
-        c = (points - self.origin) @ self.rot_t
+        c = (points - self.origin) @ self.rot_t_down
         depth = c[:, 2]
         scale = self.focal / np.maximum(depth, 1e-3)
         uv = c[:, :2] * scale[:, None]
-        uv[:, 1] *= -1.0
         uv += self.centre
         return uv, depth
 

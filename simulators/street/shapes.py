@@ -63,6 +63,13 @@ def scratch(height: int, width: int) -> dict[str, np.ndarray]:
     return cache
 
 
+def _bounds(uv: np.ndarray) -> tuple[float, float, float, float]:
+    """(min x, min y, max x, max y) of a few pixel points (N, 2): Python's min and max over
+    the same floats give the same values as numpy's reductions, at half the cost for N ~ 10."""
+    xs, ys = uv.T.tolist()
+    return min(xs), min(ys), max(xs), max(ys)
+
+
 class Canvas:
     """All layers being painted: colour (float RGB), class, instance, depths (metres)."""
 
@@ -85,7 +92,7 @@ class Canvas:
 
     def _raster(self, uv: np.ndarray, thickness: int) -> tuple[int, int, np.ndarray] | None:
         """Polygon (or polyline, thickness > 0) → (x0, y0, local 0/1 patch) clipped to the frame."""
-        (lx, ly), (hx, hy) = uv.min(axis=0).tolist(), uv.max(axis=0).tolist()
+        lx, ly, hx, hy = _bounds(uv)
         x0, y0 = max(int(lx) - thickness - 1, 0), max(int(ly) - thickness - 1, 0)
         x1, y1 = min(int(hx) + thickness + 2, self.width), min(int(hy) + thickness + 2, self.height)
         if x1 <= x0 or y1 <= y0:
@@ -122,7 +129,7 @@ class Canvas:
             if is_paint:
                 self._paint(uv, colour, inst, thickness)
                 continue
-            (lx, ly), (hx, hy) = uv.min(axis=0).tolist(), uv.max(axis=0).tolist()
+            lx, ly, hx, hy = _bounds(uv)
             x0, y0 = max(int(lx) - thickness - 1, 0), max(int(ly) - thickness - 1, 0)
             x1, y1 = min(int(hx) + thickness + 2, self.width), min(int(hy) + thickness + 2, self.height)
             if x1 <= x0 or y1 <= y0:
