@@ -2,21 +2,42 @@
 
 1. street: frames/s per core at 256×256 with all layers (describe + render, one process).
 2. The same frames through the service (`simulate`: render, PNG-encode every layer, write
-   shards) with 2 Ray workers against 1, on a 2-core machine: the scaling ratio.
-3. digits: frames/s per core at 32×32 (describe + render).
-4. digits: source-only accuracy on scikit-learn's real digits of a small CNN trained on
+   shards) with 2 Ray workers against 1 on `--service-frames` frames, on a 2-core machine:
+   the scaling ratio T(1 worker) / T(2 workers).
+3. The service's marginal rate: the 2-worker job at N = `--service-frames` − 1,000 frames
+   and at N + 1,000 (the run of step 2), so start-up, planning and the last shards' tail
+   cancel out: 1,000 / (T(N + 1,000) − T(N)) / cores used, where cores used is
+   workers × `num_cpus_per_worker` (1), at most `num_cpus` (2).
+4. digits: frames/s per core at 32×32 (describe + render).
+5. digits: source-only accuracy on scikit-learn's real digits of a small CNN trained on
    plain font renders and on shape-randomised renders (benchmarks/digits_transfer.py).
 
-Last line: `street_fps_per_core=… scale_2_workers=… digits_fps_per_core=…
-digits_src_acc_plain=… digits_src_acc_shape=…`.
+Every service time T is the job's `JobResult.seconds`: from the job's start after Ray is up
+(`ray.init` and its shutdown are outside it) to its end, so it includes starting the actor
+pool, the progress actor, planning, writing shards, the manifest and the contact sheet.
+The jobs run with `report.enabled: false`: the figures are render, encode and write, as the
+aims say. `--report` keeps the report `simulate` writes by default; for a simulator job
+without a reference it compares nothing, but loads its "real side" by rendering up to
+`report.max_per_source` frames again in the driver, one core, so it adds about as much
+time as generation on one worker and the 2-worker ratio falls towards 1.
+With `--repeats` R the three jobs run R times, interleaved, and the median of each figure
+is printed. The machine's 1-minute load average is printed before and after the service
+runs (a shared machine skews every figure; ratios taken within one run are the ones to
+compare).
 
-    python benchmarks/bench_sim.py [--frames 300] [--service-frames 600] [--skip-accuracy]
+Last line: `street_fps_per_core=… scale_2_workers=… street_service_marginal_fps_per_core=…
+digits_fps_per_core=… digits_src_acc_plain=… digits_src_acc_shape=…`.
+
+    python benchmarks/bench_sim.py [--frames 300] [--service-frames 1500] [--repeats 1] [--report]
+                                   [--skip-accuracy]
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -43,47 +64,84 @@ def frames_per_second(family: str, controls, size: int, frames: int) -> float:
     return frames / (time.perf_counter() - start)
 
 
-def service_seconds(frames: int, workers: int, scratch: Path) -> float:
+MARGINAL_FRAMES = 1000  # the extra frames whose time gives the service's marginal rate
+NUM_CPUS = 2  # the embedded Ray's CPUs, as on this project's 2-core machine
+
+
+def service_seconds(frames: int, workers: int, scratch: Path, report: bool = False) -> float:
     """Seconds of the job after Ray is up (scan-free: simulator frames are trusted)."""
     config = parse_config({
-        "name": f"bench_street_{workers}",
+        "name": f"bench_street_{workers}_{frames}",
         "source": {"kind": "simulator", "family": "street", "frames": frames, "image_size": 256},
         "split": {"holdout": 0.0},
         "output": {"rows_per_shard": 25},
-        "execution": {"num_workers": workers, "num_cpus": 2},
+        "report": {"enabled": report},
+        "execution": {"num_workers": workers, "num_cpus": NUM_CPUS},
     })
-    result = run_job(config, scratch / f"street_{workers}")
-    return result.seconds
+    out = scratch / f"street_{workers}_{frames}"
+    try:
+        return run_job(config, out).seconds
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
+
+
+def cores_used(workers: int) -> float:
+    """Cores the generation actors ask for: workers × num_cpus_per_worker (1), at most NUM_CPUS."""
+    return float(min(workers, NUM_CPUS))
+
+
+def load_average() -> str:
+    return f"{os.getloadavg()[0]:.2f}"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--frames", type=int, default=300, help="frames timed per family in one process")
-    parser.add_argument("--service-frames", type=int, default=600)
+    parser.add_argument("--service-frames", type=int, default=1500,
+                        help="frames of the 1- and 2-worker jobs (the marginal run takes 1,000 fewer)")
+    parser.add_argument("--repeats", type=int, default=1, help="runs of the three service jobs (medians printed)")
+    parser.add_argument("--report", action="store_true", help="service jobs write their report too")
     parser.add_argument("--skip-accuracy", action="store_true")
     args = parser.parse_args()
+    if args.service_frames <= MARGINAL_FRAMES:
+        parser.error(f"--service-frames must be more than {MARGINAL_FRAMES}, got {args.service_frames}")
+    if args.repeats < 1:
+        parser.error(f"--repeats must be at least 1, got {args.repeats}")
 
     street_fps = frames_per_second("street", StreetControls(), 256, args.frames)
     digits_fps = frames_per_second("digits", DigitsControls(), 32, args.frames * 5)
     print(f"street 256x256 all layers: {street_fps:.1f} frames/s on one core")
     print(f"digits 32x32: {digits_fps:.1f} frames/s on one core")
 
+    frames, base = args.service_frames, args.service_frames - MARGINAL_FRAMES
     scratch = Path(tempfile.mkdtemp(prefix="bench_sim_"))
+    scales, marginals = [], []
     try:
-        one = service_seconds(args.service_frames, 1, scratch)
-        two = service_seconds(args.service_frames, 2, scratch)
+        for repeat in range(args.repeats):
+            before = load_average()
+            one = service_seconds(frames, 1, scratch, args.report)
+            two = service_seconds(frames, 2, scratch, args.report)
+            two_base = service_seconds(base, 2, scratch, args.report)
+            marginal = MARGINAL_FRAMES / (two - two_base) / cores_used(2)
+            scales.append(one / two)
+            marginals.append(marginal)
+            print(f"service run {repeat + 1}, load average {before} -> {load_average()}: "
+                  f"{frames} street frames: 1 worker {one:.1f}s ({frames / one:.1f} fps), "
+                  f"2 workers {two:.1f}s ({frames / two:.1f} fps), ratio {one / two:.2f}; "
+                  f"{base} frames on 2 workers {two_base:.1f}s: marginal {MARGINAL_FRAMES} frames in "
+                  f"{two - two_base:.1f}s = {marginal:.1f} frames/s per core")
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-    print(f"service, {args.service_frames} street frames: 1 worker {one:.1f}s "
-          f"({args.service_frames / one:.1f} fps), 2 workers {two:.1f}s ({args.service_frames / two:.1f} fps)")
+    scale, marginal = statistics.median(scales), statistics.median(marginals)
 
     plain = shape = float("nan")
     if not args.skip_accuracy:
         plain = source_only_accuracy(DigitsControls(shape_randomisation=False))
         shape = source_only_accuracy(DigitsControls())
         print(f"source-only accuracy on real digits: plain fonts {plain:.3f}, shape-randomised {shape:.3f}")
-    print(f"street_fps_per_core={street_fps:.1f} scale_2_workers={one / two:.2f} "
-          f"digits_fps_per_core={digits_fps:.1f} digits_src_acc_plain={plain:.3f} digits_src_acc_shape={shape:.3f}")
+    print(f"street_fps_per_core={street_fps:.1f} scale_2_workers={scale:.2f} "
+          f"street_service_marginal_fps_per_core={marginal:.1f} digits_fps_per_core={digits_fps:.1f} "
+          f"digits_src_acc_plain={plain:.3f} digits_src_acc_shape={shape:.3f}")
 
 
 if __name__ == "__main__":
