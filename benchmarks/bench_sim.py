@@ -25,8 +25,16 @@ is printed. The machine's 1-minute load average is printed before and after the 
 runs (a shared machine skews every figure; ratios taken within one run are the ones to
 compare).
 
+On a shared machine wall-clock figures move with other people's work, so the CPU time of
+every process of a job (this driver and every Ray process under it: raylet, GCS, actors,
+workers, the writer; summed from /proc, sampled every 0.1 s) is taken too: the marginal
+CPU milliseconds per frame, (CPU(N + 1,000) − CPU(N)) / 1,000, is what a frame costs the
+machine whoever else runs on it; 1,000 / that is the marginal rate per core a quiet
+machine could reach if the job kept every core busy.
+
 Last line: `street_fps_per_core=… scale_2_workers=… street_service_marginal_fps_per_core=…
-digits_fps_per_core=… digits_src_acc_plain=… digits_src_acc_shape=…`.
+street_service_marginal_cpu_ms_per_frame=… digits_fps_per_core=… digits_src_acc_plain=…
+digits_src_acc_shape=…`. Linux only (/proc).
 
     python benchmarks/bench_sim.py [--frames 300] [--service-frames 1500] [--repeats 1] [--report]
                                    [--skip-accuracy]
@@ -36,10 +44,12 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import shutil
 import statistics
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -68,8 +78,63 @@ MARGINAL_FRAMES = 1000  # the extra frames whose time gives the service's margin
 NUM_CPUS = 2  # the embedded Ray's CPUs, as on this project's 2-core machine
 
 
-def service_seconds(frames: int, workers: int, scratch: Path, report: bool = False) -> float:
-    """Seconds of the job after Ray is up (scan-free: simulator frames are trusted)."""
+class TreeCPU:
+    """CPU seconds of this process and every process under it, polled from a thread (Linux
+    /proc): a process's last count before it exits is kept, so at most `interval` of each
+    process's time is missed."""
+
+    def __init__(self, interval: float = 0.1) -> None:
+        self.interval = interval
+        self.seconds: dict[int, float] = {}  # pid -> user + system seconds, last seen
+        self._tick = os.sysconf("SC_CLK_TCK")
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._poll, daemon=True)
+
+    def __enter__(self) -> TreeCPU:
+        self._self_start = _own_cpu()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._sample()
+        self.own = _own_cpu() - self._self_start
+
+    @property
+    def total(self) -> float:
+        return self.own + sum(self.seconds.values())
+
+    def _poll(self) -> None:
+        while not self._stop.wait(self.interval):
+            self._sample()
+
+    def _sample(self) -> None:
+        stats: dict[int, tuple[int, float]] = {}  # pid -> (parent pid, cpu seconds)
+        for name in os.listdir("/proc"):
+            if name.isdigit():
+                try:
+                    with open(f"/proc/{name}/stat", "rb") as handle:
+                        fields = handle.read().rsplit(b")", 1)[1].split()
+                except OSError:
+                    continue
+                stats[int(name)] = (int(fields[1]), (int(fields[11]) + int(fields[12])) / self._tick)
+        family, frontier = set(), {os.getpid()}
+        while frontier:
+            frontier = {pid for pid, (ppid, _) in stats.items() if ppid in frontier} - family
+            family |= frontier
+        for pid in family:
+            self.seconds[pid] = stats[pid][1]
+
+
+def _own_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def service_seconds(frames: int, workers: int, scratch: Path, report: bool = False) -> tuple[float, float]:
+    """(seconds of the job after Ray is up, CPU seconds of the whole run_job call in this
+    process and every process under it); scan-free: simulator frames are trusted."""
     config = parse_config({
         "name": f"bench_street_{workers}_{frames}",
         "source": {"kind": "simulator", "family": "street", "frames": frames, "image_size": 256},
@@ -80,7 +145,9 @@ def service_seconds(frames: int, workers: int, scratch: Path, report: bool = Fal
     })
     out = scratch / f"street_{workers}_{frames}"
     try:
-        return run_job(config, out).seconds
+        with TreeCPU() as cpu:
+            seconds = run_job(config, out).seconds
+        return seconds, cpu.total
     finally:
         shutil.rmtree(out, ignore_errors=True)
 
@@ -115,24 +182,26 @@ def main() -> None:
 
     frames, base = args.service_frames, args.service_frames - MARGINAL_FRAMES
     scratch = Path(tempfile.mkdtemp(prefix="bench_sim_"))
-    scales, marginals = [], []
+    scales, marginals, cpu_ms = [], [], []
     try:
         for repeat in range(args.repeats):
             before = load_average()
-            one = service_seconds(frames, 1, scratch, args.report)
-            two = service_seconds(frames, 2, scratch, args.report)
-            two_base = service_seconds(base, 2, scratch, args.report)
+            one, one_cpu = service_seconds(frames, 1, scratch, args.report)
+            two, two_cpu = service_seconds(frames, 2, scratch, args.report)
+            two_base, two_base_cpu = service_seconds(base, 2, scratch, args.report)
             marginal = MARGINAL_FRAMES / (two - two_base) / cores_used(2)
             scales.append(one / two)
             marginals.append(marginal)
+            cpu_ms.append((two_cpu - two_base_cpu) / MARGINAL_FRAMES * 1000)
             print(f"service run {repeat + 1}, load average {before} -> {load_average()}: "
-                  f"{frames} street frames: 1 worker {one:.1f}s ({frames / one:.1f} fps), "
-                  f"2 workers {two:.1f}s ({frames / two:.1f} fps), ratio {one / two:.2f}; "
-                  f"{base} frames on 2 workers {two_base:.1f}s: marginal {MARGINAL_FRAMES} frames in "
-                  f"{two - two_base:.1f}s = {marginal:.1f} frames/s per core")
+                  f"{frames} street frames: 1 worker {one:.1f}s ({frames / one:.1f} fps, {one_cpu:.1f} CPU s), "
+                  f"2 workers {two:.1f}s ({frames / two:.1f} fps, {two_cpu:.1f} CPU s), ratio {one / two:.2f}; "
+                  f"{base} frames on 2 workers {two_base:.1f}s ({two_base_cpu:.1f} CPU s): marginal "
+                  f"{MARGINAL_FRAMES} frames in {two - two_base:.1f}s = {marginal:.1f} frames/s per core, "
+                  f"{cpu_ms[-1]:.1f} CPU ms per frame")
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-    scale, marginal = statistics.median(scales), statistics.median(marginals)
+    scale, marginal, frame_cpu_ms = statistics.median(scales), statistics.median(marginals), statistics.median(cpu_ms)
 
     plain = shape = float("nan")
     if not args.skip_accuracy:
@@ -140,7 +209,8 @@ def main() -> None:
         shape = source_only_accuracy(DigitsControls())
         print(f"source-only accuracy on real digits: plain fonts {plain:.3f}, shape-randomised {shape:.3f}")
     print(f"street_fps_per_core={street_fps:.1f} scale_2_workers={scale:.2f} "
-          f"street_service_marginal_fps_per_core={marginal:.1f} digits_fps_per_core={digits_fps:.1f} "
+          f"street_service_marginal_fps_per_core={marginal:.1f} "
+          f"street_service_marginal_cpu_ms_per_frame={frame_cpu_ms:.1f} digits_fps_per_core={digits_fps:.1f} "
           f"digits_src_acc_plain={plain:.3f} digits_src_acc_shape={shape:.3f}")
 
 
