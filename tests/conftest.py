@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -49,6 +51,40 @@ def cli_env() -> dict[str, str]:
     env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
     env.pop("RAY_ADDRESS", None)
     return env
+
+
+# A 2,000-row classical job (10 shards of 250 and a 359-row holdout), no report: the crash tests' job.
+SMALL_JOB = """
+name: {name}
+seed: {seed}
+source: {{kind: digits, image_size: 16}}
+quota: {{per_class: {{"0": 200, "1": 200, "2": 200, "3": 200, "4": 200, "5": 200, "6": 200, "7": 200, "8": 200, "9": 200}}}}
+augment:
+  transforms:
+    - {{name: Affine, p: 0.9, params: {{rotate: [-10, 10]}}}}
+output: {{rows_per_shard: 250}}
+report: {{enabled: false}}
+execution: {{num_workers: 2}}
+"""
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """`synthaug ARGS` in its own session (with `env` over `cli_env()`; no failpoint unless `env`
+    names one); afterwards the session is killed, as a user's shell would end the embedded
+    Ray's helpers that outlive a killed driver."""
+    from augment.failpoints import ENV as FAILPOINT
+
+    full = cli_env()
+    full.pop(FAILPOINT, None)
+    full.update(env or {})
+    process = subprocess.Popen(cli_command(*args), env=full, text=True, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, start_new_session=True)
+    stdout, stderr = process.communicate(timeout=600)
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
 
 
 def shard_rows(folder: Path) -> list[tuple[str, bytes]]:

@@ -4,7 +4,6 @@ command is run again, and the job folder ends byte for byte as an uninterrupted 
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 from pathlib import Path
@@ -12,35 +11,10 @@ from pathlib import Path
 import pytest
 
 from augment.failpoints import ENV
-from tests.conftest import cli_command, cli_env
-
-CONFIG = """
-name: commit_points
-seed: 5
-source: {kind: digits, image_size: 16}
-quota: {per_class: {"0": 200, "1": 200, "2": 200, "3": 200, "4": 200, "5": 200, "6": 200, "7": 200, "8": 200, "9": 200}}
-augment:
-  transforms:
-    - {name: Affine, p: 0.9, params: {rotate: [-10, 10]}}
-output: {rows_per_shard: 250}
-report: {enabled: false}
-execution: {num_workers: 2}
-"""
-
+from tests.conftest import SMALL_JOB, cli_command, cli_env, run_cli
 
 def run(config: Path, out: Path, failpoint: str | None = None) -> subprocess.CompletedProcess:
-    env = cli_env()
-    env.pop(ENV, None)
-    if failpoint:
-        env[ENV] = failpoint
-    process = subprocess.Popen(cli_command("run", str(config), "--out", str(out)), env=env, text=True,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
-    stdout, stderr = process.communicate(timeout=600)
-    try:  # the embedded Ray's helpers outlive a killed driver; end them as a user's shell would
-        os.killpg(process.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
+    return run_cli("run", str(config), "--out", str(out), env={ENV: failpoint} if failpoint else None)
 
 
 def folder_bytes(out: Path) -> dict[str, bytes]:
@@ -53,7 +27,7 @@ def folder_bytes(out: Path) -> dict[str, bytes]:
 def reference(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, bytes]]:
     folder = tmp_path_factory.mktemp("commit_points")
     config = folder / "job.yaml"
-    config.write_text(CONFIG)
+    config.write_text(SMALL_JOB.format(name="commit_points", seed=5))
     clean = run(config, folder / "clean")
     assert clean.returncode == 0, clean.stderr[-3000:]
     return config, folder_bytes(folder / "clean")

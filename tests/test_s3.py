@@ -25,20 +25,8 @@ from augment.images import decode_png
 from augment.shard_dataset import ShardDataset, ShardIterableDataset
 from augment.shards import read_manifest, verify_shards
 from jobs.inspect import inspect_job
-from tests.conftest import cli_command, cli_env
+from tests.conftest import SMALL_JOB, run_cli
 
-CONFIG = """
-name: s3job
-seed: 7
-source: {kind: digits, image_size: 16}
-quota: {per_class: {"0": 200, "1": 200, "2": 200, "3": 200, "4": 200, "5": 200, "6": 200, "7": 200, "8": 200, "9": 200}}
-augment:
-  transforms:
-    - {name: Affine, p: 0.9, params: {rotate: [-10, 10]}}
-output: {rows_per_shard: 250}
-report: {enabled: false}
-execution: {num_workers: 2}
-"""
 BUCKET = "synthaug-test"
 
 
@@ -64,16 +52,7 @@ def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
 
 
 def cli(*args: str, extra: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    env = {**cli_env(), **(extra or {})}
-    env.pop(FAILPOINT, None) if FAILPOINT not in (extra or {}) else None
-    process = subprocess.Popen(cli_command(*args), env=env, text=True, stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, start_new_session=True)
-    stdout, stderr = process.communicate(timeout=600)
-    try:  # a killed driver's embedded Ray helpers
-        os.killpg(process.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
+    return run_cli(*args, env=extra)
 
 
 def objects(env: dict[str, str], prefix: str) -> dict[str, bytes]:
@@ -91,7 +70,7 @@ def rows_of(url: str) -> list[tuple[str, bytes]]:
 @pytest.fixture(scope="module")
 def config(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("s3_job") / "job.yaml"
-    path.write_text(CONFIG)
+    path.write_text(SMALL_JOB.format(name="s3job", seed=7))
     return path
 
 
