@@ -27,7 +27,7 @@ compare).
 
 On a shared machine wall-clock figures move with other people's work, so the CPU time of
 every process of a job (this driver and every Ray process under it: raylet, GCS, actors,
-workers, the writer; summed from /proc, sampled every 0.1 s) is taken too: the marginal
+workers, the writer; summed from /proc, read every 0.2 s) is taken too: the marginal
 CPU milliseconds per frame, (CPU(N + 1,000) − CPU(N)) / 1,000, is what a frame costs the
 machine whoever else runs on it; 1,000 / that is the marginal rate per core a quiet
 machine could reach if the job kept every core busy.
@@ -80,12 +80,15 @@ NUM_CPUS = 2  # the embedded Ray's CPUs, as on this project's 2-core machine
 
 class TreeCPU:
     """CPU seconds of this process and every process under it, polled from a thread (Linux
-    /proc): a process's last count before it exits is kept, so at most `interval` of each
-    process's time is missed."""
+    /proc). Known processes are read every `interval`, a walk of all of /proc finds new ones
+    every `discover` seconds (reading every process on a busy machine ten times a second cost
+    the driver a tenth of a core); a process's last count before it exits is kept, so at most
+    `interval` of its time is missed, and one that lives less than `discover` may be missed."""
 
-    def __init__(self, interval: float = 0.1) -> None:
-        self.interval = interval
+    def __init__(self, interval: float = 0.2, discover: float = 1.0) -> None:
+        self.interval, self.every = interval, max(1, round(discover / interval))
         self.seconds: dict[int, float] = {}  # pid -> user + system seconds, last seen
+        self._family: set[int] = set()
         self._tick = os.sysconf("SC_CLK_TCK")
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._poll, daemon=True)
@@ -98,7 +101,8 @@ class TreeCPU:
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join()
-        self._sample()
+        self._discover()
+        self._read()
         self.own = _own_cpu() - self._self_start
 
     @property
@@ -106,25 +110,35 @@ class TreeCPU:
         return self.own + sum(self.seconds.values())
 
     def _poll(self) -> None:
+        tick = 0
         while not self._stop.wait(self.interval):
-            self._sample()
+            if tick % self.every == 0:
+                self._discover()
+            self._read()
+            tick += 1
 
-    def _sample(self) -> None:
-        stats: dict[int, tuple[int, float]] = {}  # pid -> (parent pid, cpu seconds)
+    def _stat(self, pid: int | str) -> list[bytes] | None:
+        try:
+            with open(f"/proc/{pid}/stat", "rb") as handle:
+                return handle.read().rsplit(b")", 1)[1].split()
+        except OSError:
+            return None
+
+    def _discover(self) -> None:
+        parents = {}
         for name in os.listdir("/proc"):
-            if name.isdigit():
-                try:
-                    with open(f"/proc/{name}/stat", "rb") as handle:
-                        fields = handle.read().rsplit(b")", 1)[1].split()
-                except OSError:
-                    continue
-                stats[int(name)] = (int(fields[1]), (int(fields[11]) + int(fields[12])) / self._tick)
+            if name.isdigit() and (fields := self._stat(name)) is not None:
+                parents[int(name)] = int(fields[1])
         family, frontier = set(), {os.getpid()}
         while frontier:
-            frontier = {pid for pid, (ppid, _) in stats.items() if ppid in frontier} - family
+            frontier = {pid for pid, ppid in parents.items() if ppid in frontier} - family
             family |= frontier
-        for pid in family:
-            self.seconds[pid] = stats[pid][1]
+        self._family |= family
+
+    def _read(self) -> None:
+        for pid in self._family:
+            if (fields := self._stat(pid)) is not None:
+                self.seconds[pid] = (int(fields[11]) + int(fields[12])) / self._tick
 
 
 def _own_cpu() -> float:
