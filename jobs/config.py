@@ -437,7 +437,10 @@ class UtilityConfig(_Strict):
     """Train the same small model on real / synthetic / both; test on the real holdout."""
 
     enabled: bool = True
-    steps: int = Field(300, ge=1, le=1_000_000, description="optimizer steps per trained model")
+    steps: int | None = Field(
+        None, ge=1, le=1_000_000, description="optimizer steps per trained model (default: report.extractor_steps, "
+                                              "so the real-only classifier is the domain classifier, not trained "
+                                              "twice)")
     segmentation: bool = Field(True, description="also a small segmenter (mIoU) when the rows carry masks")
 
 
@@ -454,7 +457,7 @@ class ReportConfig(_Strict):
         None, description="real images to compare against when the job's own source is synthetic (a simulator)")
     k: int = Field(5, ge=1, le=100, description="neighbours for precision/recall/density/coverage and realism")
     max_per_source: int = Field(5000, ge=50, description="rows per synthetic source the metrics look at")
-    extractor_steps: int = Field(400, ge=1, le=1_000_000, description="training steps of the domain CNN")
+    extractor_steps: int = Field(300, ge=1, le=1_000_000, description="training steps of the domain CNN")
     label_preservation_steps: int | None = Field(
         None, ge=1, le=1_000_000, description="training steps of the frozen source task model that scores label "
                                               "preservation (default: extractor_steps); its score on held-out "

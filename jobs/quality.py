@@ -28,6 +28,7 @@ import numpy as np
 
 from augment.metrics.judges import JUDGES, Judge
 from augment.metrics.preprocess import resize_mask, to_metric_size
+from augment.report.assemble import utility_seed
 from augment.report.inputs import RealImages, RealSide
 from augment.seeding import derive_seed
 from augment.sources.base import SourceRecord, loaded
@@ -173,7 +174,7 @@ def _prepare_domain_reference(config: JobConfig, out: Path, real_train: RealImag
         domain = DomainExtractor.fit(
             real_train.images[keep], real_train.labels[keep],
             real_holdout.images[hold] if hold.any() else None, real_holdout.labels[hold] if hold.any() else None,
-            num_classes, seed=derive_seed(config.seed, RANDOM_SEED_STREAM, 1), steps=report.extractor_steps,
+            num_classes, seed=utility_seed(config.seed), steps=report.extractor_steps,
             input_size=size, progress="report: domain classifier")
         domain.save(folder / DOMAIN_DIR)
     extractor = build_extractor(kinds[0], quality, domain)

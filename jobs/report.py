@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -73,12 +74,29 @@ def embed(images: np.ndarray, quality: dict[str, Any], kind: str, workers: int) 
     return ordered
 
 
+def train_in_parallel(fn: Callable[..., dict[str, Any]], calls: Sequence[tuple[Any, ...]]) -> list[dict[str, Any]]:
+    """The utility settings' `Run`: one Ray task each (one CPU, so one torch thread), side by
+    side instead of in turn; small CNNs use two threads poorly, two processes well."""
+    import ray
+
+    task = ray.remote(num_cpus=1)(_logged_call)
+    return ray.get([task.remote(fn, *call) for call in calls])
+
+
+def _logged_call(fn: Callable[..., dict[str, Any]], *args: Any) -> dict[str, Any]:
+    """`fn(*args)` in a Ray worker, its progress lines on stderr (Ray forwards them to the driver)."""
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format="%(message)s")
+    return fn(*args)
+
+
 def report_settings(config: JobConfig, quality: dict[str, Any]) -> ReportSettings:
     """The job's `report:` section as the plain values `augment.report` takes."""
     report = config.report
     return ReportSettings(kinds=tuple(quality["kinds"]), requested=tuple(report.features), k=report.k,
                           kid_subsets=report.kid_subsets, kid_subset_size=report.kid_subset_size,
-                          seed=config.seed, utility=report.utility.enabled, utility_steps=report.utility.steps,
+                          seed=config.seed, utility=report.utility.enabled,
+                          utility_steps=report.utility.steps or report.extractor_steps,
                           segmentation=report.utility.segmentation)
 
 
@@ -110,7 +128,8 @@ def build_report(config: JobConfig, out: Path, real: RealSide, quality: dict[str
     filtered = [row for path in sorted(shards.glob("*.parquet")) for row in read_filtered(path)]
     report = assemble_report({"name": config.name, "config_hash": config.content_hash()}, real, synthetic,
                              class_names, settings, measured, extractors, domain,
-                             filter_summary(filtered, quality.get("filter"), class_names), sweep)
+                             filter_summary(filtered, quality.get("filter"), class_names), sweep,
+                             run=train_in_parallel)
     for judge in JUDGE_NAMES:
         report[judge] = preservation_summary(read_scored(shards, judge), filtered, class_names, score=judge)
         task_model = load_task_model(quality, judge)

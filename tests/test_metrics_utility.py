@@ -90,6 +90,54 @@ def test_classification_utility_is_deterministic_and_skips_without_synthetic() -
     assert skipped["skipped"] == "no synthetic data" and skipped["accuracy"] is None
 
 
+def test_a_matching_real_only_model_is_reused_and_the_rest_go_through_run() -> None:
+    """A classifier trained with the utility's budget, seed and data is its real_only model:
+    reused (same accuracy, not trained again); one trained otherwise is not."""
+    from augment.metrics.classifier import data_fingerprint, train_classifier
+
+    (train_x, train_y), (hold_x, hold_y) = digits16()
+    real, synthetic, holdout = (train_x[:300], train_y[:300]), (train_x[300:600], train_y[300:600]), (hold_x, hold_y)
+    budget = {"steps": 20, "width": 4, "feature_dim": 16}
+    calls: list[list[str]] = []
+
+    def recording(fn, arms):
+        calls.append([arm[0] for arm in arms])
+        return [fn(*arm) for arm in arms]
+
+    fresh = classification_utility(real, synthetic, holdout, 10, seed=5, run=recording, **budget)
+    model = train_classifier(*real, 10, seed=5, **budget)
+    record = {"seed": 5, **budget, "data_sha256": data_fingerprint(*real)}
+    reused = classification_utility(real, synthetic, holdout, 10, seed=5, run=recording, trained=(model, record),
+                                    **budget)
+    other = classification_utility(real, synthetic, holdout, 10, seed=5, run=recording,
+                                   trained=(model, {**record, "steps": 21}), **budget)
+    assert calls == [["real_only", "synthetic_only", "real_plus_synthetic"], ["synthetic_only", "real_plus_synthetic"],
+                     ["real_only", "synthetic_only", "real_plus_synthetic"]]
+    assert reused["settings"]["real_only"]["reused"] and other["settings"]["real_only"]["reused"] is None
+    for name in ("real_only", "synthetic_only", "real_plus_synthetic"):
+        assert reused["settings"][name]["accuracy"] == pytest.approx(fresh["settings"][name]["accuracy"], abs=0.02)
+    stale = {**record, "data_sha256": data_fingerprint(train_x[:299], train_y[:299])}
+    classification_utility(real, None, holdout, 10, seed=5, run=recording, trained=(model, stale), **budget)
+    assert calls[-1] == ["real_only"]
+
+
+def test_utility_settings_carry_bootstrap_intervals_and_paired_gains() -> None:
+    (train_x, train_y), (hold_x, hold_y) = digits16()
+    shuffled = (train_x[:300], np.random.default_rng(1).permutation(train_y[:300]))
+    result = classification_utility((train_x[:300], train_y[:300]), shuffled, (hold_x, hold_y), 10, seed=0,
+                                    steps=60, width=8, feature_dim=32)
+    real, fake = result["settings"]["real_only"], result["settings"]["synthetic_only"]
+    for scores in (real, fake):
+        low, high = scores["interval"]
+        assert low <= scores["accuracy"] <= high and high - low < 0.15
+        per_class = [i for i in scores["per_class_interval"] if i is not None]
+        assert len(per_class) == 10 and all(a <= b for a, b in per_class)
+    gain = fake["gain_over_real_only"]  # shuffled labels: far worse, and the holdout can tell
+    assert gain["gain"] == pytest.approx(fake["accuracy"] - real["accuracy"])
+    assert gain["interval"][1] < 0 and gain["separable"]
+    assert real["gain_over_real_only"] is None and "correct" not in real
+
+
 def test_classification_utility_refuses_mixed_sizes() -> None:
     images, labels = np.zeros((4, 16, 16, 1), np.uint8), np.array([0, 1, 0, 1])
     with pytest.raises(ValueError, match="same image size"):

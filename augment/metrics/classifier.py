@@ -11,6 +11,7 @@ kernels can differ in the last bits between machines.
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Callable
 from typing import Any
@@ -193,6 +194,15 @@ def batch_indices(n: int, batch_size: int, steps: int, generator: torch.Generato
                 return
             yield order[start:start + size]
             done += 1
+
+
+def data_fingerprint(images: np.ndarray, labels: np.ndarray) -> str:
+    """sha256 of a training set (shape, pixels, labels): two models trained with the same
+    budget on sets of equal fingerprint are the same model."""
+    digest = hashlib.sha256(repr((images.shape, str(images.dtype))).encode())
+    digest.update(np.ascontiguousarray(images).tobytes())
+    digest.update(np.ascontiguousarray(labels, dtype=np.int64).tobytes())
+    return digest.hexdigest()
 
 
 def check_budget(steps: int, batch_size: int, lr: float) -> None:

@@ -32,6 +32,7 @@ from augment.metrics.classifier import (
     SmallCNN,
     build_on_meta,
     check_images,
+    data_fingerprint,
     embed,
     new_model,
     predict_proba,
@@ -126,7 +127,8 @@ class DomainExtractor(_CNNExtractor):
             accuracy = float((predicted == np.asarray(holdout_labels)).mean())
         # callbacks and the progress label are not config (and must not change the extractor's description)
         logged = {k: v for k, v in train_kwargs.items() if k not in ("on_log", "progress")}
-        training = {"seed": seed, "n_train": len(train_images), **logged}
+        training = {"seed": seed, "n_train": len(train_images), **logged,
+                    "data_sha256": data_fingerprint(np.asarray(train_images), np.asarray(train_labels))}
         return cls(model, holdout_accuracy=accuracy, n_holdout=n_holdout, weak_threshold=weak_threshold,
                    training=training, batch_size=batch_size)
 

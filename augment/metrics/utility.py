@@ -2,7 +2,10 @@
 
 Three settings per task, each trained with the same budget and the same seed, so the only
 difference is the training data: ``real_only``, ``synthetic_only`` and
-``real_plus_synthetic``. For classification the accuracy of ``synthetic_only`` is the
+``real_plus_synthetic``. The settings are independent: the caller's `run` trains them
+(here one after another; the job runs them as parallel Ray tasks). A ``real_only``
+classifier trained already with that very budget, seed and data (the report's domain
+classifier is one) is reused instead of trained again: `budget_matches` checks it. For classification the accuracy of ``synthetic_only`` is the
 Classification Accuracy Score (CAS, Ravuri & Vinyals 2019); for segmentation the score
 is the mean IoU. A bad generator (say, wrong labels) drives ``synthetic_only`` towards
 chance and pulls ``real_plus_synthetic`` below ``real_only``.
@@ -10,6 +13,8 @@ chance and pulls ``real_plus_synthetic`` below ``real_only``.
 
 from __future__ import annotations
 
+import inspect
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -24,6 +29,7 @@ from augment.metrics.classifier import (
     batch_indices,
     build_on_meta,
     check_budget,
+    data_fingerprint,
     check_images,
     check_labels,
     init_parameters,
@@ -34,11 +40,20 @@ from augment.metrics.classifier import (
     train_classifier,
     warmup_cosine,
 )
+from augment.metrics.intervals import accuracy_interval, paired_gain
 from augment.metrics.progress import StepProgress
 from augment.seeding import derive_seed
 
 Split = tuple[np.ndarray, np.ndarray]
 SETTINGS = ("real_only", "synthetic_only", "real_plus_synthetic")
+INTERVAL_STREAM = 3  # derive_seed(seed, INTERVAL_STREAM): the bootstrap resamples (0-2: the classifier's)
+# run(fn, calls) -> [fn(*call) for call in calls], in order, however it spreads the work
+Run = Callable[[Callable[..., dict[str, Any]], Sequence[tuple[Any, ...]]], list[dict[str, Any]]]
+
+
+def run_here(fn: Callable[..., dict[str, Any]], calls: Sequence[tuple[Any, ...]]) -> list[dict[str, Any]]:
+    """The default `Run`: one call after another in this process."""
+    return [fn(*call) for call in calls]
 
 
 def _training_sets(real_train: Split, synthetic: Split | None) -> tuple[dict[str, Split], str | None]:
@@ -71,6 +86,31 @@ def per_class_accuracy(truth: np.ndarray, predicted: np.ndarray, num_classes: in
     return out
 
 
+def budget_matches(training: dict[str, Any], budget: dict[str, Any], data: Split) -> bool:
+    """True when a classifier's recorded `training` (seed, data fingerprint and the
+    `train_classifier` arguments it was given; the others at their defaults) is `budget`
+    on `data`: then it is the very model `classification_utility` would train."""
+    defaults = {name: p.default for name, p in inspect.signature(train_classifier).parameters.items()
+                if p.default is not inspect.Parameter.empty}
+    if training.get("data_sha256") != data_fingerprint(*data):
+        return False
+    return all(training.get(key, defaults.get(key)) == value for key, value in budget.items())
+
+
+def classification_arm(name: str, images: np.ndarray, labels: np.ndarray, holdout: Split, num_classes: int,
+                       budget: dict[str, Any], progress: str | None) -> dict[str, Any]:
+    """One setting: train the `SmallCNN` on (images, labels) with `budget`, score the holdout."""
+    model = train_classifier(images, labels, num_classes, progress=_label(progress, name), **budget)
+    return _classification_scores(model, holdout, num_classes, len(images))
+
+
+def _classification_scores(model: nn.Module, holdout: Split, num_classes: int, n_train: int) -> dict[str, Any]:
+    predicted = predict_proba(model, holdout[0]).argmax(axis=1)
+    return {"accuracy": float((predicted == holdout[1]).mean()),
+            "per_class": per_class_accuracy(holdout[1], predicted, num_classes),
+            "n_train": n_train, "skipped": None, "correct": (predicted == holdout[1]).tolist()}
+
+
 def classification_utility(
     real_train: Split,
     synthetic: Split | None,
@@ -86,12 +126,18 @@ def classification_utility(
     input_size: int | None = None,
     augment: bool = True,
     progress: str | None = None,
+    run: Run = run_here,
+    trained: tuple[nn.Module, dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """Train the `SmallCNN` on each setting, test on the real holdout. Returns
-    ``{"task", "budget", "settings": {setting: {"accuracy", "per_class", "n_train",
-    "skipped"}}, "classification_accuracy_score"}``; ``per_class[c]`` is None where the
-    holdout has no sample of class c; a skipped setting has None scores and a reason.
-    `progress` labels a progress display per trained model (None: silent)."""
+    ``{"task", "budget", "settings": {setting: {"accuracy", "interval", "per_class",
+    "per_class_interval", "gain_over_real_only", "n_train", "skipped", "reused"}},
+    "classification_accuracy_score"}``: intervals are 95% bootstrap intervals over the
+    holdout images, the gain a paired one (`augment.metrics.intervals`); ``per_class[c]``
+    is None where the holdout has no sample of class c; a skipped setting has None scores
+    and a reason. `progress` labels a progress display per trained model (None: silent); `run`
+    trains the settings (`run_here`: in turn); `trained`: a (model, its training record)
+    used as ``real_only`` when `budget_matches` says it is that model."""
     holdout_images = check_images(holdout[0], "holdout images")
     holdout_labels = check_labels(holdout[1], len(holdout_images), num_classes, "holdout labels")
     for what, split in (("real_train", real_train), ("synthetic", synthetic)):
@@ -100,24 +146,48 @@ def classification_utility(
     if len(holdout_images) == 0:
         raise ValueError("holdout has no images: utility is measured on the real holdout")
     _check_same_layout({"real_train": real_train, "synthetic": synthetic, "holdout": holdout})
+    check_budget(steps, batch_size, lr)
     budget = {"steps": steps, "batch_size": batch_size, "lr": lr, "width": width, "feature_dim": feature_dim,
               "input_size": input_size, "augment": augment, "seed": seed}
     sets, skip_reason = _training_sets(real_train, synthetic)
-    settings: dict[str, dict[str, Any]] = {}
-    for name in SETTINGS:
-        if name not in sets:
-            settings[name] = {"accuracy": None, "per_class": None, "n_train": 0, "skipped": skip_reason}
-            continue
-        images, labels = sets[name]
-        model = train_classifier(images, labels, num_classes, seed=seed, steps=steps, batch_size=batch_size, lr=lr,
-                                 width=width, feature_dim=feature_dim, input_size=input_size, augment=augment,
-                                 progress=_label(progress, name))
-        predicted = predict_proba(model, holdout_images).argmax(axis=1)
-        settings[name] = {"accuracy": float((predicted == holdout_labels).mean()),
-                          "per_class": per_class_accuracy(holdout_labels, predicted, num_classes),
-                          "n_train": len(images), "skipped": None}
-    return {"task": "classification", "budget": budget, "n_holdout": len(holdout_images), "settings": settings,
+    held = (holdout_images, holdout_labels)
+    settings: dict[str, dict[str, Any]] = {
+        name: {"accuracy": None, "per_class": None, "n_train": 0, "skipped": skip_reason, "correct": None,
+               "reused": None}
+        for name in SETTINGS if name not in sets}
+    if trained is not None and budget_matches(trained[1], budget, real_train):
+        settings["real_only"] = {**_classification_scores(trained[0], held, num_classes, len(real_train[0])),
+                                 "reused": "the domain classifier (same data, budget and seed)"}
+    todo = [name for name in SETTINGS if name not in settings]
+    results = run(classification_arm, [(name, *sets[name], held, num_classes, budget, progress) for name in todo])
+    settings.update({name: {**result, "reused": None} for name, result in zip(todo, results)})
+    settings = {name: settings[name] for name in SETTINGS}
+    return {"task": "classification", "budget": budget, "n_holdout": len(holdout_images),
+            "settings": _with_intervals(settings, holdout_labels, num_classes, seed),
             "classification_accuracy_score": settings["synthetic_only"]["accuracy"]}
+
+
+def _with_intervals(settings: dict[str, dict[str, Any]], truth: np.ndarray, num_classes: int,
+                    seed: int) -> dict[str, dict[str, Any]]:
+    """Each setting's bootstrap interval, overall and per class, and each synthetic setting's
+    paired gain over real_only; the per-image hits are dropped (the report keeps figures)."""
+    rng_seed = derive_seed(seed, INTERVAL_STREAM)
+    baseline = settings["real_only"].get("correct")
+    out = {}
+    for name, scores in settings.items():
+        scores = dict(scores)
+        correct = scores.pop("correct", None)
+        scores["interval"] = scores["per_class_interval"] = None
+        scores["gain_over_real_only"] = None
+        if correct is not None:
+            hits = np.asarray(correct, bool)
+            scores["interval"] = accuracy_interval(hits, rng_seed)
+            scores["per_class_interval"] = [accuracy_interval(hits[truth == c], derive_seed(rng_seed, c))
+                                            if (truth == c).any() else None for c in range(num_classes)]
+            if name != "real_only" and baseline is not None:
+                scores["gain_over_real_only"] = paired_gain(baseline, hits, rng_seed)
+        out[name] = scores
+    return out
 
 
 # --- segmentation ---------------------------------------------------------------------
@@ -229,6 +299,15 @@ def train_segmenter(images: np.ndarray, masks: np.ndarray, num_classes: int, *, 
     return model.eval()
 
 
+def segmentation_arm(name: str, images: np.ndarray, masks: np.ndarray, holdout: Split, num_classes: int,
+                     budget: dict[str, Any], progress: str | None) -> dict[str, Any]:
+    """One setting: train `TinySegmenter` on (images, masks) with `budget`, score the holdout."""
+    model = train_segmenter(images, masks, num_classes, progress=_label(progress, name), **budget)
+    confusion = confusion_matrix(holdout[1], predict_masks(model, holdout[0]), num_classes, budget["ignore_index"])
+    miou, per_class = mean_iou(confusion)
+    return {"mean_iou": miou, "per_class_iou": per_class, "n_train": len(images), "skipped": None}
+
+
 @torch.no_grad()
 def predict_masks(model: TinySegmenter, images: np.ndarray, batch_size: int = 64) -> np.ndarray:
     """Argmax class per pixel, int64 N x H x W."""
@@ -254,12 +333,13 @@ def segmentation_utility(
     augment: bool = True,
     ignore_index: int | None = None,
     progress: str | None = None,
+    run: Run = run_here,
 ) -> dict[str, Any]:
     """(image, mask) pairs: train `TinySegmenter` on each setting, test on the real holdout.
     Returns ``{"task", "budget", "settings": {setting: {"mean_iou", "per_class_iou",
     "n_train", "skipped"}}, "mean_iou_synthetic_only"}``; IoU is None for a class absent
     from both the holdout truth and the prediction (left out of the mean). `progress`
-    labels a progress display per trained model (None: silent)."""
+    labels a progress display per trained model (None: silent); `run` trains the settings."""
     holdout_images = check_images(holdout[0], "holdout images")
     check_masks(holdout[1], holdout_images, num_classes, ignore_index, "holdout")
     if len(holdout_images) == 0:
@@ -271,17 +351,13 @@ def segmentation_utility(
     budget = {"steps": steps, "batch_size": batch_size, "lr": lr, "width": width, "augment": augment,
               "ignore_index": ignore_index, "seed": seed}
     sets, skip_reason = _training_sets(real_train, synthetic)
-    settings: dict[str, dict[str, Any]] = {}
-    for name in SETTINGS:
-        if name not in sets:
-            settings[name] = {"mean_iou": None, "per_class_iou": None, "n_train": 0, "skipped": skip_reason}
-            continue
-        images, masks = sets[name]
-        model = train_segmenter(images, masks, num_classes, seed=seed, steps=steps, batch_size=batch_size, lr=lr,
-                                width=width, augment=augment, ignore_index=ignore_index,
-                                progress=_label(progress, name))
-        confusion = confusion_matrix(holdout[1], predict_masks(model, holdout_images), num_classes, ignore_index)
-        miou, per_class = mean_iou(confusion)
-        settings[name] = {"mean_iou": miou, "per_class_iou": per_class, "n_train": len(images), "skipped": None}
+    settings: dict[str, dict[str, Any]] = {
+        name: {"mean_iou": None, "per_class_iou": None, "n_train": 0, "skipped": skip_reason}
+        for name in SETTINGS if name not in sets}
+    todo = [name for name in SETTINGS if name in sets]
+    results = run(segmentation_arm, [(name, *sets[name], (holdout_images, holdout[1]), num_classes, budget,
+                                      progress) for name in todo])
+    settings.update(zip(todo, results))
+    settings = {name: settings[name] for name in SETTINGS}
     return {"task": "segmentation", "budget": budget, "n_holdout": len(holdout_images), "settings": settings,
             "mean_iou_synthetic_only": settings["synthetic_only"]["mean_iou"]}

@@ -26,7 +26,7 @@ import numpy as np
 from augment.metrics.distribution import inception_score
 from augment.metrics.features import DomainExtractor
 from augment.metrics.preprocess import metric_preprocessing
-from augment.metrics.utility import classification_utility, segmentation_utility
+from augment.metrics.utility import Run, classification_utility, run_here, segmentation_utility
 from augment.report.compare import compare_per_class, fd_title
 from augment.report.inputs import RealImages, RealSide, SyntheticRows, class_name
 from augment.report.verdict import judge
@@ -38,6 +38,12 @@ REPORT_SCHEMA = 2  # 2: one "fd" key per metric block, "k_effective", filter cou
 KID_STREAM, UTILITY_STREAM = 82, 83  # derive_seed(job seed, stream): KID subsets, utility training
 
 Embed = Callable[[np.ndarray, str], np.ndarray]  # (images at the metric size, feature space) -> features
+
+
+def utility_seed(job_seed: int) -> int:
+    """The seed of every report classifier trained on real data: the utility settings, and the
+    domain classifier, which is then the real-only setting's model (trained once)."""
+    return derive_seed(job_seed, UTILITY_STREAM)
 
 
 @dataclass(frozen=True)
@@ -53,6 +59,9 @@ class ReportSettings:
     utility: bool = True
     utility_steps: int = 300
     segmentation: bool = True
+
+    def utility_seed(self) -> int:
+        return utility_seed(self.seed)
 
     def kid_seed(self) -> int:
         return derive_seed(self.seed, KID_STREAM)
@@ -126,10 +135,12 @@ def filter_summary(filtered: list[dict[str, Any]], settings: dict[str, Any] | No
 def assemble_report(job: dict[str, str], real: RealSide, synthetic: dict[str, SyntheticRows],
                     class_names: list[str], settings: ReportSettings, measured: FeatureMetrics,
                     extractors: dict[str, dict[str, Any]], domain: DomainExtractor | None,
-                    filter_block: dict[str, Any], sweep: dict[str, Any] | None = None) -> dict[str, Any]:
+                    filter_block: dict[str, Any], sweep: dict[str, Any] | None = None,
+                    run: Run = run_here) -> dict[str, Any]:
     """report.json's content. `job`: {"name", "config_hash"}; `extractors`: each feature
     space's `describe()`; `domain`: the domain classifier (None without labels); `sweep`: the
-    generator sweep's block, if one ran."""
+    generator sweep's block, if one ran; `run`: how the utility models are trained (the job:
+    parallel Ray tasks)."""
     report: dict[str, Any] = {
         "schema": REPORT_SCHEMA,
         "job": job,
@@ -163,7 +174,7 @@ def assemble_report(job: dict[str, str], real: RealSide, synthetic: dict[str, Sy
 
     # train on real / synthetic / both, test on the real holdout
     with timed("utility (train on real / synthetic / both)"):
-        report["utility"] = utility(real, synthetic, len(class_names), settings)
+        report["utility"] = utility(real, synthetic, len(class_names), settings, domain, run)
 
     report["verdicts"] = verdicts(report, list(synthetic), class_names, settings.kinds[0])
     return report
@@ -215,15 +226,17 @@ def _class_counts(rows: RealImages | SyntheticRows, class_names: list[str]) -> d
     return {class_name(c, class_names): int(counts[c]) for c in ordered}
 
 
-def utility(real: RealSide, synthetic: dict[str, SyntheticRows], num_classes: int,
-            settings: ReportSettings) -> dict[str, Any]:
-    """Classification (and segmentation with masks): real / synthetic / real + synthetic."""
+def utility(real: RealSide, synthetic: dict[str, SyntheticRows], num_classes: int, settings: ReportSettings,
+            domain: DomainExtractor | None = None, run: Run = run_here) -> dict[str, Any]:
+    """Classification (and segmentation with masks): real / synthetic / real + synthetic. The
+    domain classifier is the real-only classifier when its training matches (same data, budget
+    and seed); `run` trains the others."""
     if not settings.utility:
         return {"skipped": "report.utility.enabled is false"}
     if not len(real.holdout):
         return {"skipped": "no real holdout"}
     result: dict[str, Any] = {}
-    seed = derive_seed(settings.seed, UTILITY_STREAM)
+    seed = settings.utility_seed()
     rows = list(synthetic.values())
     train_ok, hold_ok = real.train.labels >= 0, real.holdout.labels >= 0
     if train_ok.any() and hold_ok.any():
@@ -235,7 +248,8 @@ def utility(real: RealSide, synthetic: dict[str, SyntheticRows], num_classes: in
         result["classification"] = classification_utility(
             (real.train.images[train_ok], real.train.labels[train_ok]), synth,
             (real.holdout.images[hold_ok], real.holdout.labels[hold_ok]), num_classes, seed=seed,
-            steps=settings.utility_steps, progress="report: utility classifier")
+            steps=settings.utility_steps, input_size=real.size, progress="report: utility classifier", run=run,
+            trained=None if domain is None else (domain.model, domain.training))
     masked = [r for r in rows if r.masks is not None]
     if settings.segmentation and real.train.masks is not None and real.holdout.masks is not None:
         synth_seg = None
@@ -244,5 +258,5 @@ def utility(real: RealSide, synthetic: dict[str, SyntheticRows], num_classes: in
         result["segmentation"] = segmentation_utility(
             (real.train.images, real.train.masks), synth_seg, (real.holdout.images, real.holdout.masks),
             num_classes=int(max(real.train.masks.max(), real.holdout.masks.max())) + 1, seed=seed,
-            steps=settings.utility_steps, progress="report: utility segmenter")
+            steps=settings.utility_steps, progress="report: utility segmenter", run=run)
     return result
