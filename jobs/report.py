@@ -129,7 +129,7 @@ def build_report(config: JobConfig, out: Path, real: RealSide, quality: dict[str
     report = assemble_report({"name": config.name, "config_hash": config.content_hash()}, real, synthetic,
                              class_names, settings, measured, extractors, domain,
                              filter_summary(filtered, quality.get("filter"), class_names), sweep,
-                             run=train_in_parallel)
+                             run=train_in_parallel, near_copy_quantile=reference.near_copy_quantile)
     for judge in JUDGE_NAMES:
         report[judge] = preservation_summary(read_scored(shards, judge), filtered, class_names, score=judge)
         task_model = load_task_model(quality, judge)

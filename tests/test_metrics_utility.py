@@ -192,3 +192,21 @@ def test_a_one_level_segmenter_keeps_its_weight_names() -> None:
     names = {k.split(".")[0] for k in TinySegmenter(3, 4, 8).state_dict()}
     assert names == {"stem", "down", "fuse", "head"}
     assert {k.split(".")[0] for k in TinySegmenter(3, 4, 8, levels=3).state_dict()} == names | {"deeper"}
+
+
+def test_separation_says_when_the_holdout_cannot_tell_the_settings_apart() -> None:
+    from augment.metrics.utility import separation
+
+    def scores(accuracy, interval, gain=None):
+        return {"accuracy": accuracy, "interval": interval, "gain_over_real_only": gain}
+
+    tied = {"gain": 0.0, "interval": [-0.008, 0.008], "separable": False}
+    easy = separation({"real_only": scores(0.989, [0.978, 0.997]), "synthetic_only": scores(0.989, [0.97, 1.0], tied),
+                       "real_plus_synthetic": scores(0.989, [0.97, 1.0], tied)})
+    assert not easy["separable"] and "too easy" in easy["note"] and "0.989" in easy["note"]
+    hard = separation({"real_only": scores(0.70, [0.65, 0.75]), "synthetic_only": scores(0.70, [0.6, 0.8], tied)})
+    assert not hard["separable"] and "too easy" not in hard["note"]
+    won = {"gain": 0.06, "interval": [0.02, 0.10], "separable": True}
+    told = separation({"real_only": scores(0.70, [0.65, 0.75]), "real_plus_synthetic": scores(0.76, [0.7, 0.8], won)})
+    assert told["separable"] and "real plus synthetic +0.060" in told["note"]
+    assert separation({"real_only": scores(0.7, [0.6, 0.8])}) is None

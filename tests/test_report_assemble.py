@@ -71,9 +71,18 @@ def test_assembled_report_has_stable_keys(sides: tuple[RealSide, dict[str, Synth
     assert measured.first_holdout is not None and len(measured.first_holdout) == len(real.holdout)
     filtered = [{"label": 1, "reasons": ["low_realism"]}, {"label": None, "reasons": ["low_realism", "near_copy"]}]
     report = assemble_report({"name": "t", "config_hash": "0" * 64}, real, synthetic, NAMES, settings, measured,
-                             {"random": {"name": "random"}}, None,
-                             filter_summary(filtered, {"min_realism": 1.0}, NAMES))
+                             {"random": {"name": "random", "preprocessing": {"input_size": real.size,
+                                                                             "resize_filter": "bilinear"}}}, None,
+                             filter_summary(filtered, {"min_realism": 1.0}, NAMES), near_copy_quantile=0.01)
     assert report["schema"] == REPORT_SCHEMA
+    # one resize filter named: the extractor resizes nothing, the report did once
+    assert report["extractors"]["random"]["preprocessing"]["resize_filter"].startswith("none")
+    defined = report["definitions"]
+    assert defined["near_copy"]["threshold"] == 1.0 and "1% quantile" in defined["near_copy"]["rule"]
+    assert "negative" in defined["kid"] and "random feature space" in defined["kid"]
+    assert set(defined["grades"]) == {"good", "fair", "poor", "none"}
+    floor = report["metrics"]["random"]["floor"]  # the floor counts real training images, and says so
+    assert floor["overall"]["n_train"] == len(real.train) and "n_synthetic" not in floor["overall"]
     block = report["metrics"]["random"]["classical"]
     assert block["overall"]["k_effective"] == 5 and block["per_class"]["b"]["k_effective"] == 2
     assert "fd" in block["overall"] and not any(k.startswith("fd_") or k == "fid" for k in block["overall"])
@@ -90,3 +99,9 @@ def test_assembled_report_has_stable_keys(sides: tuple[RealSide, dict[str, Synth
     assert json.loads(path.read_text())["filter"]["filtered"] == 2
     page = path.with_name("report.html").read_text()
     assert "Quality filter" in page and "<th>FD (random)</th>" in page and "unlabelled: 1" in page
+    kid = block["overall"]
+    from augment.report.html import _value
+
+    assert " ± " in _value(kid, "kid_mean") and _value(kid, "kid_mean") in page
+    assert "Kernel Inception Distance" in page
+    assert defined["grades"]["poor"] in page

@@ -38,3 +38,25 @@ def test_fair_between_the_thresholds_and_none_without_samples() -> None:
     assert narrow["grade"] == "fair" and "less diverse than real: recall 0.50 vs real 0.80" in narrow["line"]
     assert judge({}, FLOOR, "FD (domain)")["grade"] == "none"
     assert judge(metrics(n_synthetic=0), FLOOR, "FD (domain)")["line"] == "no synthetic samples"
+
+
+def test_far_off_features_are_poor_and_problems_list_what_the_line_names() -> None:
+    """The quickstart-like case: a class at FD 31.7x the floor with precision 0.57 (floor
+    0.96) is poor; one at 3.5x is fair; `problems` holds each thing the line names."""
+    floor = {**FLOOR, "precision": 0.96, "fd": 2.0}
+    far = judge(metrics(fd=63.4, precision=0.57), floor, "FD (domain)")
+    assert far["grade"] == "poor" and "31.7x" in far["line"]
+    assert [(p["metric"], p["severity"]) for p in far["problems"]] == [("fd", "poor"), ("precision", "fair")]
+    near = judge(metrics(fd=7.0, precision=0.9), floor, "FD (domain)")
+    assert near["grade"] == "fair" and [p["metric"] for p in near["problems"]] == ["fd"]
+    for verdict in (far, near):
+        assert all(p["text"] in verdict["line"] for p in verdict["problems"])
+    fd = far["problems"][0]
+    assert fd["value"] == 63.4 and fd["floor"] == 2.0
+
+
+def test_grade_rules_name_the_thresholds() -> None:
+    from augment.report.verdict import FD_POOR, grade_rules
+
+    rules = grade_rules()
+    assert set(rules) == {"good", "fair", "poor", "none"} and f"{FD_POOR:g}x" in rules["poor"]

@@ -46,6 +46,7 @@ from augment.seeding import derive_seed
 
 Split = tuple[np.ndarray, np.ndarray]
 SETTINGS = ("real_only", "synthetic_only", "real_plus_synthetic")
+EASY_TASK = 0.95  # real-only accuracy whose interval starts above this leaves synthetic rows nothing to show
 INTERVAL_STREAM = 3  # derive_seed(seed, INTERVAL_STREAM): the bootstrap resamples (0-2: the classifier's)
 # run(fn, calls) -> [fn(*call) for call in calls], in order, however it spreads the work
 Run = Callable[[Callable[..., dict[str, Any]], Sequence[tuple[Any, ...]]], list[dict[str, Any]]]
@@ -162,9 +163,31 @@ def classification_utility(
     results = run(classification_arm, [(name, *sets[name], held, num_classes, budget, progress) for name in todo])
     settings.update({name: {**result, "reused": None} for name, result in zip(todo, results)})
     settings = {name: settings[name] for name in SETTINGS}
-    return {"task": "classification", "budget": budget, "n_holdout": len(holdout_images),
-            "settings": _with_intervals(settings, holdout_labels, num_classes, seed),
-            "classification_accuracy_score": settings["synthetic_only"]["accuracy"]}
+    settings = _with_intervals(settings, holdout_labels, num_classes, seed)
+    return {"task": "classification", "budget": budget, "n_holdout": len(holdout_images), "settings": settings,
+            "classification_accuracy_score": settings["synthetic_only"]["accuracy"],
+            "separation": separation(settings)}
+
+
+def separation(settings: dict[str, dict[str, Any]]) -> dict[str, Any] | None:
+    """Whether the holdout tells the settings apart, in a sentence: {"separable", "note"}
+    (None when there is nothing to compare)."""
+    gains = {name: scores["gain_over_real_only"] for name, scores in settings.items()
+             if scores.get("gain_over_real_only") and scores["gain_over_real_only"]["interval"] is not None}
+    if not gains:
+        return None
+    told = [name for name, gain in gains.items() if gain["separable"]]
+    if told:
+        said = ", ".join(f"{name.replace('_', ' ')} {gains[name]['gain']:+.3f}" for name in told)
+        return {"separable": True, "note": f"The holdout separates {said} from real only (95% paired interval "
+                                           "excluding 0)."}
+    note = "The holdout cannot separate the settings: every gain's 95% paired interval includes 0."
+    interval = settings["real_only"].get("interval")
+    if interval is not None and interval[0] >= EASY_TASK:
+        note += (f" Real data alone scores {settings['real_only']['accuracy']:.3f} (interval from {interval[0]:.3f}):"
+                 " the task is too easy at this data size to show what synthetic rows add; fewer real images per "
+                 "class (benchmarks/low_data.py) or a harder holdout would.")
+    return {"separable": False, "note": note}
 
 
 def _with_intervals(settings: dict[str, dict[str, Any]], truth: np.ndarray, num_classes: int,

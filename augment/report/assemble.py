@@ -28,6 +28,7 @@ from augment.metrics.features import DomainExtractor
 from augment.metrics.preprocess import metric_preprocessing
 from augment.metrics.utility import Run, classification_utility, run_here, segmentation_utility
 from augment.report.compare import compare_per_class, fd_title
+from augment.report.definitions import definitions
 from augment.report.inputs import RealImages, RealSide, SyntheticRows, class_name
 from augment.report.verdict import judge
 from augment.seeding import derive_seed
@@ -78,6 +79,7 @@ class FeatureMetrics:
 
     blocks: dict[str, dict[str, Any]]
     first_holdout: np.ndarray | None  # the real holdout in the first feature space (None: no holdout)
+    near_copy_threshold: float | None = None  # the first feature space's (None: not calibrated)
 
 
 @contextmanager
@@ -113,14 +115,37 @@ def measure_features(real: RealSide, synthetic: dict[str, SyntheticRows], class_
         block: dict[str, Any] = {}
         if len(holdout_f):
             with timed(f"{kind} real-vs-real floor"):
-                block["floor"] = compare_per_class(holdout_f, real.holdout.labels, train_f, real.train.labels,
-                                                   class_names, **{**common, "train": None})
+                block["floor"] = _floor_counts(compare_per_class(holdout_f, real.holdout.labels, train_f,
+                                                                 real.train.labels, class_names,
+                                                                 **{**common, "train": None}))
             for (tag, rows), synthetic_f in zip(synthetic.items(), features[2:]):
                 with timed(f"{kind} metrics of {tag}"):
                     block[tag] = compare_per_class(holdout_f, real.holdout.labels, synthetic_f, rows.labels,
                                                    class_names, **common)
         blocks[kind] = block
-    return FeatureMetrics(blocks, first_holdout)
+    return FeatureMetrics(blocks, first_holdout, near_copy_threshold)
+
+
+def _floor_counts(floor: dict[str, Any]) -> dict[str, Any]:
+    """The floor compares real train with the holdout: its "n_synthetic" counts real training
+    images, so it is called "n_train" there."""
+    def renamed(block: dict[str, Any]) -> dict[str, Any]:
+        return {("n_train" if key == "n_synthetic" else key): value for key, value in block.items()}
+
+    return {"overall": renamed(floor["overall"]),
+            "per_class": {name: renamed(block) for name, block in floor["per_class"].items()}}
+
+
+def _resized_once(extractors: dict[str, dict[str, Any]], size: int) -> dict[str, dict[str, Any]]:
+    """Extractors whose input size is the metric size resize nothing (the report did, once):
+    say so instead of naming a filter they never apply."""
+    out = {}
+    for kind, described in extractors.items():
+        pre = described.get("preprocessing")
+        if isinstance(pre, dict) and pre.get("input_size") == size:
+            described = {**described, "preprocessing": {**pre, "resize_filter": "none (images arrive at this size)"}}
+        out[kind] = described
+    return out
 
 
 def filter_summary(filtered: list[dict[str, Any]], settings: dict[str, Any] | None,
@@ -136,11 +161,12 @@ def assemble_report(job: dict[str, str], real: RealSide, synthetic: dict[str, Sy
                     class_names: list[str], settings: ReportSettings, measured: FeatureMetrics,
                     extractors: dict[str, dict[str, Any]], domain: DomainExtractor | None,
                     filter_block: dict[str, Any], sweep: dict[str, Any] | None = None,
-                    run: Run = run_here) -> dict[str, Any]:
+                    run: Run = run_here, near_copy_quantile: float | None = None) -> dict[str, Any]:
     """report.json's content. `job`: {"name", "config_hash"}; `extractors`: each feature
     space's `describe()`; `domain`: the domain classifier (None without labels); `sweep`: the
     generator sweep's block, if one ran; `run`: how the utility models are trained (the job:
-    parallel Ray tasks)."""
+    parallel Ray tasks); `near_copy_quantile`: how the near-copy threshold was set."""
+    preprocessing = metric_preprocessing(real.size, real.channels)
     report: dict[str, Any] = {
         "schema": REPORT_SCHEMA,
         "job": job,
@@ -148,12 +174,16 @@ def assemble_report(job: dict[str, str], real: RealSide, synthetic: dict[str, Sy
         "real": {"origin": real.origin, "train": len(real.train), "holdout": len(real.holdout),
                  "class_counts": {"train": _class_counts(real.train, class_names),
                                   "holdout": _class_counts(real.holdout, class_names)}},
-        "preprocessing": metric_preprocessing(real.size, real.channels),
+        "preprocessing": preprocessing,
         "sources": {tag: {"rows": rows.rows, "analysed": len(rows.images),
                           "class_counts": _class_counts(rows, class_names)}
                     for tag, rows in synthetic.items()},
-        "extractors": extractors, "metrics": measured.blocks, "inception_score": {}, "confidence": {},
-        "verdicts": {}, "filter": filter_block, "notes": [],
+        "extractors": _resized_once(extractors, real.size), "metrics": measured.blocks, "inception_score": {},
+        "confidence": {}, "verdicts": {}, "filter": filter_block, "notes": [],
+        "definitions": definitions(settings.kinds[0], k=settings.k, kid_subsets=settings.kid_subsets,
+                                   kid_subset_size=settings.kid_subset_size, resize=preprocessing["resize"],
+                                   size=real.size, near_copy_threshold=measured.near_copy_threshold,
+                                   near_copy_quantile=near_copy_quantile),
     }
     if domain is None and "domain" in settings.requested:
         report["notes"].append("no class labels: the domain extractor needs them; used a fixed random CNN")

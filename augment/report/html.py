@@ -17,6 +17,7 @@ import numpy as np
 
 from augment.report.compare import fd_title
 from augment.report.inputs import UNLABELLED
+from augment.report.verdict import grade_rules
 from augment.report.plots import (
     per_class_bars,
     precision_recall_scatter,
@@ -66,6 +67,13 @@ def _fmt(value: Any, digits: int = 3) -> str:
     return html.escape(str(value))
 
 
+def _value(block: dict[str, Any], metric: str) -> str:
+    """A metric cell; KID with its spread over subsets."""
+    if metric == "kid_mean" and block.get("kid_std") is not None and block.get("kid_mean") is not None:
+        return f"{_fmt(block['kid_mean'])} ± {_fmt(block['kid_std'])}"
+    return _fmt(block.get(metric))
+
+
 def _grade(grade: str) -> str:
     return f'<span class="grade {grade}">{html.escape(grade)}</span>'
 
@@ -95,7 +103,7 @@ def _header(report: dict[str, Any]) -> str:
 def _verdicts(report: dict[str, Any]) -> str:
     if not report["verdicts"]:
         return "<h2>Verdict</h2><p>No synthetic rows to judge in this job.</p>"
-    parts = ["<h2>Verdict</h2>"]
+    parts = ["<h2>Verdict</h2>", _grade_rules(report)]
     for tag, lines in report["verdicts"].items():
         if not lines:
             parts.append(f"<h3>{html.escape(tag)}</h3><p>Not judged: no real holdout to compare against.</p>")
@@ -109,6 +117,13 @@ def _verdicts(report: dict[str, Any]) -> str:
         parts.append('<table><tr><th class="l">class</th><th>analysed</th><th>grade</th><th class="l">why</th></tr>'
                      + rows + "</table>")
     return "\n".join(parts)
+
+
+def _grade_rules(report: dict[str, Any]) -> str:
+    rules = report.get("definitions", {}).get("grades") or grade_rules()
+    items = "".join(f"<li>{_grade(grade)} {html.escape(rule)}</li>" for grade, rule in rules.items()
+                    if grade != "none")
+    return f'<ul class="caption">{items}</ul>'
 
 
 def _grids(report: dict[str, Any], pictures: dict[str, Any], per_class: int) -> str:
@@ -141,11 +156,16 @@ def _grids(report: dict[str, Any], pictures: dict[str, Any], per_class: int) -> 
 
 
 def _metric_tables(report: dict[str, Any]) -> str:
+    defined = report.get("definitions", {})
+    said = [f"<b>{label}</b>: {html.escape(text)}." for label, text in (
+        ("Precision, recall, density, coverage", defined.get("precision_recall")), ("FD", defined.get("fd")),
+        ("KID", defined.get("kid")), ("Near copies", defined.get("near_copy", {}).get("rule")),
+        ("Resizing", defined.get("resize"))) if text]
     parts = ["<h2>Metrics against the real holdout</h2>",
              ('<p class="caption">Each cell: synthetic value, and below it <span class="floor">the real-vs-real '
               "floor</span> (real train against the same holdout, same feature space). Precision = fidelity, "
-              "recall/coverage = diversity (k-NN manifolds, Kynkäänniemi 2019; Naeem 2020); realism ≥ 1 lies inside "
-              "the real manifold; near copies: closer to a training image than the near-copy threshold.</p>")]
+              "recall/coverage = diversity.</p>"),
+             "".join(f'<p class="caption">{line}</p>' for line in said)]
     if not any(block for block in report["metrics"].values()):
         return parts[0] + "<p>Nothing to compare: " + html.escape(
             "; ".join(report.get("notes", [])) or "no real holdout or no synthetic rows") + ".</p>"
@@ -163,8 +183,8 @@ def _metric_tables(report: dict[str, Any]) -> str:
                 cells = []
                 for metric, _ in [(key, title)] + METRIC_COLUMNS:
                     low = "" if not ref or metric == "near_copy_fraction" else \
-                        f'<br><span class="floor">{_fmt(ref.get(metric))}</span>'
-                    cells.append(f"<td>{_fmt(mine.get(metric))}{low}</td>")
+                        f'<br><span class="floor">{_value(ref, metric)}</span>'
+                    cells.append(f"<td>{_value(mine, metric)}{low}</td>")
                 rows.append(f'<tr><td class="l">{html.escape(name)}</td><td>{mine["n_synthetic"]:,}</td>'
                             + "".join(cells) + "</tr>")
             parts.append(f"<h3>{html.escape(tag)} in the <code>{html.escape(kind)}</code> feature space</h3>"
@@ -237,7 +257,8 @@ def _utility(report: dict[str, Any]) -> str:
                             f'{html.escape(str(result["skipped"]))}</td></tr>')
                 continue
             rows.append(f'<tr><td class="l">{html.escape(label)}</td><td>{result.get("n_train", 0):,}</td>'
-                        f"<td>{_fmt(result.get(metric))}</td></tr>")
+                        f"<td>{_fmt(result.get(metric))}{_interval(result.get('interval'))}</td>"
+                        f"<td>{_gain(result.get('gain_over_real_only'))}</td></tr>")
             values = result.get(per_class_key) or []
             series[label] = values
         name = "accuracy" if metric == "accuracy" else "mIoU"
@@ -246,7 +267,10 @@ def _utility(report: dict[str, Any]) -> str:
                    "Label consistency: a small segmenter trained on the images with their masks; mIoU on the "
                    "real holdout.")
         parts.append(f"<h3>{task}</h3><p class='caption'>{caption}</p><table><tr><th class='l'>trained on</th>"
-                     f"<th>n train</th><th>{name}</th></tr>" + "".join(rows) + "</table>")
+                     f"<th>n train</th><th>{name} [95% interval]</th><th>gain over real only</th></tr>"
+                     + "".join(rows) + "</table>")
+        if block.get("separation"):
+            parts.append(f'<div class="note">{html.escape(block["separation"]["note"])}</div>')
         if series:
             width = max(len(v) for v in series.values())
             labels = names[:width] if task == "classification" and len(names) >= width else \
@@ -255,6 +279,17 @@ def _utility(report: dict[str, Any]) -> str:
                                                       for k, v in series.items()},
                                              f"{task}: {name} per class on the real holdout", name), "utility"))
     return "\n".join(parts)
+
+
+def _interval(interval: list[float] | None) -> str:
+    return "" if not interval else f' <span class="floor">[{_fmt(interval[0])}, {_fmt(interval[1])}]</span>'
+
+
+def _gain(gain: dict[str, Any] | None) -> str:
+    if not gain or gain.get("gain") is None:
+        return "–"
+    told = "" if gain.get("separable") else " (not separable)"
+    return f"{gain['gain']:+.3f}{_interval(gain.get('interval'))}{told}"
 
 
 def _sweep(report: dict[str, Any]) -> str:
