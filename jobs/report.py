@@ -9,6 +9,8 @@ generator sweep.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -18,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from augment.metrics.judges import JUDGE_NAMES
+from augment.metrics.utility import Run
 from augment.report.assemble import (
     ReportSettings,
     assemble_report,
@@ -34,6 +37,7 @@ from jobs.quality import load_domain, load_extractor, load_task_model
 log = logging.getLogger("synthaug")
 
 REPORT_DIR = "report"
+UTILITY_CACHE = "utility"  # under the reference folder: one JSON per trained utility setting
 EMBED_CHUNK = 256
 
 
@@ -90,6 +94,47 @@ def _logged_call(fn: Callable[..., dict[str, Any]], *args: Any) -> dict[str, Any
     return fn(*args)
 
 
+def remembered(run: Run, folder: Path) -> Run:
+    """`run`, remembering each call's result in `folder` under the sha256 of the function and
+    its arguments (arrays by their bytes): `synthaug report` on a finished job, or a rerun,
+    retrains only settings whose data or budget changed."""
+    def cached_run(fn: Callable[..., dict[str, Any]], calls: Sequence[tuple[Any, ...]]) -> list[dict[str, Any]]:
+        paths = [folder / f"{_call_key(fn, call)}.json" for call in calls]
+        missing = [i for i, path in enumerate(paths) if not path.is_file()]
+        if len(missing) < len(calls):
+            log.info("report: reusing %d trained setting(s) from %s", len(calls) - len(missing), folder)
+        fresh = run(fn, [calls[i] for i in missing]) if missing else []
+        folder.mkdir(parents=True, exist_ok=True)
+        for i, result in zip(missing, fresh):
+            partial = paths[i].with_suffix(".partial")
+            partial.write_text(json.dumps(result))
+            partial.replace(paths[i])  # whole or absent
+        return [json.loads(path.read_text()) for path in paths]
+
+    return cached_run
+
+
+def _call_key(fn: Callable[..., Any], call: tuple[Any, ...]) -> str:
+    digest = hashlib.sha256(f"{fn.__module__}.{fn.__qualname__}".encode())
+
+    def feed(value: Any) -> None:
+        if isinstance(value, np.ndarray):
+            digest.update(repr((value.shape, str(value.dtype))).encode())
+            digest.update(np.ascontiguousarray(value).tobytes())
+        elif isinstance(value, (tuple, list)):
+            digest.update(b"(")
+            for item in value:
+                feed(item)
+            digest.update(b")")
+        elif isinstance(value, dict):
+            feed(sorted(value.items()))
+        else:
+            digest.update(repr(value).encode())
+
+    feed(call)
+    return digest.hexdigest()
+
+
 def report_settings(config: JobConfig, quality: dict[str, Any]) -> ReportSettings:
     """The job's `report:` section as the plain values `augment.report` takes."""
     report = config.report
@@ -129,7 +174,8 @@ def build_report(config: JobConfig, out: Path, real: RealSide, quality: dict[str
     report = assemble_report({"name": config.name, "config_hash": config.content_hash()}, real, synthetic,
                              class_names, settings, measured, extractors, domain,
                              filter_summary(filtered, quality.get("filter"), class_names), sweep,
-                             run=train_in_parallel, near_copy_quantile=reference.near_copy_quantile)
+                             run=remembered(train_in_parallel, Path(quality["dir"]) / UTILITY_CACHE),
+                             near_copy_quantile=reference.near_copy_quantile)
     for judge in JUDGE_NAMES:
         report[judge] = preservation_summary(read_scored(shards, judge), filtered, class_names, score=judge)
         task_model = load_task_model(quality, judge)
