@@ -39,6 +39,7 @@ log = logging.getLogger("synthaug")
 REPORT_DIR = "report"
 UTILITY_CACHE = "utility"  # under the reference folder: one JSON per trained utility setting
 EMBED_CHUNK = 256
+LOCAL_EMBED_VALUES = 20_000_000  # pixel values (N*H*W*C) embedded in the driver: ~6,500 images at 32x32 RGB
 
 
 class EmbedWorker:
@@ -57,7 +58,9 @@ class EmbedWorker:
 
 
 def embed(images: np.ndarray, quality: dict[str, Any], kind: str, workers: int) -> np.ndarray:
-    """Features of `images` in feature space `kind`, computed in chunks on Ray actors."""
+    """Features of `images` in feature space `kind`: in this process when they are few and
+    small (starting a Ray Data pipeline and its actors costs seconds, the digits' 6,000
+    16-px images a fraction of one), else in chunks on Ray actors."""
     import ray
     import ray.data
 
@@ -65,6 +68,8 @@ def embed(images: np.ndarray, quality: dict[str, Any], kind: str, workers: int) 
 
     if not len(images):
         return np.zeros((0, 0), np.float32)
+    if images.size <= LOCAL_EMBED_VALUES and kind != "inception":
+        return np.asarray(load_extractor(quality, kind)(images), dtype=np.float32)
     ref = ray.put(images)
     chunks = [{"start": a, "stop": min(a + EMBED_CHUNK, len(images))} for a in range(0, len(images), EMBED_CHUNK)]
     dataset = ray.data.from_items(chunks, override_num_blocks=len(chunks)).map_batches(
