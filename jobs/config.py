@@ -250,6 +250,12 @@ class SplitConfig(_Strict):
     """A seeded, per-class split; the holdout is what reports compare against."""
 
     holdout: float = Field(0.2, ge=0.0, lt=1.0)
+    seed: int | None = Field(None, ge=0, description="the holdout split's seed (default: the job's): fix it to keep one "
+                                                     "holdout while the job's seed varies")
+    train_per_class: int | None = Field(
+        None, ge=1, le=1_000_000, description="keep at most this many training records per class (a low-data run), "
+                                              "a choice seeded by the job's seed; the holdout is unchanged, and "
+                                              "nothing in the job (fits, augmentation, report) sees the others")
 
 
 # --- quota ----------------------------------------------------------------------------

@@ -7,18 +7,19 @@ recognised by name. No Ray, no pixels.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import Literal, overload
+from typing import Any, Literal, overload
 
 import numpy as np
 
 from augment.errors import ConfigError
 from augment.seeding import derive_seed
 from augment.sources.base import Source, SourceRecord
-from jobs.config import QuotaConfig, SourceConfig
+from jobs.config import QuotaConfig, SourceConfig, SplitConfig
 from jobs.quota import CLASSICAL, PlanAugment, PlanStep, Quota, check_plan_size, mapped_rows, quota_for
 
 Split = Literal["train", "holdout"]
@@ -27,7 +28,7 @@ Split = Literal["train", "holdout"]
 # Stream tags keep the seeds of different random decisions apart. Class-conditional rows and
 # classical children share the _CHILD stream on one index line (class steps first, then
 # classical), so a job of one kind draws exactly the seeds it drew before steps existed.
-_SPLIT, _PARENTS, _CHILD, _MAPPED = 1, 2, 3, 4
+_SPLIT, _PARENTS, _CHILD, _MAPPED, _SUBSET = 1, 2, 3, 4, 5
 
 
 @dataclass(frozen=True)
@@ -236,6 +237,38 @@ def split_records(
     train = [r for r in records if r.id not in holdout_ids]
     held = [r for r in records if r.id in holdout_ids]
     return train, held
+
+
+def job_split(records: list[SourceRecord], split: SplitConfig, seed: int) -> tuple[list[SourceRecord], list[SourceRecord]]:
+    """The job's split (`split:` of the config): the holdout drawn with `split.seed` (default
+    the job's), then at most `split.train_per_class` training records per class drawn with
+    the job's seed. The holdout does not depend on the job's seed when `split.seed` is set, so
+    low-data runs with other seeds (other training images, other generator weights) are
+    measured on the same real images."""
+    train, holdout = split_records(records, split.holdout, seed if split.seed is None else split.seed)
+    if split.train_per_class is not None:
+        train = subset_per_class(train, split.train_per_class, seed)
+    return train, holdout
+
+
+def subset_per_class(records: list[SourceRecord], limit: int, seed: int) -> list[SourceRecord]:
+    """At most `limit` records of each label (records without one count as one class), a
+    seeded choice per class kept in the records' order."""
+    by_label: dict[int | None, list[SourceRecord]] = {}
+    for record in records:
+        by_label.setdefault(record.label, []).append(record)
+    keep: set[str] = set()
+    for key, group in by_label.items():
+        group = sorted(group, key=lambda r: r.id)
+        rng = np.random.default_rng(derive_seed(seed, _SUBSET, 0 if key is None else key + 1))
+        keep.update(group[int(i)].id for i in rng.permutation(len(group))[:limit])
+    return [r for r in records if r.id in keep]
+
+
+def records_digest(records: list[SourceRecord]) -> dict[str, Any]:
+    """{"records", "ids_sha256"}: which records a fit was given, checkable against a split."""
+    ids = "\n".join(sorted(r.id for r in records))
+    return {"records": len(records), "ids_sha256": hashlib.sha256(ids.encode()).hexdigest()}
 
 
 OTHER_SOURCE_HOLDOUT = 0.2  # a second source's own holdout when the job keeps none

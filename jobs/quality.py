@@ -33,7 +33,7 @@ from augment.report.inputs import RealImages, RealSide
 from augment.seeding import derive_seed
 from augment.sources.base import SourceRecord, loaded
 from jobs.config import JobConfig
-from jobs.plan import open_other_source, split_records
+from jobs.plan import job_split, open_other_source
 from jobs.sources import build_source
 
 log = logging.getLogger("synthaug")
@@ -196,7 +196,7 @@ def _source_split(config: JobConfig, listed: Any,
     """The job's own source and its training and holdout splits (the plan's), less rejected records."""
     if listed is None:
         source = build_source(config.source, config.seed)
-        train, holdout = split_records(source.records(), config.split.holdout, config.seed)
+        train, holdout = job_split(source.records(), config.split, config.seed)
     else:
         source, train, holdout = listed.source, listed.train, listed.holdout
     rejected = rejected or {}

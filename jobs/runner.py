@@ -40,7 +40,7 @@ from augment.sources.base import SourceRecord
 from jobs.config import JobConfig
 from jobs.lock import LOCK_NAME, JobLock
 from jobs.maps import map_frames
-from jobs.plan import Plan, ShardSpec, make_plan, split_records
+from jobs.plan import Plan, ShardSpec, job_split, make_plan, records_digest
 from jobs.quota import plan_steps, precheck_quota
 from jobs.remote import RemoteJob
 from jobs.sources import build_source
@@ -162,7 +162,7 @@ def list_source(config: JobConfig) -> ListedSource:
     records = source.records()
     if not records:
         raise ConfigError(f"source: the {config.source.kind} source has no records")
-    train, holdout = split_records(records, config.split.holdout, config.seed)
+    train, holdout = job_split(records, config.split, config.seed)
     # Quota mistakes (unknown class, a size no job may hold) are found here, before Ray starts.
     steps, augment = plan_steps(config)
     maps = map_frames(config, source.class_names)
@@ -286,12 +286,14 @@ class JobRunner:
             except ValueError as error:
                 raise ConfigError(f"{where}: {error}") from None
             folder = self.out / "checkpoints" / step.kind
-            stages[step.kind] = {"status": "running", "folder": str(folder)}
+            trained_on = records_digest(usable)  # which records the fit saw (a low-data run checks it)
+            stages[step.kind] = {"status": "running", "folder": str(folder), "trained_on": trained_on}
             self._save_job()
             model_dir = fit_step(step, family_ref=family_ref(family), shape=shape, seed=self.config.seed, data=data,
                                  sample_kwargs=step_sample_kwargs(step, plan.class_names, where), folder=folder,
                                  num_gpus_per_worker=self.config.execution.num_gpus_per_worker)
-            stages[step.kind] = {"status": "done", "model": str(model_dir), "nodes": fit_nodes(folder)}
+            stages[step.kind] = {"status": "done", "model": str(model_dir), "nodes": fit_nodes(folder),
+                                 "trained_on": trained_on}
             self._save_job()
             if self.store is not None:  # a resume on another machine samples from these weights
                 self.store.push()

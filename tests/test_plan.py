@@ -89,6 +89,23 @@ def test_split_is_seeded_stratified_and_keeps_a_training_record() -> None:
     assert other != train
 
 
+def test_a_low_data_split_keeps_k_per_class_and_one_holdout_across_seeds() -> None:
+    from jobs.config import SplitConfig
+    from jobs.plan import job_split
+
+    recs = records({0: 50, 1: 10, 2: 3})
+    split = SplitConfig(holdout=0.2, seed=11, train_per_class=5)
+    runs = [job_split(recs, split, seed) for seed in (0, 1, 2)]
+    holdouts = {tuple(r.id for r in held) for _, held in runs}
+    assert len(holdouts) == 1  # split.seed fixes the holdout; the job's seed varies the rest
+    for train, held in runs:
+        assert Counter(r.label for r in train) == {0: 5, 1: 5, 2: 2}  # class 2: 3 records, 1 held out
+        assert not {r.id for r in train} & {r.id for r in held}
+        assert [r.id for r in train] == sorted((r.id for r in train), key=[r.id for r in recs].index)
+    assert len({tuple(r.id for r in train) for train, _ in runs}) == 3  # other seeds, other images
+    assert job_split(recs, SplitConfig(holdout=0.2), 3) == split_records(recs, 0.2, seed=3)
+
+
 def test_derive_seed_is_stable_and_in_range() -> None:
     assert derive_seed(0, 3, 5) == derive_seed(0, 3, 5)
     assert derive_seed(0, 3, 5) != derive_seed(0, 3, 6)
