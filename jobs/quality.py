@@ -52,8 +52,9 @@ def load_real(source: Any, records: list[SourceRecord], size: int, channels: int
     """Decode `records` at the metric size; records that fail to load are left out.
 
     `label_map` renames a reference source's class ids to the job's (missing: unlabelled)."""
-    images, labels, masks = [], [], []
-    for _, sample in loaded(source, records, "report"):
+    images, labels, masks, ids = [], [], [], []
+    for record, sample in loaded(source, records, "report"):
+        ids.append(record.id)
         if label_map is not None and sample.label is not None:
             sample.label = label_map.get(int(sample.label))
         images.append(to_metric_size(sample.image, size, channels))
@@ -64,6 +65,7 @@ def load_real(source: Any, records: list[SourceRecord], size: int, channels: int
         np.stack(images) if images else np.zeros((0, size, size, channels), np.uint8),
         np.array(labels, dtype=np.int64),
         np.stack(masks) if have_masks else None,
+        np.array(ids, dtype=object),
     )
 
 

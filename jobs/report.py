@@ -14,6 +14,7 @@ import json
 import logging
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -169,6 +170,8 @@ def build_report(config: JobConfig, out: Path, real: RealSide, quality: dict[str
     measured = measure_features(real, synthetic, class_names, settings,
                                 lambda images, kind: embed(images, quality, kind, workers),
                                 reference.near_copy_threshold)
+    # The pictures of near copies pair each row with its nearest training image.
+    synthetic = {tag: replace(rows, nearest=measured.nearest.get(tag)) for tag, rows in synthetic.items()}
     sweep = None
     if config.report.sweep and config.class_steps and measured.first_holdout is not None:
         with timed("sweep"):

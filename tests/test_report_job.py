@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -72,6 +73,12 @@ def test_report_json_has_the_floor_the_metrics_and_utility(classical: Path) -> N
     assert report["verdicts"]["classical"]["overall"]["grade"] in ("good", "fair")
     html = (classical / "report" / "report.html").read_text()
     assert html.count("data:image/png;base64,") >= 4 and "http" not in html.replace("http-equiv", "")
+    # the pictures name their rows: ids under the sample grid and in the gallery of worst rows
+    shown = pq.read_table(classical / "shards", columns=["id"], filters=[("source", "=", "classical")])
+    ids = set(shown.column("id").to_pylist())
+    assert "Rows to look at first" in html and "Nearest to a training image" in html
+    assert len({i for i in ids if f"<code>{i}</code>" in html}) >= 80  # 8 per class in the sample grid alone
+    assert re.search(r"\(<code>digits/\d{4}</code>\)", html)  # a row's nearest training image, by its id
 
 
 def test_rows_carry_scores_and_the_filter_removes_before_publishing(classical: Path) -> None:

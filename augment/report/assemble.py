@@ -17,7 +17,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from itertools import pairwise
 from typing import Any
 
@@ -25,11 +25,12 @@ import numpy as np
 
 from augment.metrics.distribution import inception_score
 from augment.metrics.features import DomainExtractor
+from augment.metrics.knn import nearest_neighbours
 from augment.metrics.preprocess import metric_preprocessing
 from augment.metrics.utility import Run, classification_utility, run_here, segmentation_utility
 from augment.report.compare import compare_per_class, fd_title
 from augment.report.definitions import definitions
-from augment.report.inputs import RealImages, RealSide, SyntheticRows, class_name
+from augment.report.inputs import NearestTrain, RealImages, RealSide, SyntheticRows, class_name
 from augment.report.verdict import judge
 from augment.seeding import derive_seed
 
@@ -79,6 +80,7 @@ class FeatureMetrics:
 
     blocks: dict[str, dict[str, Any]]
     first_holdout: np.ndarray | None  # the real holdout in the first feature space (None: no holdout)
+    nearest: dict[str, NearestTrain] = field(default_factory=dict)  # by source, first feature space
     near_copy_threshold: float | None = None  # the first feature space's (None: not calibrated)
 
 
@@ -99,6 +101,7 @@ def measure_features(real: RealSide, synthetic: dict[str, SyntheticRows], class_
     there (from real holdout-to-train distances)."""
     blocks: dict[str, dict[str, Any]] = {}
     first_holdout = None
+    nearest: dict[str, NearestTrain] = {}
     sets = [real.train.images, real.holdout.images] + [rows.images for rows in synthetic.values()]
     bounds = np.cumsum([0] + [len(images) for images in sets])
     for kind in settings.kinds:
@@ -110,6 +113,8 @@ def measure_features(real: RealSide, synthetic: dict[str, SyntheticRows], class_
         first = kind == settings.kinds[0]
         if first and len(holdout_f):
             first_holdout = holdout_f
+        if first:
+            nearest = nearest_train(train_f, dict(zip(synthetic, features[2:])), near_copy_threshold)
         common = {**settings.compare_kwargs(), "train": train_f,
                   "near_copy_threshold": near_copy_threshold if first else None}
         block: dict[str, Any] = {}
@@ -123,7 +128,7 @@ def measure_features(real: RealSide, synthetic: dict[str, SyntheticRows], class_
                     block[tag] = compare_per_class(holdout_f, real.holdout.labels, synthetic_f, rows.labels,
                                                    class_names, **common)
         blocks[kind] = block
-    return FeatureMetrics(blocks, first_holdout, near_copy_threshold)
+    return FeatureMetrics(blocks, first_holdout, nearest, near_copy_threshold)
 
 
 def _floor_counts(floor: dict[str, Any]) -> dict[str, Any]:
@@ -145,6 +150,19 @@ def _resized_once(extractors: dict[str, dict[str, Any]], size: int) -> dict[str,
         if isinstance(pre, dict) and pre.get("input_size") == size:
             described = {**described, "preprocessing": {**pre, "resize_filter": "none (images arrive at this size)"}}
         out[kind] = described
+    return out
+
+
+def nearest_train(train_f: np.ndarray, synthetic_f: dict[str, np.ndarray],
+                  near_copy_threshold: float | None) -> dict[str, NearestTrain]:
+    """Each source's rows' nearest real training image (the report's pictures of near copies)."""
+    if not len(train_f):
+        return {}
+    out = {}
+    for tag, features in synthetic_f.items():
+        if len(features):
+            distances, indices = nearest_neighbours(features, train_f)
+            out[tag] = NearestTrain(distances, indices, near_copy_threshold)
     return out
 
 

@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from augment.report.gallery import gallery_pictures
 from augment.report.html import render_html
 from augment.report.inputs import RealSide, SyntheticRows
 
@@ -18,12 +19,13 @@ REPORT_HTML = "report.html"
 def write_report(report: dict[str, Any], folder: Path, real: RealSide, synthetic: dict[str, SyntheticRows],
                  per_class: int = 8, worst: dict[str, dict[str, list[dict[str, Any]]]] | None = None) -> Path:
     """Write both files into `folder`; returns the path of report.json. `worst`: {judge name:
-    its worst rows' pictures (`preservation.worst_pictures`)}."""
+    its worst rows' pictures (`preservation.worst_pictures`)}; the gallery of worst rows by
+    realism, confidence and nearness to training comes from `synthetic`."""
     folder.mkdir(parents=True, exist_ok=True)
     text = json.dumps(report, indent=2, sort_keys=True, default=_json_default) + "\n"
-    pictures = {"real": (real.train.images, real.train.labels),
-                "synthetic": {tag: (rows.images, rows.labels) for tag, rows in synthetic.items()},
-                "worst": worst or {}}
+    pictures = {"real": (real.train.images, real.train.labels, real.train.ids),
+                "synthetic": {tag: (rows.images, rows.labels, rows.ids) for tag, rows in synthetic.items()},
+                "worst": worst or {}, "gallery": gallery_pictures(real.train, synthetic, report["classes"])}
     page = render_html(json.loads(text), pictures, per_class)  # both rendered before either is replaced
     _write_atomic(folder / REPORT_JSON, text)
     _write_atomic(folder / REPORT_HTML, page)

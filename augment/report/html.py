@@ -24,6 +24,7 @@ from augment.report.plots import (
     sample_grid,
     sweep_plot,
 )
+from augment.report.tiles import CELL
 
 STYLE = """
 body { font-family: system-ui, -apple-system, 'Segoe UI', sans-serif; margin: 0 auto; max-width: 1180px;
@@ -44,6 +45,8 @@ img { max-width: 100%; } .grid img { image-rendering: pixelated; border: 1px sol
 .caption { color: #59636e; font-size: 13px; margin: 2px 0 14px; }
 .note { background: #fff8c5; border: 1px solid #d4a72c; padding: 6px 10px; border-radius: 6px; margin: 6px 0; }
 code { background: #f6f8fa; padding: 1px 4px; border-radius: 4px; }
+.gallery { display: flex; flex-wrap: wrap; gap: 8px 28px; align-items: flex-start; } figure { margin: 0 0 8px; }
+figcaption { font-size: 13px; color: #59636e; margin-bottom: 4px; } td.ids { font-size: 12px; }
 """
 
 METRIC_COLUMNS = [("precision", "precision"), ("recall", "recall"), ("density", "density"),
@@ -132,26 +135,87 @@ def _grids(report: dict[str, Any], pictures: dict[str, Any], per_class: int) -> 
     if not pictures["synthetic"]:
         if not len(real[0]):
             return ""
-        caption, cell = "One row per class: training images.", 48
+        caption, cell, labelled = "One row per class: training images.", CELL, True
         if not (real[1] >= 0).any():  # unlabelled frames: a few rows of them, larger
             per_row = 4
-            shown = real[0][: per_row * 3]
-            real, names = (shown, np.arange(len(shown)) // per_row), ["", "", ""]
+            count = min(per_row * 3, len(real[0]))
+            real = (real[0][:count], np.arange(count) // per_row, None if real[2] is None else real[2][:count])
+            names, labelled = [""] * -(-count // per_row), False
             per_class, caption, cell = per_row, "Frames of this job (no class labels), at the metric size.", 96
-        png = sample_grid(real, (real[0][:0], real[1][:0]), names, per_class, cell=cell)
-        return f'<h2>Samples</h2><div class="grid">{_img(png, "samples")}</div><p class="caption">{caption}</p>'
+        grid = sample_grid(real, (real[0][:0], real[1][:0], None), names, per_class, cell=cell, row_labels=labelled)
+        return (f'<h2>Samples</h2><div class="grid">{_img(grid.png, "samples")}</div><p class="caption">{caption} '
+                f"Under each image its row id.</p>" + _shown_ids(grid.ids, names, ["training"]))
     parts = ["<h2>Samples: real (left) beside synthetic (right)</h2>"]
     for tag, synthetic in pictures["synthetic"].items():
-        labelled = synthetic[1] >= 0
-        if not labelled.any():  # unlabelled rows: one row of each
-            order = np.arange(min(per_class * 4, len(synthetic[0])))
-            synthetic = (synthetic[0][order], np.zeros(len(order), np.int64))
-            real = (real[0][: len(order)], np.zeros(min(len(order), len(real[0])), np.int64))
-            names = [UNLABELLED]
-        png = sample_grid(real, synthetic, names, per_class)
-        parts.append(f"<h3>{html.escape(tag)}</h3><div class='grid'>{_img(png, tag + ' samples')}</div>"
-                     f'<p class="caption">Rows: {", ".join(html.escape(n) for n in names)} (top to bottom). '
-                     f"Left block real, right block {html.escape(tag)}.</p>")
+        shown_real, shown_names = real, names
+        if not (synthetic[1] >= 0).any():  # unlabelled rows: one row of each
+            count = min(per_class * 4, len(synthetic[0]))
+            synthetic = (synthetic[0][:count], np.zeros(count, np.int64),
+                         None if synthetic[2] is None else synthetic[2][:count])
+            kept = min(count, len(real[0]))
+            shown_real = (real[0][:kept], np.zeros(kept, np.int64), None if real[2] is None else real[2][:kept])
+            shown_names = [UNLABELLED]
+        grid = sample_grid(shown_real, synthetic, shown_names, per_class)
+        parts.append(f"<h3>{html.escape(tag)}</h3><div class='grid'>{_img(grid.png, tag + ' samples')}</div>"
+                     f'<p class="caption">One row per class. Left block real training images, right block '
+                     f"{html.escape(tag)} rows; under each image its row id.</p>"
+                     + _shown_ids(grid.ids, shown_names, ["real", html.escape(tag)]))
+    return "\n".join(parts)
+
+
+LOOKUP = "pandas.read_parquet('OUT/shards', filters=[('id', '==', ID)])"  # a shown row's full record
+
+
+def _shown_ids(ids: list[list[list[str]]], names: list[str], blocks: list[str]) -> str:
+    """The ids under a grid's pictures as text to copy: per row (class), per block, left to right."""
+    if not any(any(block) for row in ids for block in row):
+        return ""
+    head = "".join(f'<th class="l">{b}</th>' for b in blocks[: len(ids[0]) if ids else 0])
+    rows = "".join(f'<tr><td class="l">{html.escape(name)}</td>'
+                   + "".join(f'<td class="l ids">{" ".join(f"<code>{html.escape(i)}</code>" for i in block)}</td>'
+                             for block in row) + "</tr>" for name, row in zip(names, ids))
+    return (f"<details><summary>Row ids shown, left to right (look one up: <code>{html.escape(LOOKUP)}</code>)"
+            f'</summary><table><tr><th class="l">class</th>{head}</tr>{rows}</table></details>')
+
+
+# The gallery's criteria (`augment.report.gallery`): each picture's heading.
+_GALLERY_TITLES = {
+    "realism": "Lowest realism: least like any real image",
+    "confidence": "Lowest classifier confidence in their own class",
+    "nearest": "Nearest to a training image: each row, then that training image",
+}
+
+
+def _gallery(pictures: dict[str, Any]) -> str:
+    gallery = pictures.get("gallery") or {}
+    if not gallery:
+        return ""
+    parts = ["<h2>Rows to look at first</h2>",
+             "<p class='caption'>Per class, among the rows the report analysed: the least realistic (stored realism; "
+             "below 1 lies outside every real k-NN ball), the ones the domain classifier least believes show their "
+             "class (stored confidence), and the nearest to a real training image in the first feature space "
+             "(<i>copy</i>: within the near-copy threshold). Under each image its row id and score; look a row up "
+             f"with <code>{html.escape(LOOKUP)}</code>.</p>"]
+    for tag, block in gallery.items():
+        parts.append(f"<h3>{html.escape(tag)}</h3>")
+        if len(block["classes"]) < block["class_count"]:
+            parts.append(f'<p class="note">Showing {len(block["classes"])} of {block["class_count"]} classes: those '
+                         "with the lowest median realism.</p>")
+        missing = [c for c in _GALLERY_TITLES if c not in block["criteria"]]
+        if missing:
+            parts.append(f"<p class='caption'>Not shown, no row has the score: {html.escape(', '.join(missing))}.</p>")
+        figures = "".join(f"<figure><figcaption>{_GALLERY_TITLES[c]}</figcaption><div class='grid'>"
+                          f"{_img(shown['png'], f'{tag}: {c}')}</div></figure>"
+                          for c, shown in block["criteria"].items())
+        parts.append(f"<div class='gallery'>{figures}</div>")
+        rows = "".join(
+            f'<tr><td class="l">{html.escape(c)}</td><td class="l">{html.escape(name)}</td><td class="l ids">'
+            + " ".join(f"<code>{html.escape(r['id'])}</code> {_fmt(r['score'], 2)}"
+                       + (f" (<code>{html.escape(r['train_id'])}</code>)" if r["train_id"] else "") for r in picked)
+            + "</td></tr>"
+            for c, shown in block["criteria"].items() for name, picked in zip(block["classes"], shown["rows"]) if picked)
+        parts.append("<details><summary>Their row ids and scores</summary><table><tr><th class='l'>criterion</th>"
+                     f"<th class='l'>class</th><th class='l'>rows, worst first</th></tr>{rows}</table></details>")
     return "\n".join(parts)
 
 
@@ -403,7 +467,8 @@ def _filter(report: dict[str, Any]) -> str:
 
 
 def render_html(report: dict[str, Any], pictures: dict[str, Any], per_class: int = 8) -> str:
-    body = [_header(report), _verdicts(report), _grids(report, pictures, per_class), _metric_tables(report),
+    body = [_header(report), _verdicts(report), _grids(report, pictures, per_class), _gallery(pictures),
+            _metric_tables(report),
             _sweep(report), _classifier(report), _utility(report), _judge(report, pictures, "label_preservation"),
             _judge(report, pictures, "label_consistency"),
             _adaptation(report), _filter(report)]

@@ -24,6 +24,7 @@ class RealImages:
     images: np.ndarray
     labels: np.ndarray
     masks: np.ndarray | None
+    ids: np.ndarray | None = None  # the source's record ids (= the real rows' shard ids); None: not known
 
     def __len__(self) -> int:
         return len(self.images)
@@ -42,6 +43,15 @@ class RealSide:
 
 
 @dataclass
+class NearestTrain:
+    """Each synthetic row's nearest real training image in the report's first feature space."""
+
+    distances: np.ndarray  # float64
+    indices: np.ndarray  # int64, into `RealSide.train`
+    near_copy_threshold: float | None  # at or below it a row counts as a near copy; None: not calibrated
+
+
+@dataclass
 class SyntheticRows:
     """The synthetic rows of one source the report looks at (a seeded subsample)."""
 
@@ -52,6 +62,8 @@ class SyntheticRows:
     masks: np.ndarray | None
     realism: np.ndarray  # stored row scores (nan where none)
     confidence: np.ndarray
+    ids: np.ndarray | None = None  # the shard `id` of each row (object array of str); None: not from shards
+    nearest: NearestTrain | None = None  # set once measured (`measure_features`)
 
 
 def read_synthetic(shards: Path, own_tag: str | None, size: int, channels: int, limit: int,
@@ -67,7 +79,8 @@ def read_synthetic(shards: Path, own_tag: str | None, size: int, channels: int, 
     wanted = sorted({str(t) for t in tags if own_tag is None or t != own_tag})
     if not wanted:
         return {}
-    table = pq.ParquetDataset([str(f) for f in files]).read(columns=["image", "label", "mask", "source", "scores"])
+    columns = ["id", "image", "label", "mask", "source", "scores"]
+    table = pq.ParquetDataset([str(f) for f in files]).read(columns=columns)
     out = {}
     for number, tag in enumerate(wanted):
         positions = np.flatnonzero(tags == tag)
@@ -84,7 +97,8 @@ def read_synthetic(shards: Path, own_tag: str | None, size: int, channels: int, 
             tag, int(np.sum(tags == tag)), images,
             np.array([-1 if r["label"] is None else r["label"] for r in rows], dtype=np.int64), masks,
             np.array([np.nan if s.get("realism") is None else s["realism"] for s in scores], dtype=np.float64),
-            np.array([np.nan if s.get("confidence") is None else s["confidence"] for s in scores], np.float64))
+            np.array([np.nan if s.get("confidence") is None else s["confidence"] for s in scores], np.float64),
+            ids=np.array([r["id"] for r in rows], dtype=object))
     return out
 
 

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import io
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from PIL import Image
 
-GRID_GAP = 6  # pixels between the real and the synthetic block
+from augment.report.tiles import CELL, Tile, tile_grid
 
 
 def _png(fig: Any) -> bytes:
@@ -29,28 +29,36 @@ def _figure(width: float, height: float) -> tuple[Any, Any]:
     return plt.subplots(figsize=(width, height))
 
 
-def sample_grid(real: tuple[np.ndarray, np.ndarray], synthetic: tuple[np.ndarray, np.ndarray],
-                class_names: list[str], per_class: int, cell: int = 48) -> bytes:
-    """One row per class: `per_class` real images, a gap, `per_class` synthetic ones."""
-    real_images, real_labels = real
-    fake_images, fake_labels = synthetic
-    channels = real_images.shape[3] if len(real_images) else fake_images.shape[3]
-    if not len(real_images) and not len(fake_images):
+@dataclass(frozen=True)
+class Grid:
+    """A sample grid's PNG and the ids it shows: per class row, per block (real, synthetic)."""
+
+    png: bytes
+    ids: list[list[list[str]]]
+
+
+Shown = tuple[np.ndarray, np.ndarray, np.ndarray | None]  # images, labels (-1: none), row ids (None: not known)
+
+
+def sample_grid(real: Shown, synthetic: Shown, class_names: list[str], per_class: int, cell: int = CELL,
+                row_labels: bool = True) -> Grid:
+    """One row per class: `per_class` real images, a gap, `per_class` synthetic ones; each tile
+    captioned with its row id."""
+    if not len(real[0]) and not len(synthetic[0]):
         raise ValueError("sample_grid: no images")
-    blocks = 2 if len(fake_images) else 1
-    width = blocks * per_class * cell + (blocks - 1) * GRID_GAP
-    canvas = np.full((len(class_names) * cell, width, 3), 255, np.uint8)
+    blocks = [real, synthetic] if len(synthetic[0]) else [real]
+    rows, ids = [], []
     for c in range(len(class_names)):
-        for block, (images, labels) in enumerate(((real_images, real_labels), (fake_images, fake_labels))):
-            picked = images[labels == c][:per_class]
-            for j, image in enumerate(picked):
-                rgb = np.repeat(image, 3, axis=2) if channels == 1 else image
-                tile = np.asarray(Image.fromarray(rgb).resize((cell, cell), Image.Resampling.NEAREST))
-                x = block * (per_class * cell + GRID_GAP) + j * cell
-                canvas[c * cell:(c + 1) * cell, x:x + cell] = tile
-    buffer = io.BytesIO()
-    Image.fromarray(canvas).save(buffer, format="PNG")
-    return buffer.getvalue()
+        row, row_ids = [], []
+        for images, labels, names in blocks:
+            picked = np.flatnonzero(labels == c)[:per_class]
+            shown = ["" if names is None else str(names[i]) for i in picked]
+            row.append([Tile(images[i], (name,) if name else ()) for i, name in zip(picked, shown)])
+            row_ids.append([name for name in shown if name])
+        rows.append(row)
+        ids.append(row_ids)
+    png = tile_grid(rows, [per_class] * len(blocks), row_labels=class_names if row_labels else None, cell=cell)
+    return Grid(png, ids)
 
 
 def per_class_bars(class_names: list[str], series: dict[str, list[float | None]], title: str,
