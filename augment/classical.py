@@ -218,4 +218,7 @@ class ClassicalAugmenter:
             seed=int(seed),
             parent_id=parent.id,
             scores=None,
+            # A transform of the parent is under the parent's terms (`licence` is kept); the
+            # library's own licence (albumentations: MIT) covers its code, not the images.
+            parent_licence=parent.licence,
         )

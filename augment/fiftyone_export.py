@@ -13,6 +13,7 @@ annotations become FiftyOne labels under the shard's own column names:
     scores.*            -> scores.* (every score, same names)
     id                  -> row_id; parent_id; parent_sample_id (the parent's FiftyOne sample id)
     source, seed, split, generator (name), checkpoint_sha256, sampling_params (params_json)
+    licence, parent_licence (None in shards from before rows recorded them)
 
 Tags: `real` or `synthetic` (any generated or augmented row), `holdout` for the holdout
 split, and the row's `source` (its family's name).
@@ -219,6 +220,8 @@ def to_sample(fo: Any, item: Row, class_names: list[str], media: MediaWriter) ->
         "generator": generator.get("name"),
         "checkpoint_sha256": generator.get("checkpoint_sha256"),
         "sampling_params": generator.get("params_json"),
+        "licence": row.get("licence"),
+        "parent_licence": row.get("parent_licence"),
     }
     if row["label"] is not None:
         fields["ground_truth"] = fo.Classification(label=class_names[row["label"]])
@@ -242,7 +245,7 @@ def to_sample(fo: Any, item: Row, class_names: list[str], media: MediaWriter) ->
 
 
 STRING_FIELDS = ("row_id", "row_sha256", "split", "source", "parent_id", "parent_sample_id", "generator",
-                 "checkpoint_sha256", "sampling_params")
+                 "checkpoint_sha256", "sampling_params", "licence", "parent_licence")
 
 
 def open_dataset(fo: Any, name: str) -> Any:

@@ -67,6 +67,9 @@ class Sample:
     seed: int | None = None
     parent_id: str | None = None
     scores: Scores | None = None
+    # The terms of the row and of its parent sample (see augment.licences); None: not recorded.
+    licence: str | None = None
+    parent_licence: str | None = None
 
     @property
     def height(self) -> int:

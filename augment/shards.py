@@ -44,8 +44,12 @@ ROW_GROUP_ROWS = 64
 PARQUET_COMPRESSION = "zstd"
 _PNG_COLUMNS = ("image", "mask", "instances", "depth")
 # Statistics (for readers' row-group filters) only on small columns, not on PNG bytes.
-_STATISTICS_COLUMNS = ["id", "height", "width", "label", "label_name", "source", "seed", "parent_id"]
-_DICTIONARY_COLUMNS = ["label_name", "source"]
+_STATISTICS_COLUMNS = ["id", "height", "width", "label", "label_name", "source", "seed", "parent_id", "licence",
+                       "parent_licence"]
+_DICTIONARY_COLUMNS = ["label_name", "source", "licence", "parent_licence"]
+# `licence` and `parent_licence` (augment.licences) came after the first shards: they are the last
+# columns, and readers take a shard without them as one whose rows recorded no licence.
+LICENCE_COLUMNS = ("licence", "parent_licence")
 
 
 # ---------------------------------------------------------------- schema
@@ -83,6 +87,8 @@ def _hf_features(class_names: list[str]) -> dict[str, Any]:
         "seed": _value("int64"),
         "parent_id": _value("string"),
         "scores": {k: _value("float32") for k in SCORE_NAMES},
+        "licence": _value("string"),
+        "parent_licence": _value("string"),
     }
 
 
@@ -156,6 +162,8 @@ def shard_schema(class_names: list[str]) -> pa.Schema:
         pa.field("seed", pa.int64()),
         pa.field("parent_id", pa.string()),
         pa.field("scores", _SCORES),
+        pa.field("licence", pa.string()),
+        pa.field("parent_licence", pa.string()),
     ])
     meta = {
         b"synthaug": json.dumps({"schema_version": SCHEMA_VERSION, "class_names": class_names}),
@@ -205,6 +213,9 @@ def samples_to_table(samples: Sequence[Sample], class_names: list[str], *,
             if plane is not None and (plane.dtype != np.uint16 or plane.shape != s.image.shape[:2]):
                 raise ValueError(f"sample {s.id!r}: {key} must be uint16 of shape {s.image.shape[:2]}, "
                                  f"got {plane.dtype} {plane.shape}")
+        for key in LICENCE_COLUMNS:
+            if getattr(s, key) is not None and not isinstance(getattr(s, key), str):
+                raise ValueError(f"sample {s.id!r}: {key} must be a string or None, got {getattr(s, key)!r}")
         g, sc = s.generator, s.scores
         rows.append({
             "id": s.id,
@@ -222,6 +233,8 @@ def samples_to_table(samples: Sequence[Sample], class_names: list[str], *,
             "seed": s.seed,
             "parent_id": s.parent_id,
             "scores": None if sc is None else asdict(sc),
+            "licence": s.licence,
+            "parent_licence": s.parent_licence,
         })
     return pa.Table.from_pylist(rows, schema=schema)
 
@@ -251,6 +264,8 @@ def table_to_samples(table: pa.Table) -> list[Sample]:
             seed=row["seed"],
             parent_id=row["parent_id"],
             scores=None if row["scores"] is None else Scores(**row["scores"]),  # old shards: fewer fields
+            licence=row.get("licence"),  # shards from before licences were recorded have no such column
+            parent_licence=row.get("parent_licence"),
         ))
     return samples
 

@@ -53,6 +53,21 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+def _check_licence(value: Any) -> str:
+    from augment.licences import check_licence
+
+    return check_licence(value)
+
+
+# An SPDX id ("CC-BY-4.0") or free text ("proprietary"): the `licence` column of the rows (augment.licences).
+Licence = Annotated[str, BeforeValidator(_check_licence)]
+
+
+def licence_field(default: str) -> Any:
+    """A section's optional `licence` (left out of dumps, and so of hashes, when unset)."""
+    return Field(None, description=f"the terms of the rows it gives (SPDX id or free text; default: {default})")
+
+
 # --- source ---------------------------------------------------------------------------
 
 
@@ -62,6 +77,9 @@ class DigitsSourceConfig(_Strict):
     kind: Literal["digits"]
     image_size: int = Field(32, ge=8, le=512)
     color: Color = "rgb"
+    licence: Licence | None = licence_field("CC-BY-4.0, the UCI data set's")
+
+    _omit_unset_licence = omit_when_none("licence")
 
 
 class FolderSourceConfig(_Strict):
@@ -74,6 +92,9 @@ class FolderSourceConfig(_Strict):
     color: Color = "rgb"
     image_size: int | None = Field(None, ge=8, le=4096)
     max_pixels: int = Field(40_000_000, gt=0)
+    licence: Licence | None = licence_field("unknown")
+
+    _omit_unset_licence = omit_when_none("licence")
 
 
 def _width_with_height(config: Any, alternative: str = "") -> None:
@@ -96,6 +117,7 @@ class CocoSourceConfig(_Strict):
                                                                "and resized; default: as stored")
     height: int | None = Field(None, ge=8, le=4096, description="with width")
     max_pixels: int = Field(40_000_000, gt=0)
+    licence: Licence | None = licence_field("unknown")
 
     @model_validator(mode="after")
     def _both_sides(self) -> CocoSourceConfig:
@@ -103,7 +125,7 @@ class CocoSourceConfig(_Strict):
         return self
 
     # Absent sizes are left out, so a config without them dumps (and hashes, so resumes) as before.
-    _omit_unused_shape = omit_when_none("width", "height")
+    _omit_unused_shape = omit_when_none("width", "height", "licence")
 
 
 class FiftyOneSourceConfig(_Strict):
@@ -116,6 +138,9 @@ class FiftyOneSourceConfig(_Strict):
     detections_field: str | None = Field(None, description="a Detections field: each sample's boxes")
     color: Color = "rgb"
     max_pixels: int = Field(40_000_000, gt=0)
+    licence: Licence | None = licence_field("unknown")
+
+    _omit_unset_licence = omit_when_none("licence")
 
 
 def _location(value: Any) -> Any:
@@ -136,6 +161,9 @@ class ParquetSourceConfig(_Strict):
     kind: Literal["parquet"]
     path: Annotated[Path | str, BeforeValidator(_location)] = Field(
         description="a folder, one shard file, or a job's s3://bucket/prefix/shards (read through its manifest)")
+    licence: Licence | None = licence_field("each row's own `licence` column, else unknown")
+
+    _omit_unset_licence = omit_when_none("licence")
 
 
 class _SimulatorConfig(_Strict):
@@ -144,6 +172,7 @@ class _SimulatorConfig(_Strict):
     kind: Literal["simulator"]
     frames: int = Field(1000, ge=1, le=10_000_000)
     seed: int | None = Field(None, ge=0, lt=2**63, description="default: the job's seed")
+    licence: Licence | None = licence_field("the project's licence, MIT: the renders are its own work")
 
 
 class StreetSimulatorConfig(_SimulatorConfig):
@@ -181,7 +210,7 @@ class StreetSimulatorConfig(_SimulatorConfig):
         return self
 
     # The frame fields not in use are left out, so a square config dumps (and hashes) as before.
-    _omit_unused_shape = omit_when_none("image_size", "width", "height")
+    _omit_unused_shape = omit_when_none("image_size", "width", "height", "licence")
 
     @property
     def frame_size(self) -> tuple[int, int]:
@@ -197,6 +226,8 @@ class DigitsSimulatorConfig(_SimulatorConfig):
     family: Literal["digits"]
     image_size: int = Field(32, ge=8, le=512)
     controls: DigitsControls = DigitsControls()
+
+    _omit_unset_licence = omit_when_none("licence")
 
 
 SimulatorSourceConfig = Annotated[StreetSimulatorConfig | DigitsSimulatorConfig, Field(discriminator="family")]
@@ -219,6 +250,7 @@ class ExternalSourceConfig(_Strict):
                                                                "crop of that aspect ratio, resized (not stretched)")
     height: int | None = Field(None, ge=8, le=4096, description="with width, instead of image_size")
     max_pixels: int = Field(40_000_000, gt=0)
+    licence: Licence | None = licence_field("unknown: the simulator's or game's terms")
 
     @model_validator(mode="after")
     def _one_frame_shape(self) -> ExternalSourceConfig:
@@ -229,7 +261,7 @@ class ExternalSourceConfig(_Strict):
         return self
 
     # Absent sizes are left out, so a config without them dumps (and hashes, so resumes) as before.
-    _omit_unused_shape = omit_when_none("width", "height")
+    _omit_unused_shape = omit_when_none("width", "height", "licence")
 
 
 SourceConfig = Annotated[
@@ -350,11 +382,15 @@ class StepConfig(_Strict):
                                                           "unused); its training split is fitted on, its holdout "
                                                           "is what the report compares with")
     from_pretrained: Path | None = Field(None, description="a local saved generator: sample it, skip the fit")
+    licence: Licence | None = Field(None, description="the terms of the rows this step makes (SPDX id or free "
+                                                      "text; default: its checkpoint's, else unknown)")
     train_workers: int = Field(1, ge=1, le=1024, description="Ray Train workers (DDP)")
     checkpoint_every: int = Field(250, ge=1, description="steps between saved states and sample grids")
     # The family's own models (validated by `_family_section`); absent means all defaults.
     fit: SerializeAsAny[Hyperparameters] = Field(None, validate_default=True)  # type: ignore[assignment]
     sample: SerializeAsAny[Hyperparameters] = Field(None, validate_default=True)  # type: ignore[assignment]
+
+    _omit_unset_licence = omit_when_none("licence")
 
     @model_validator(mode="before")
     @classmethod

@@ -26,7 +26,9 @@ import numpy as np
 
 from augment.errors import ConfigError
 from augment.generators import trainer
+from augment.generators.checkpoint_licence import write_checkpoint_licence
 from augment.generators.family import DataShape, Family, TrainingData
+from augment.licences import combine_licences, licensed
 from augment.sources.base import SourceRecord
 from jobs.config import StepConfig
 
@@ -38,14 +40,16 @@ MAX_FIT_FAILURES = 3
 NODES_FILE = "nodes.json"
 
 
-def training_data(source: Any, records: list[SourceRecord], family: type[Family], where: str) -> TrainingData:
-    """The usable training records as arrays (one image size required). Class-conditional
-    families learn from labelled records only; label-map families need every record's mask."""
+def training_data(source: Any, records: list[SourceRecord], family: type[Family], where: str,
+                  licence: str | None = None) -> TrainingData:
+    """The usable training records as arrays (one image size required), with their licences
+    combined (`licence`: the source config's). Class-conditional families learn from labelled
+    records only; label-map families need every record's mask."""
     if family.request == "class":
         records = [r for r in records if r.label is not None]
     if not records:
         raise ConfigError(f"{where}: no usable training records to fit {family.name} on")
-    samples = [source.load(r) for r in records]
+    samples = [licensed(source.load(r), licence) for r in records]
     shapes = sorted({s.image.shape for s in samples})
     if len(shapes) != 1:
         raise ConfigError(f"{where}: training images come in {len(shapes)} sizes ({shapes[:3]}...); "
@@ -57,14 +61,17 @@ def training_data(source: Any, records: list[SourceRecord], family: type[Family]
         missing = next(s.id for s in samples if s.mask is None)
         raise ConfigError(f"{where}: {family.name} learns from label maps, but record {missing!r} has no mask")
     labels = np.array([-1 if s.label is None else s.label for s in samples], dtype=np.int64)
-    return TrainingData(np.stack([s.image for s in samples]), labels, masks)
+    return TrainingData(np.stack([s.image for s in samples]), labels, masks,
+                        licence=combine_licences(s.licence for s in samples))
 
 
 MIN_TARGET_IMAGES = 8
 
 
-def target_images(step: StepConfig, job_seed: int, holdout: float, like: np.ndarray, where: str) -> np.ndarray:
-    """The target domain's training split as uint8 M×H×W×C, like the source images `like`.
+def target_images(step: StepConfig, job_seed: int, holdout: float, like: np.ndarray,
+                  where: str) -> tuple[np.ndarray, str]:
+    """The target domain's training split as uint8 M×H×W×C, like the source images `like`, and
+    the licence of those images (combined).
 
     Conversions, documented because they change what is learnt: each image gets the source's
     channel count (grey to RGB by repetition, RGB to grey by luma) and its size (the centred crop
@@ -80,8 +87,9 @@ def target_images(step: StepConfig, job_seed: int, holdout: float, like: np.ndar
     source, records, _ = open_other_source(step.target, holdout, job_seed)
     height, width, channels = like.shape[1:4]
     skipped: list[str] = []
-    images = [crop_resize(match_channels(sample.image, channels), height, width)
-              for _, sample in loaded(source, records, f"{where}.target", skipped)]
+    samples = [licensed(sample, step.target.licence) for _, sample in loaded(source, records, f"{where}.target",
+                                                                             skipped)]
+    images = [crop_resize(match_channels(sample.image, channels), height, width) for sample in samples]
     if skipped:
         log.warning("%s.target: skipped %d unusable images (%s%s)", where, len(skipped), skipped[0],
                     ", ..." if len(skipped) > 1 else "")
@@ -89,7 +97,23 @@ def target_images(step: StepConfig, job_seed: int, holdout: float, like: np.ndar
         raise ConfigError(f"{where}.target: {len(images)} usable target training images "
                           f"({len(records)} in the training split, {len(skipped)} unusable); {step.kind} needs at "
                           f"least {MIN_TARGET_IMAGES}")
-    return np.stack(images)
+    return np.stack(images), combine_licences(s.licence for s in samples)
+
+
+def fit_licence(step: StepConfig, data: TrainingData, where: str) -> str:
+    """What a model this step fits is under: its training data's licence, and that of any
+    pretrained weights its `fit:` section names by folder (a base model it builds on)."""
+    from augment.generators.checkpoint_licence import checkpoint_licence
+    from augment.licences import UNKNOWN
+
+    licences = [data.licence]
+    for name, value in step.fit:
+        if isinstance(value, Path) and value.is_dir():
+            try:
+                licences.append(checkpoint_licence(value) or UNKNOWN)
+            except ValueError as error:
+                raise ConfigError(f"{where}.fit.{name}: {error}") from None
+    return combine_licences(licences)
 
 
 def train_loop_per_worker(loop: dict[str, Any]) -> None:
@@ -143,7 +167,7 @@ def _writable(data: TrainingData) -> TrainingData:
     on every `from_numpy` of one; a family that wrote to one would fail)."""
     copy = {name: None if value is None else np.array(value) for name, value in
             (("images", data.images), ("labels", data.labels), ("masks", data.masks), ("target", data.target))}
-    return TrainingData(**copy)
+    return TrainingData(**copy, licence=data.licence)
 
 
 def _worker_resources(workers: int, num_gpus_per_worker: float) -> dict[str, float]:
@@ -171,9 +195,10 @@ def _record_nodes(folder: Path, nodes: list[str]) -> None:
 
 
 def fit_step(step: StepConfig, *, family_ref: str, shape: DataShape, seed: int, data: TrainingData,
-             sample_kwargs: dict[str, Any], folder: Path, num_gpus_per_worker: float) -> Path:
-    """Fit under Ray Train unless `folder/model` exists already; returns the model folder.
-    A worker that dies or raises restarts the workers from the last state (`MAX_FIT_FAILURES`)."""
+             sample_kwargs: dict[str, Any], folder: Path, num_gpus_per_worker: float, licence: str) -> Path:
+    """Fit under Ray Train unless `folder/model` exists already; returns the model folder, with
+    `licence` (its training data's) recorded in it. A worker that dies or raises restarts the
+    workers from the last state (`MAX_FIT_FAILURES`)."""
     import ray
     from ray.train import FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
@@ -184,6 +209,7 @@ def fit_step(step: StepConfig, *, family_ref: str, shape: DataShape, seed: int, 
     model_dir = folder / "model"
     if model_dir.is_dir():
         log.info("fit %s: already done (%s)", step.kind, model_dir)
+        write_checkpoint_licence(model_dir, licence)  # a run stopped right after the fit had not
         return model_dir
     states, grids = folder / "states", folder / "grids"
     states.mkdir(parents=True, exist_ok=True)
@@ -221,4 +247,5 @@ def fit_step(step: StepConfig, *, family_ref: str, shape: DataShape, seed: int, 
         _record_nodes(folder, ray.get(loop["progress"].nodes.remote("fit")))
     if not model_dir.is_dir():
         raise RuntimeError(f"fit {step.kind}: training finished without saving {model_dir}")
+    write_checkpoint_licence(model_dir, licence)
     return model_dir

@@ -11,6 +11,7 @@ import pyarrow.parquet as pq
 
 from augment.errors import ConfigError
 from augment.report.inputs import UNLABELLED
+from augment.report.licences import licence_counts, licence_lines
 from augment.shards import read_manifest, verify_shards
 from augment.store import Folder
 
@@ -74,6 +75,11 @@ def inspect_job(out: Path | str) -> tuple[str, list[str]]:
         files = [entry.file for entry in manifest.shards]
         counts = _cross_counts(folder, files)
         sections.append(_table(f"\n{split}/ ({len(files)} shards)", counts, manifest.class_names))
+        try:
+            present = set(folder.names())
+            sections.append(licence_lines(licence_counts(folder, [f for f in files if f in present])))
+        except (OSError, ValueError, pa.ArrowException):
+            pass  # unreadable shards: verify_shards names them among the problems
         problems += [f"{split}/{p}" for p in verify_shards(folder)]
     if not found_any and not job:
         raise ConfigError(f"{out}: holds no shards/ folder; is it a synthaug job folder?")

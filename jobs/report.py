@@ -31,6 +31,7 @@ from augment.report.assemble import (
 )
 from augment.report.files import write_report as write_report_files
 from augment.report.inputs import RealSide, SyntheticRows, read_synthetic
+from augment.report.licences import licence_summary
 from augment.report.preservation import mask_class_accuracy, preservation_summary, read_scored, worst_pictures
 from jobs.config import JobConfig
 from jobs.quality import load_domain, load_extractor, load_task_model
@@ -191,6 +192,7 @@ def build_report(config: JobConfig, out: Path, real: RealSide, quality: dict[str
             mask_class_accuracy(task_model, shards, report[judge], class_names, config.report.max_per_source,
                                 config.seed)
         report[f"{judge}_model"] = None if task_model is None else task_model.describe()
+    report["licences"] = licence_summary(out)  # rows per licence, from every published shard
     report["seconds"] = round(time.monotonic() - started, 1)
     return report, synthetic
 

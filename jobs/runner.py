@@ -252,7 +252,8 @@ class JobRunner:
     def fit(self, number: int, listed: ListedSource, rejected: dict[str, Any], plan: Plan) -> dict[str, Any]:
         """Fit generate step `number` (or take its `from_pretrained`); the workers' settings for it."""
         from augment.generators.family import DataShape
-        from jobs.fit import fit_nodes, fit_step, target_images, training_data
+        from augment.licences import combine_licences
+        from jobs.fit import fit_licence, fit_nodes, fit_step, target_images, training_data
         from jobs.registry import family_ref
 
         step = self.config.generate[number]
@@ -271,10 +272,11 @@ class JobRunner:
             stages[step.kind] = {"status": "pretrained", "model": str(model_dir)}
             self._save_job()
         else:
-            data = training_data(listed.source, usable, family, where)
+            data = training_data(listed.source, usable, family, where, self.config.source.licence)
             if family.needs_target:
-                data = replace(data, target=target_images(step, self.config.seed, self.config.split.holdout,
-                                                          data.images, where))
+                target, licence = target_images(step, self.config.seed, self.config.split.holdout, data.images,
+                                                where)
+                data = replace(data, target=target, licence=combine_licences([data.licence, licence]))
             height, width = data.images.shape[1:3]
             shape = DataShape(height, data.images.shape[3], tuple(plan.class_names), None if width == height else width)
             try:  # hyperparameters that do not suit the data are the config's fault, said before Ray Train
@@ -291,17 +293,20 @@ class JobRunner:
             self._save_job()
             model_dir = fit_step(step, family_ref=family_ref(family), shape=shape, seed=self.config.seed, data=data,
                                  sample_kwargs=step_sample_kwargs(step, plan.class_names, where), folder=folder,
-                                 num_gpus_per_worker=self.config.execution.num_gpus_per_worker)
+                                 num_gpus_per_worker=self.config.execution.num_gpus_per_worker,
+                                 licence=fit_licence(step, data, where))
             stages[step.kind] = {"status": "done", "model": str(model_dir), "nodes": fit_nodes(folder),
                                  "trained_on": trained_on}
             self._save_job()
             if self.store is not None:  # a resume on another machine samples from these weights
                 self.store.push()
         spec: dict[str, Any] = {
-            "family": family_ref(family), "dir": str(model_dir),
+            "family": family_ref(family), "dir": str(model_dir), "licence": step_licence(step, model_dir, where),
             "sample": step_sample_kwargs(step, plan.class_names, where),
             "device": "cuda" if self.config.execution.num_gpus_per_worker > 0 else "cpu",
         }
+        stages[step.kind]["licence"] = spec["licence"]  # what its rows record, for a person reading job.json
+        self._save_job()
         if step.transforms:
             spec["map_transforms"] = [t.as_spec() for t in step.transforms]
         if step.simulator is not None:  # maps: simulator
@@ -599,6 +604,24 @@ def step_sample_kwargs(step: Any, class_names: list[str], where: str) -> dict[st
         return step.family.sample_kwargs(step.sample, class_names)
     except ValueError as error:
         raise ConfigError(f"{where}.sample: {error}") from None
+
+
+def step_licence(step: Any, model_dir: Path, where: str) -> str:
+    """The licence of a step's rows: its `licence:`, else the one its checkpoint names (a fitted
+    model's: its training data's), else `unknown`, said in a warning (never guessed)."""
+    from augment.generators.checkpoint_licence import checkpoint_licence
+    from augment.licences import UNKNOWN
+
+    if step.licence is not None:
+        return step.licence
+    try:
+        found = checkpoint_licence(model_dir)
+    except ValueError as error:
+        raise ConfigError(f"{where}: {error}") from None
+    if found is None:
+        log.warning("%s: %s names no licence; its rows record %r (set `licence:` on the step to name it)",
+                    where, model_dir, UNKNOWN)
+    return found or UNKNOWN
 
 
 def summarize_rejections(rejected: list[dict[str, str]]) -> str:

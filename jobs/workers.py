@@ -24,6 +24,7 @@ from pydantic import TypeAdapter
 
 from augment.errors import InputRejected
 from augment.generators.base import SampleRequest, checkpoint_sha256
+from augment.licences import UNKNOWN, licensed
 from augment.sample import GeneratorInfo, Sample, Scores
 from augment.seeding import derive_seed
 from augment.shards import samples_to_table
@@ -79,7 +80,9 @@ class ShardWorker:
         self.max_retries = max_retries
         self._attempt_rows = 0  # rows this attempt at a shard added to the bar (taken back if it fails)
         self._attempt: tuple[str | None, str | None] = (None, None)  # (shard, attempt id) the rows count for
-        self.source = build_source(_SOURCE_ADAPTER.validate_python(source_config), job_seed)
+        source = _SOURCE_ADAPTER.validate_python(source_config)
+        self.source = build_source(source, job_seed)
+        self.source_licence = source.licence  # the config's, over what the source knows
         self.job_seed = job_seed
         self.map_frames: dict[str, Any] = {}  # `maps: simulator` steps' frames, built when first needed
         self.augmenter = None
@@ -107,16 +110,17 @@ class ShardWorker:
             self.steps[kind] = StepSampler(kind, self.generators[kind])
         return self.steps[kind]
 
-    def _parents(self, shard: ShardSpec) -> Any:
-        """Where the shard's parent records load from: the job's source, or a step's simulator frames."""
+    def _parents(self, shard: ShardSpec) -> tuple[Any, str | None]:
+        """Where the shard's parent records load from, the job's source or a step's simulator
+        frames, and the licence their config gives (None: the one the source knows)."""
         kind = shard.maps_from
         if kind is None:
-            return self.source
+            return self.source, self.source_licence
         if kind not in self.map_frames:
             from jobs.maps import MapFrames
 
             self.map_frames[kind] = MapFrames.from_json(kind, self.generators[kind]["maps"], self.job_seed)
-        return self.map_frames[kind]
+        return self.map_frames[kind], self.map_frames[kind].config.licence
 
     def _children(self, base: Sample, children: Any, shard: ShardSpec) -> list[Sample]:
         if not len(children):
@@ -132,9 +136,9 @@ class ShardWorker:
 
     def make_samples(self, shard: ShardSpec) -> list[Sample]:
         samples: list[Sample] = []
-        source = self._parents(shard)
+        source, licence = self._parents(shard)
         for parent in shard.parents:
-            real = source.load(parent.record)
+            real = licensed(source.load(parent.record), licence)
             made: list[Sample] = [real] if shard.include_real else []
             mapped: dict[str, list[Sample]] = {}
             for rows in parent.mapped:
@@ -238,6 +242,7 @@ class StepSampler:
         from jobs.registry import resolve
 
         self.kind = kind
+        self.licence = spec.get("licence") or UNKNOWN  # of every row this step makes (`jobs.runner.step_licence`)
         self.family = resolve(spec["family"])
         self.sampler = self.family.from_pretrained(Path(spec["dir"]), spec["device"])
         # Every row records the weights it came from, whether or not the family's sampler says.
@@ -260,7 +265,8 @@ class StepSampler:
         generator = sample.generator or GeneratorInfo(self.kind, None, json.dumps(self.kwargs, sort_keys=True))
         if generator.checkpoint_sha256 is None:
             generator = replace(generator, checkpoint_sha256=self.checkpoint)
-        return replace(sample, id=row_id, seed=int(seed), source=self.kind, generator=generator)
+        return replace(sample, id=row_id, seed=int(seed), source=self.kind, generator=generator,
+                       licence=self.licence, parent_licence=None)
 
     def from_classes(self, specs: list[Any]) -> list[Sample]:
         request = SampleRequest(labels=[s.label for s in specs], seeds=[s.seed for s in specs],
@@ -291,7 +297,7 @@ class StepSampler:
                                  "labels must keep the geometry")
             out.append(replace(self._stamped(sample, spec.id, spec.seed), label=record.label, mask=parent.mask,
                                instances=parent.instances, depth=parent.depth, boxes=list(parent.boxes),
-                               parent_id=record.id))
+                               parent_id=record.id, parent_licence=record.licence))
         return out
 
 

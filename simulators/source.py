@@ -15,6 +15,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from augment.errors import ConfigError
+from augment.licences import PROJECT_LICENCE
 from augment.sample import GeneratorInfo, Sample
 from augment.seeding import derive_seed
 from augment.sources.base import SourceRecord
@@ -113,6 +114,7 @@ class SimulatorSource:
             generator=GeneratorInfo(name=f"simulator/{self.family.name}",
                                     params_json=json.dumps(params, sort_keys=True, separators=(",", ":"))),
             seed=frame_seed(self.seed, index),
+            licence=PROJECT_LICENCE,  # the project's own renders
         )
 
 

@@ -57,6 +57,8 @@ def test_export_carries_labels_fields_and_tags_and_reexport_changes_nothing(sim_
     for row_id, row in shard_rows.items():
         sample = by_row[row_id]
         assert sample.source == row["source"] and sample.seed == row["seed"] and sample.parent_id == row["parent_id"]
+        assert (sample.licence, sample.parent_licence) == (row["licence"], row["parent_licence"])
+        assert sample.licence == "MIT"  # the project's own simulator renders, and their classical children
         assert sample.ground_truth.label == row["label_name"]
         assert ("synthetic" in sample.tags) == (row["source"] == "classical") and row["source"] in sample.tags
         mask = np.asarray(Image.open(sample.segmentation.mask_path))

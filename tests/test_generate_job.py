@@ -54,6 +54,12 @@ def test_fit_then_sample_meets_the_quota_with_recorded_checkpoint(fitted: Path) 
     assert sorted(p.name for p in (folder / "grids").iterdir()) == ["step-00000003.png", "step-00000006.png"]
     job = json.loads((fitted / "job.json").read_text())
     assert job["stages"]["fit"]["cgan"]["status"] == "done"
+    # The fitted model is under its training data's licence (the digits'), recorded in its folder.
+    assert json.loads((folder / "model" / "licence.json").read_text())["licence"] == "CC-BY-4.0"
+    licences = pq.read_table(fitted / "shards", columns=["source", "licence", "parent_licence"]).to_pylist()
+    assert {(r["source"], r["licence"], r["parent_licence"]) for r in licences} == {
+        ("real", "CC-BY-4.0", None), ("cgan", "CC-BY-4.0", None)}
+    assert job["stages"]["fit"]["cgan"]["licence"] == "CC-BY-4.0"
 
 
 def diffusion_config(**generate: object):

@@ -85,7 +85,8 @@ def test_png_helpers_round_trip_and_are_deterministic():
 def test_schema_columns_and_metadata():
     schema = shard_schema(CLASSES)
     assert schema.names == ["id", "image", "height", "width", "label", "label_name", "mask", "instances",
-                            "depth", "boxes", "source", "generator", "seed", "parent_id", "scores"]
+                            "depth", "boxes", "source", "generator", "seed", "parent_id", "scores", "licence",
+                            "parent_licence"]
     assert str(schema.field("image").type) == "struct<bytes: binary, path: string>"
     assert str(schema.field("label").type) == "int64"
     meta = json.loads(schema.metadata[b"synthaug"])

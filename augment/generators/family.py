@@ -107,12 +107,16 @@ class TrainingData:
     masks uint16 N×H×W when every record has one (label-map families need them).
 
     `target`: for a family that `needs_target` (domain transfer), the target domain's images
-    (uint8 M×H×W×C, the size of `images`; their labels are never used)."""
+    (uint8 M×H×W×C, the size of `images`; their labels are never used).
+
+    `licence`: the terms of all these images (`augment.licences.combine_licences`), which a
+    model fitted on them is under; the job records it in the checkpoint, families ignore it."""
 
     images: np.ndarray
     labels: np.ndarray
     masks: np.ndarray | None = None
     target: np.ndarray | None = None
+    licence: str | None = None
 
 
 class Sampler(Protocol):

@@ -17,7 +17,7 @@ import numpy as np
 
 from augment.report.compare import fd_title
 from augment.report.inputs import UNLABELLED
-from augment.report.verdict import grade_rules
+from augment.report.licences import licence_section
 from augment.report.plots import (
     per_class_bars,
     precision_recall_scatter,
@@ -25,6 +25,7 @@ from augment.report.plots import (
     sweep_plot,
 )
 from augment.report.tiles import CELL
+from augment.report.verdict import grade_rules
 
 STYLE = """
 body { font-family: system-ui, -apple-system, 'Segoe UI', sans-serif; margin: 0 auto; max-width: 1180px;
@@ -472,6 +473,7 @@ def render_html(report: dict[str, Any], pictures: dict[str, Any], per_class: int
             _sweep(report), _classifier(report), _utility(report), _judge(report, pictures, "label_preservation"),
             _judge(report, pictures, "label_consistency"),
             _adaptation(report), _filter(report)]
+    body.append(licence_section(report))  # rows per licence (augment.report.licences)
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>synthaug report — "
             f"{html.escape(report['job']['name'])}</title><style>{STYLE}</style></head><body>"
             + "\n".join(body) + "</body></html>\n")

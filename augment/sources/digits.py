@@ -1,7 +1,7 @@
 """scikit-learn's handwritten digits as a built-in source.
 
 1,797 8x8 gray images with values 0..16, bundled with scikit-learn (no download), so the
-quickstart and the tests run offline.
+quickstart and the tests run offline. Licensed CC BY 4.0 (`augment.licences.DIGITS_LICENCE`).
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import numpy as np
 
 from augment.errors import ConfigError, InputRejected
 from augment.images import Color, check_color, resize_image
+from augment.licences import DIGITS_LICENCE
 from augment.sample import Sample
 from augment.sources.base import SourceRecord
 
@@ -63,4 +64,4 @@ class DigitsSource:
         image = resize_image(images[index][..., None], self.image_size)
         if self.color == "rgb":
             image = np.repeat(image, 3, axis=2)
-        return Sample(id=record.id, image=image, label=int(targets[index]), source="real")
+        return Sample(id=record.id, image=image, label=int(targets[index]), source="real", licence=DIGITS_LICENCE)

@@ -2,7 +2,8 @@
 
 Reads the columns directly with pyarrow (no dependency on the shard writer): `id`,
 `image` and `mask`/`instances`/`depth` (PNG bytes in the `datasets` Image layout, a struct
-of `bytes` and `path`), `label`, `label_name`, `boxes`. Class names and schema version come
+of `bytes` and `path`), `label`, `label_name`, `boxes`, and `licence` (a row's terms stay its
+own; absent in shards from before licences were recorded). Class names and schema version come
 from the file's key-value metadata key `synthaug`. Listing reads only `id` and `label`;
 `load` reads one row group at a time and keeps the last one for the next record.
 
@@ -390,6 +391,7 @@ class ParquetSource:
             instances=maps["instances"],
             depth=maps["depth"],
             source="real",
+            licence=row.get("licence"),  # the row's own terms travel with it (None: not recorded)
         )
 
 
