@@ -38,6 +38,7 @@ from augment.shards import (
 from augment.store import Folder, is_remote
 from augment.sources.base import SourceRecord
 from jobs.config import JobConfig
+from jobs.job_file import JOB_FILE, job_relative
 from jobs.lock import LOCK_NAME, JobLock
 from jobs.maps import map_frames
 from jobs.plan import Plan, ShardSpec, make_plan, split_records
@@ -47,7 +48,6 @@ from jobs.sources import build_source
 
 log = logging.getLogger("synthaug")
 
-JOB_FILE = "job.json"
 REJECTED_FILE = "rejected.jsonl"
 CONTACT_SHEET_FILE = "contact_sheet.png"
 CONTACT_SHEET_FRAMES = 16
@@ -268,7 +268,7 @@ class JobRunner:
             if family.request != "parent" and list(sampler.class_names) != plan.class_names:
                 raise ConfigError(f"{where}.from_pretrained: {model_dir} was trained on the classes "
                                   f"{list(sampler.class_names)}, not the source's {plan.class_names}")
-            stages[step.kind] = {"status": "pretrained", "model": str(model_dir)}
+            stages[step.kind] = {"status": "pretrained", "model": job_relative(model_dir, self.out)}
             self._save_job()
         else:
             data = training_data(listed.source, usable, family, where)
@@ -286,12 +286,13 @@ class JobRunner:
             except ValueError as error:
                 raise ConfigError(f"{where}: {error}") from None
             folder = self.out / "checkpoints" / step.kind
-            stages[step.kind] = {"status": "running", "folder": str(folder)}
+            stages[step.kind] = {"status": "running", "folder": job_relative(folder, self.out)}
             self._save_job()
             model_dir = fit_step(step, family_ref=family_ref(family), shape=shape, seed=self.config.seed, data=data,
                                  sample_kwargs=step_sample_kwargs(step, plan.class_names, where), folder=folder,
                                  num_gpus_per_worker=self.config.execution.num_gpus_per_worker)
-            stages[step.kind] = {"status": "done", "model": str(model_dir), "nodes": fit_nodes(folder)}
+            stages[step.kind] = {"status": "done", "model": job_relative(model_dir, self.out),
+                                 "nodes": fit_nodes(folder)}
             self._save_job()
             if self.store is not None:  # a resume on another machine samples from these weights
                 self.store.push()
@@ -319,6 +320,7 @@ class JobRunner:
         from jobs.adaptation import adaptation_report
         from jobs.quality import prepare_reference
         from jobs.report import build_report, write_report
+        from jobs.sweep import model_dir
 
         self._stage("report", status="running")
         try:
@@ -331,11 +333,12 @@ class JobRunner:
         quality = prepare_reference(self.config, self.out, real.train, real.holdout, len(class_names),
                                     real.channels, real.size, listed=listed, rejected=rejected)
         report, synthetic = build_report(self.config, self.out, real, quality, class_names)
-        models = {kind: Path(stage["model"]) for kind, stage in self.job.get("stages", {}).get("fit", {}).items()
-                  if isinstance(stage, dict) and stage.get("model")}
+        # From the config and the folder, not job.json: a rerun that fits nothing still finds them.
+        models = {step.kind: folder for step in self.config.generate
+                  if (folder := model_dir(step, self.out)) is not None}
         report["adaptation"] = adaptation_report(self.config, models, class_names)
         path = write_report(report, self.out, real, synthetic, quality, self.config.report.grid_per_class)
-        self._stage("report", status="done", path=str(path), seconds=report["seconds"])
+        self._stage("report", status="done", path=job_relative(path, self.out), seconds=report["seconds"])
         log.info("report: %s", path.with_name("report.html"))
         for tag, lines in report["verdicts"].items():
             if "overall" in lines:
@@ -350,7 +353,8 @@ class JobRunner:
         real = self.real_side(listed, rejected)
         quality = prepare_reference(self.config, self.out, real.train, real.holdout, len(plan.class_names),
                                     real.channels, real.size, listed=listed, rejected=rejected)
-        self._stage("quality", status="done", folder=quality["dir"], features=quality["kinds"])
+        self._stage("quality", status="done", folder=job_relative(quality["dir"], self.out),
+                    features=quality["kinds"])
         return quality
 
     def generate(self, pending: list[ShardSpec], plan: Plan, counter: Any,
