@@ -18,7 +18,6 @@ from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field, replace
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +41,7 @@ from jobs.job_file import JOB_FILE, job_relative
 from jobs.lock import LOCK_NAME, JobLock
 from jobs.maps import map_frames
 from jobs.plan import Plan, ShardSpec, make_plan, split_records
+from jobs.provenance import earlier_runs, provenance
 from jobs.quota import plan_steps, precheck_quota
 from jobs.remote import RemoteJob
 from jobs.sources import build_source
@@ -71,17 +71,6 @@ class JobResult:
     seconds: float = 0.0
     class_counts: dict[str, int] = field(default_factory=dict)
     staging: Path | None = None  # the local folder (the job folder itself, or a store job's working copy)
-
-
-def _versions() -> dict[str, str]:
-    names = ["synthaug", "ray", "albumentations", "pyarrow", "numpy", "pillow", "torch", "pydantic"]
-    found = {"python": sys.version.split()[0]}
-    for name in names:
-        try:
-            found[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            pass
-    return found
 
 
 def _write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
@@ -202,10 +191,12 @@ def _progress(counter: Any, key: str, total: int, desc: str) -> Iterator[None]:
 
 
 class JobRunner:
-    def __init__(self, config: JobConfig, out: Path, store: RemoteJob | None = None) -> None:
+    def __init__(self, config: JobConfig, out: Path, store: RemoteJob | None = None,
+                 command: list[str] | None = None) -> None:
         self.config = config
         self.out = out  # on a store: the local staging folder
         self.store = store
+        self.command = command  # the CLI's command line; None for a library call
         self.job: dict[str, Any] = {}
         self._real: Any = None  # the report's real side, loaded once
 
@@ -426,7 +417,8 @@ class JobRunner:
         self.job = {
             "config": config.model_dump(mode="json"),
             "config_hash": config.content_hash(),
-            "versions": _versions(),
+            **provenance(self.command),
+            "earlier_runs": earlier_runs(previous),
             "status": "running",
             "created": (previous or {}).get("created", time.strftime("%Y-%m-%dT%H:%M:%S%z")),
             "runs": int((previous or {}).get("runs", 0)) + 1,
@@ -558,8 +550,9 @@ def _init_ray_keeping_sigterm(address: str | None, num_cpus: int | None) -> bool
 
 
 def run_job(config: JobConfig, out: Path | str, *, address: str | None = None,
-            overwrite: bool = False) -> JobResult:
-    """Run `config` into `out`, a folder or an `s3://bucket/prefix` (resuming if it holds the same job)."""
+            overwrite: bool = False, command: list[str] | None = None) -> JobResult:
+    """Run `config` into `out`, a folder or an `s3://bucket/prefix` (resuming if it holds the same job);
+    `command`: the command line that asked for it, recorded in job.json (None: a library call)."""
     from jobs.ray_compat import quiet_data_context
 
     store = None
@@ -575,7 +568,7 @@ def run_job(config: JobConfig, out: Path | str, *, address: str | None = None,
             store.pull()
         previous = prepare_out(out, config, overwrite, store)
         listed = list_source(config)
-        runner = JobRunner(config, out, store)
+        runner = JobRunner(config, out, store, command)
         arm_driver()
         started_ray = _init_ray_keeping_sigterm(address, config.execution.num_cpus)
         quiet_data_context()
