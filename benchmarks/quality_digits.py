@@ -50,6 +50,7 @@ from torch import nn
 from augment.generators.base import SampleRequest
 from augment.seeding import derive_seed
 from augment.shards import read_manifest, table_to_samples
+from jobs.job_file import job_path
 
 GUIDANCE = (0.0, 1.0, 2.0, 4.0)
 TRUNCATION: tuple[float | None, ...] = (None, 2.0, 1.0, 0.5)
@@ -92,8 +93,9 @@ class Job:
         self.generate = step
         self.images, self.labels, self.sources, self.class_names = read_rows(out / "shards")
         self.holdout_images, self.holdout_labels, _, _ = read_rows(out / "holdout")
-        fitted = (self.job.get("stages", {}).get("fit") or {}).get("model")
-        self.model_dir = Path(fitted) if fitted else out / "checkpoints" / kind / "model"
+        # job.json keeps the fit per step kind, its path relative to the job folder (older files: absolute).
+        fitted = ((self.job.get("stages", {}).get("fit") or {}).get(kind) or {}).get("model")
+        self.model_dir = job_path(fitted, out) if fitted else out / "checkpoints" / kind / "model"
 
     def real(self) -> tuple[np.ndarray, np.ndarray]:
         keep = self.sources == "real"

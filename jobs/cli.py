@@ -98,7 +98,7 @@ def _terminated(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
-def _run(args: argparse.Namespace) -> int:
+def _run(args: argparse.Namespace, command: list[str]) -> int:
     from jobs.config import load_config
     from augment.store import parse_location
     from jobs.remote import staging_folder
@@ -107,7 +107,7 @@ def _run(args: argparse.Namespace) -> int:
     config = _simulate_config(args) if args.command == "simulate" else load_config(args.config)
     out = parse_location(args.out) if args.out else Path("runs") / config.name
     try:
-        result = run_job(config, out, address=args.address, overwrite=args.overwrite)
+        result = run_job(config, out, address=args.address, overwrite=args.overwrite, command=command)
     except (ConfigError, KeyboardInterrupt):
         raise
     except JobFailed as error:
@@ -194,11 +194,13 @@ def _compare(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     args = _parser().parse_args(argv)
+    # What job.json records as the command line: as the shell passed it, or as given to main().
+    command = list(sys.argv) if argv is None else ["synthaug", *argv]
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _terminated)
     try:
         if args.command in ("run", "simulate"):
-            return _run(args)
+            return _run(args, command)
         if args.command == "validate":
             return _validate(args)
         if args.command == "schema":

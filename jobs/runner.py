@@ -18,7 +18,6 @@ from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field, replace
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -38,16 +37,17 @@ from augment.shards import (
 from augment.store import Folder, is_remote
 from augment.sources.base import SourceRecord
 from jobs.config import JobConfig
+from jobs.job_file import JOB_FILE, job_relative
 from jobs.lock import LOCK_NAME, JobLock
 from jobs.maps import map_frames
 from jobs.plan import Plan, ShardSpec, job_split, make_plan, records_digest
+from jobs.provenance import earlier_runs, provenance
 from jobs.quota import plan_steps, precheck_quota
 from jobs.remote import RemoteJob
 from jobs.sources import build_source
 
 log = logging.getLogger("synthaug")
 
-JOB_FILE = "job.json"
 REJECTED_FILE = "rejected.jsonl"
 CONTACT_SHEET_FILE = "contact_sheet.png"
 CONTACT_SHEET_FRAMES = 16
@@ -71,17 +71,6 @@ class JobResult:
     seconds: float = 0.0
     class_counts: dict[str, int] = field(default_factory=dict)
     staging: Path | None = None  # the local folder (the job folder itself, or a store job's working copy)
-
-
-def _versions() -> dict[str, str]:
-    names = ["synthaug", "ray", "albumentations", "pyarrow", "numpy", "pillow", "torch", "pydantic"]
-    found = {"python": sys.version.split()[0]}
-    for name in names:
-        try:
-            found[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            pass
-    return found
 
 
 def _write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
@@ -202,10 +191,12 @@ def _progress(counter: Any, key: str, total: int, desc: str) -> Iterator[None]:
 
 
 class JobRunner:
-    def __init__(self, config: JobConfig, out: Path, store: RemoteJob | None = None) -> None:
+    def __init__(self, config: JobConfig, out: Path, store: RemoteJob | None = None,
+                 command: list[str] | None = None) -> None:
         self.config = config
         self.out = out  # on a store: the local staging folder
         self.store = store
+        self.command = command  # the CLI's command line; None for a library call
         self.job: dict[str, Any] = {}
         self._real: Any = None  # the report's real side, loaded once
 
@@ -269,7 +260,7 @@ class JobRunner:
             if family.request != "parent" and list(sampler.class_names) != plan.class_names:
                 raise ConfigError(f"{where}.from_pretrained: {model_dir} was trained on the classes "
                                   f"{list(sampler.class_names)}, not the source's {plan.class_names}")
-            stages[step.kind] = {"status": "pretrained", "model": str(model_dir)}
+            stages[step.kind] = {"status": "pretrained", "model": job_relative(model_dir, self.out)}
             self._save_job()
         else:
             data = training_data(listed.source, usable, family, where, self.config.source.licence)
@@ -289,14 +280,15 @@ class JobRunner:
                 raise ConfigError(f"{where}: {error}") from None
             folder = self.out / "checkpoints" / step.kind
             trained_on = records_digest(usable)  # which records the fit saw (a low-data run checks it)
-            stages[step.kind] = {"status": "running", "folder": str(folder), "trained_on": trained_on}
+            stages[step.kind] = {"status": "running", "folder": job_relative(folder, self.out),
+                                 "trained_on": trained_on}
             self._save_job()
             model_dir = fit_step(step, family_ref=family_ref(family), shape=shape, seed=self.config.seed, data=data,
                                  sample_kwargs=step_sample_kwargs(step, plan.class_names, where), folder=folder,
                                  num_gpus_per_worker=self.config.execution.num_gpus_per_worker,
                                  licence=fit_licence(step, data, where))
-            stages[step.kind] = {"status": "done", "model": str(model_dir), "nodes": fit_nodes(folder),
-                                 "trained_on": trained_on}
+            stages[step.kind] = {"status": "done", "model": job_relative(model_dir, self.out),
+                                 "nodes": fit_nodes(folder), "trained_on": trained_on}
             self._save_job()
             if self.store is not None:  # a resume on another machine samples from these weights
                 self.store.push()
@@ -326,6 +318,7 @@ class JobRunner:
         from jobs.adaptation import adaptation_report
         from jobs.quality import prepare_reference
         from jobs.report import build_report, write_report
+        from jobs.sweep import model_dir
 
         self._stage("report", status="running")
         try:
@@ -338,11 +331,12 @@ class JobRunner:
         quality = prepare_reference(self.config, self.out, real.train, real.holdout, len(class_names),
                                     real.channels, real.size, listed=listed, rejected=rejected)
         report, synthetic = build_report(self.config, self.out, real, quality, class_names)
-        models = {kind: Path(stage["model"]) for kind, stage in self.job.get("stages", {}).get("fit", {}).items()
-                  if isinstance(stage, dict) and stage.get("model")}
+        # From the config and the folder, not job.json: a rerun that fits nothing still finds them.
+        models = {step.kind: folder for step in self.config.generate
+                  if (folder := model_dir(step, self.out)) is not None}
         report["adaptation"] = adaptation_report(self.config, models, class_names)
         path = write_report(report, self.out, real, synthetic, quality, self.config.report.grid_per_class)
-        self._stage("report", status="done", path=str(path), seconds=report["seconds"])
+        self._stage("report", status="done", path=job_relative(path, self.out), seconds=report["seconds"])
         log.info("report: %s", path.with_name("report.html"))
         for tag, lines in report["verdicts"].items():
             if "overall" in lines:
@@ -357,7 +351,8 @@ class JobRunner:
         real = self.real_side(listed, rejected)
         quality = prepare_reference(self.config, self.out, real.train, real.holdout, len(plan.class_names),
                                     real.channels, real.size, listed=listed, rejected=rejected)
-        self._stage("quality", status="done", folder=quality["dir"], features=quality["kinds"])
+        self._stage("quality", status="done", folder=job_relative(quality["dir"], self.out),
+                    features=quality["kinds"])
         return quality
 
     def generate(self, pending: list[ShardSpec], plan: Plan, counter: Any,
@@ -429,7 +424,8 @@ class JobRunner:
         self.job = {
             "config": config.model_dump(mode="json"),
             "config_hash": config.content_hash(),
-            "versions": _versions(),
+            **provenance(self.command),
+            "earlier_runs": earlier_runs(previous),
             "status": "running",
             "created": (previous or {}).get("created", time.strftime("%Y-%m-%dT%H:%M:%S%z")),
             "runs": int((previous or {}).get("runs", 0)) + 1,
@@ -561,8 +557,9 @@ def _init_ray_keeping_sigterm(address: str | None, num_cpus: int | None) -> bool
 
 
 def run_job(config: JobConfig, out: Path | str, *, address: str | None = None,
-            overwrite: bool = False) -> JobResult:
-    """Run `config` into `out`, a folder or an `s3://bucket/prefix` (resuming if it holds the same job)."""
+            overwrite: bool = False, command: list[str] | None = None) -> JobResult:
+    """Run `config` into `out`, a folder or an `s3://bucket/prefix` (resuming if it holds the same job);
+    `command`: the command line that asked for it, recorded in job.json (None: a library call)."""
     from jobs.ray_compat import quiet_data_context
 
     store = None
@@ -578,7 +575,7 @@ def run_job(config: JobConfig, out: Path | str, *, address: str | None = None,
             store.pull()
         previous = prepare_out(out, config, overwrite, store)
         listed = list_source(config)
-        runner = JobRunner(config, out, store)
+        runner = JobRunner(config, out, store, command)
         arm_driver()
         started_ray = _init_ray_keeping_sigterm(address, config.execution.num_cpus)
         quiet_data_context()

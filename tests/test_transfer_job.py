@@ -45,6 +45,8 @@ def test_cycada_job_carries_labels_scores_rows_and_reports_its_task_models(tmp_p
     folder = out / "checkpoints" / "cycada"
     assert sorted(p.name for p in (folder / "grids").iterdir()) == ["step-00000006.png", "step-00000012.png"]
     assert {p.name for p in (folder / "model").iterdir()} >= {"task_target.safetensors", "task_source.safetensors"}
+    fit = json.loads((out / "job.json").read_text())["stages"]["fit"]["cycada"]
+    assert fit["status"] == "done" and fit["model"] == "checkpoints/cycada/model"  # relative: the folder may move
     report = json.loads((out / "report" / "report.json").read_text())
     adaptation = report["adaptation"]["cycada"]
     # The target (scikit-learn digits) has labels: both task models are scored on its holdout.
