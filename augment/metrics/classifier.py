@@ -138,6 +138,8 @@ def to_input(images: np.ndarray, size: int | None = None) -> torch.Tensor:
     is set and differs (bilinear with antialiasing, so downscaling does not alias)."""
     images = check_images(images)
     check_size(size)
+    if not images.flags.writeable:  # a Ray object-store view: torch refuses to wrap read-only memory
+        images = images.copy()
     x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float()
     if size is not None and x.shape[2:] != (size, size):
         x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
