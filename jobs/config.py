@@ -288,6 +288,7 @@ class SplitConfig(_Strict):
         None, ge=1, le=1_000_000, description="keep at most this many training records per class (a low-data run), "
                                               "a choice seeded by the job's seed; the holdout is unchanged, and "
                                               "nothing in the job (fits, augmentation, report) sees the others")
+    _omit_unset = omit_when_none("seed", "train_per_class")  # unset: dumps and hashes as before they existed
 
 
 # --- quota ----------------------------------------------------------------------------
@@ -499,7 +500,8 @@ class ReportConfig(_Strict):
         None, description="real images to compare against when the job's own source is synthetic (a simulator)")
     k: int = Field(5, ge=1, le=100, description="neighbours for precision/recall/density/coverage and realism")
     max_per_source: int = Field(5000, ge=50, description="rows per synthetic source the metrics look at")
-    extractor_steps: int = Field(300, ge=1, le=1_000_000, description="training steps of the domain CNN")
+    # 400: part of the config hash (the domain CNN scores rows), so a new default would refuse old jobs' resume.
+    extractor_steps: int = Field(400, ge=1, le=1_000_000, description="training steps of the domain CNN")
     label_preservation_steps: int | None = Field(
         None, ge=1, le=1_000_000, description="training steps of the frozen source task model that scores label "
                                               "preservation (default: extractor_steps); its score on held-out "
