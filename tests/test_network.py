@@ -452,7 +452,8 @@ step = StepConfig.model_validate({
 rng = np.random.default_rng(0)
 data = TrainingData(rng.integers(0, 256, (64, 8, 8, 1), dtype=np.uint8), np.arange(64) % 2)
 jobs.fit.fit_step(step, family_ref="augment.generators.cgan_family:CGANFamily", shape=DataShape(8, 1, ("a", "b")),
-                  seed=0, data=data, sample_kwargs={}, folder=out / "cgan", num_gpus_per_worker=0.0)
+                  seed=0, data=data, sample_kwargs={}, folder=out / "cgan", num_gpus_per_worker=0.0,
+                  licence="unknown")
 import ray
 ray.shutdown()
 print("DONE", flush=True)
