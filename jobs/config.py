@@ -558,6 +558,46 @@ class FilterConfig(_Strict):
     _omit_unset_consistency = omit_when_none("min_label_consistency")
 
 
+# --- tune -----------------------------------------------------------------------------
+
+Threshold = Annotated[float, Field(ge=0.0)] | None
+
+
+class TuneFilterGrid(_Strict):
+    """Gate thresholds to try (`null`: that gate off); each value as in `filter:`."""
+
+    min_confidence: list[Annotated[float, Field(ge=0.0, le=1.0)] | None] | None = None
+    min_realism: list[Threshold] | None = None
+
+    def axes(self) -> dict[str, list[float | None]]:
+        return {name: list(dict.fromkeys(values)) for name, values in
+                (("min_confidence", self.min_confidence), ("min_realism", self.min_realism)) if values}
+
+
+class TuneConfig(_Strict):
+    """Choose sampling knobs, the synthetic share and gate thresholds by downstream accuracy.
+
+    Every setting of the grid (the product of the lists given) trains the report's fixed
+    classifier on real + that setting's synthetic rows and scores it on a validation split
+    carved from the real training records (never the holdout); the generators fit on the
+    training records without it. The setting ranked first (accuracy, then log loss) is the
+    one the job then makes its rows with (`OUT/tune/tune.json`, and the report's tune section).
+    """
+
+    validation: float = Field(0.2, gt=0.0, lt=1.0, description="part of each class's real training records held "
+                                                               "out to score the settings (at least one per class)")
+    sample: dict[str, dict[str, list[Any]]] = Field(
+        default_factory=dict, description="step kind -> its `sample:` field -> values to try (e.g. diffusion: "
+                                          "{guidance: [1, 2, 4]}, cgan: {truncation: [0, 0.7]})")
+    synthetic_share: list[Annotated[float, Field(ge=0.0, le=0.95)]] | None = Field(
+        None, description="synthetic rows' part of each class's training mix to try; replaces the quota's counts "
+                          "(a class with n real rows gets round(n * s / (1 - s)) synthetic ones; 0: real only)")
+    filter: TuneFilterGrid = TuneFilterGrid()
+    steps: int | None = Field(None, ge=1, le=1_000_000, description="classifier steps per setting (default: "
+                                                                    "report.utility.steps, else extractor_steps)")
+    max_settings: int = Field(64, ge=1, le=1000, description="a larger grid is refused before anything runs")
+
+
 # --- output and execution ---------------------------------------------------------------
 
 
@@ -600,8 +640,11 @@ class JobConfig(_Strict):
     augment: AugmentConfig | None = None
     report: ReportConfig = ReportConfig()
     filter: FilterConfig | None = None
+    tune: TuneConfig | None = Field(None, description="choose knobs, share and gate by validation accuracy")
     output: OutputConfig = OutputConfig()
     execution: ExecutionConfig = ExecutionConfig()
+
+    _omit_unset_tune = omit_when_none("tune")  # a config without it hashes as before the section existed
 
     def step(self, kind: str) -> StepConfig:
         return next(step for step in self.generate if step.kind == kind)
@@ -650,7 +693,45 @@ class JobConfig(_Strict):
                                  f"has a {judge.name} score")
         if self.filter is not None and self.filter.active and not self.makes_synthetic:
             raise ValueError("filter: there are no synthetic rows to filter (no augment or generate section)")
+        if self.tune is not None:
+            self._check_tune(self.tune)
         return self
+
+    def _check_tune(self, tune: TuneConfig) -> None:
+        """What the tuner can score today: class-conditional steps on a labelled source, whose
+        sampling values each validate as that step's `sample:` field."""
+        others = [f"generate[{i}] ({s.kind})" for i, s in enumerate(self.generate) if s.family.request != "class"]
+        if not self.class_steps:
+            raise ValueError("tune: there is no class-conditional generate step to tune")
+        if others or self.augment is not None:
+            raise ValueError(f"tune: scores class-conditional steps only; remove "
+                             f"{', '.join(others + (['augment'] if self.augment is not None else []))} or tune")
+        if tune.synthetic_share is not None and not self.output.include_real:
+            raise ValueError("tune.synthetic_share: the mix has no real rows (output.include_real: false)")
+        for kind, fields in tune.sample.items():
+            if kind not in [s.kind for s in self.class_steps]:
+                raise ValueError(f"tune.sample.{kind}: not a class-conditional generate step of this job "
+                                 f"(steps: {', '.join(s.kind for s in self.class_steps)})")
+            step = self.step(kind)
+            for name, values in fields.items():
+                if name not in step.family.Sample.model_fields:
+                    raise ValueError(f"tune.sample.{kind}.{name}: not a {kind} sample field (fields: "
+                                     f"{', '.join(step.family.Sample.model_fields)})")
+                if not values:
+                    raise ValueError(f"tune.sample.{kind}.{name}: give at least one value")
+                for value in values:
+                    try:
+                        step.sample.model_validate({**step.sample.model_dump(), name: value})
+                    except ValidationError as error:
+                        raise ValueError(f"tune.sample.{kind}.{name}: {value!r}: "
+                                         f"{error.errors()[0]['msg']}") from None
+        size = 1
+        for values in [v for fields in tune.sample.values() for v in fields.values()] + \
+                [tune.synthetic_share or [None]] + list(tune.filter.axes().values()):
+            size *= len(dict.fromkeys(map(repr, values)))
+        if size > tune.max_settings:
+            raise ValueError(f"tune: the grid has {size} settings, more than tune.max_settings = "
+                             f"{tune.max_settings}; shorten a list or raise max_settings")
 
     def content_hash(self) -> str:
         """sha256 of everything that determines the shards' bytes: execution and the report's

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Literal, overload
 
@@ -28,7 +28,7 @@ Split = Literal["train", "holdout"]
 # Stream tags keep the seeds of different random decisions apart. Class-conditional rows and
 # classical children share the _CHILD stream on one index line (class steps first, then
 # classical), so a job of one kind draws exactly the seeds it drew before steps existed.
-_SPLIT, _PARENTS, _CHILD, _MAPPED, _SUBSET = 1, 2, 3, 4, 5
+_SPLIT, _PARENTS, _CHILD, _MAPPED, _SUBSET, _VALIDATION = 1, 2, 3, 4, 5, 6
 
 
 @dataclass(frozen=True)
@@ -216,6 +216,21 @@ class ShardSpec:
                          raw.get("maps_from"))
 
 
+def draw_per_class(records: list[SourceRecord], seed: int, stream: int, count: Callable[[int], int]) -> set[str]:
+    """The ids of a seeded draw of `count(n)` records from each label's n (records without a
+    label count as one class); each class its own stream, so one class's records do not move
+    another's draw."""
+    by_label: dict[int | None, list[SourceRecord]] = {}
+    for record in records:
+        by_label.setdefault(record.label, []).append(record)
+    drawn: set[str] = set()
+    for key, group in by_label.items():
+        group = sorted(group, key=lambda r: r.id)
+        rng = np.random.default_rng(derive_seed(seed, stream, 0 if key is None else key + 1))
+        drawn.update(group[int(i)].id for i in rng.permutation(len(group))[:max(count(len(group)), 0)])
+    return drawn
+
+
 def split_records(
     records: list[SourceRecord], holdout: float, seed: int
 ) -> tuple[list[SourceRecord], list[SourceRecord]]:
@@ -224,16 +239,7 @@ def split_records(
     The split is drawn over all records (before bad ones are rejected), so fixing one
     broken file does not reshuffle the rest.
     """
-    by_label: dict[int | None, list[SourceRecord]] = {}
-    for record in records:
-        by_label.setdefault(record.label, []).append(record)
-    holdout_ids: set[str] = set()
-    for key in sorted(by_label, key=lambda k: -1 if k is None else k):
-        group = sorted(by_label[key], key=lambda r: r.id)
-        rng = np.random.default_rng(derive_seed(seed, _SPLIT, 0 if key is None else key + 1))
-        n_holdout = min(int(round(len(group) * holdout)), len(group) - 1)
-        for index in rng.permutation(len(group))[: max(n_holdout, 0)]:
-            holdout_ids.add(group[int(index)].id)
+    holdout_ids = draw_per_class(records, seed, _SPLIT, lambda n: min(int(round(n * holdout)), n - 1))
     train = [r for r in records if r.id not in holdout_ids]
     held = [r for r in records if r.id in holdout_ids]
     return train, held
@@ -254,15 +260,19 @@ def job_split(records: list[SourceRecord], split: SplitConfig, seed: int) -> tup
 def subset_per_class(records: list[SourceRecord], limit: int, seed: int) -> list[SourceRecord]:
     """At most `limit` records of each label (records without one count as one class), a
     seeded choice per class kept in the records' order."""
-    by_label: dict[int | None, list[SourceRecord]] = {}
-    for record in records:
-        by_label.setdefault(record.label, []).append(record)
-    keep: set[str] = set()
-    for key, group in by_label.items():
-        group = sorted(group, key=lambda r: r.id)
-        rng = np.random.default_rng(derive_seed(seed, _SUBSET, 0 if key is None else key + 1))
-        keep.update(group[int(i)].id for i in rng.permutation(len(group))[:limit])
+    keep = draw_per_class(records, seed, _SUBSET, lambda n: limit)
     return [r for r in records if r.id in keep]
+
+
+def validation_split(records: list[SourceRecord], fraction: float, seed: int
+                     ) -> tuple[list[SourceRecord], list[SourceRecord]]:
+    """The tuner's split of the training records: (what the generators fit on, validation).
+    Each labelled class of n >= 2 records gives round(n * fraction) of them to validation, at
+    least one and never all; a seeded draw per class, in the records' order."""
+    labelled = [r for r in records if r.label is not None]
+    held = draw_per_class(labelled, seed, _VALIDATION,
+                          lambda n: 0 if n < 2 else min(n - 1, max(1, int(round(n * fraction)))))
+    return [r for r in records if r.id not in held], [r for r in records if r.id in held]
 
 
 def records_digest(records: list[SourceRecord]) -> dict[str, Any]:

@@ -163,8 +163,10 @@ def _prepare_domain_reference(config: JobConfig, out: Path, real_train: RealImag
                "filter": config.filter.model_dump() if config.filter is not None and config.filter.active else None,
                "domain": labelled, "num_classes": num_classes}
     saved = folder / QUALITY_JSON
-    # Compared without "dir": a moved job folder keeps its reference (the path is today's).
-    if saved.is_file() and {**json.loads(saved.read_text()), "dir": quality["dir"]} == quality:
+    # Compared without "dir" (a moved job folder keeps its reference: the path is today's) and
+    # "filter" (the gate's thresholds use the reference, they do not shape it; a tuned job changes them).
+    if saved.is_file() and {**json.loads(saved.read_text()), "dir": quality["dir"],
+                            "filter": quality["filter"]} == quality:
         log.info("quality reference: reusing %s", folder)
         return quality
     folder.mkdir(parents=True, exist_ok=True)

@@ -36,7 +36,7 @@ log = logging.getLogger("synthaug")
 STAGING_ENV = "SYNTHAUG_STAGING"
 # What a job keeps beside its shards, copied to the store when a stage ends.
 KEPT_FILES = ("job.json", "rejected.jsonl", "contact_sheet.png")
-KEPT_FOLDERS = ("report",)
+KEPT_FOLDERS = ("report", "tune")
 
 
 def staging_folder(url: str, endpoint_url: str | None = None) -> Path:
@@ -168,6 +168,9 @@ class RemoteJob:
         for name in ("job.json", "rejected.jsonl"):
             if name in names:
                 self.root.download(name, self.staging / name)
+        if "tune" in names:  # the tuner's choice: a resume makes its rows with it, not a new tuning
+            shutil.rmtree(self.staging / "tune", ignore_errors=True)
+            self.root.download("tune", self.staging / "tune")
         checkpoints = self.root / "checkpoints"
         for kind in checkpoints.entries():
             if "model" in (checkpoints / kind).entries():

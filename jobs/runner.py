@@ -52,7 +52,7 @@ REJECTED_FILE = "rejected.jsonl"
 CONTACT_SHEET_FILE = "contact_sheet.png"
 CONTACT_SHEET_FRAMES = 16
 # Entries of a job folder that --overwrite may delete; anything else makes the folder foreign.
-OWNED = {JOB_FILE, REJECTED_FILE, LOCK_NAME, CONTACT_SHEET_FILE, "shards", "holdout", "report", "checkpoints",
+OWNED = {JOB_FILE, REJECTED_FILE, LOCK_NAME, CONTACT_SHEET_FILE, "shards", "holdout", "report", "checkpoints", "tune",
          "error.log"}
 
 
@@ -199,6 +199,7 @@ class JobRunner:
         self.command = command  # the CLI's command line; None for a library call
         self.job: dict[str, Any] = {}
         self._real: Any = None  # the report's real side, loaded once
+        self.fit_records: list[SourceRecord] | None = None  # set by the tune stage: train less validation
 
     # -- bookkeeping ---------------------------------------------------------------------
 
@@ -240,8 +241,10 @@ class JobRunner:
         return {str(row["id"]): {"path": str(row["path"]), "reason": str(row["reason"])}
                 for row in rows if row["reason"]}
 
-    def fit(self, number: int, listed: ListedSource, rejected: dict[str, Any], plan: Plan) -> dict[str, Any]:
-        """Fit generate step `number` (or take its `from_pretrained`); the workers' settings for it."""
+    def fit(self, number: int, listed: ListedSource, rejected: dict[str, Any], class_names: list[str]
+            ) -> dict[str, Any]:
+        """Fit generate step `number` (or take its `from_pretrained`) on the usable training
+        records (less the tuner's validation split); the workers' settings for it."""
         from augment.generators.family import DataShape
         from augment.licences import combine_licences
         from jobs.fit import fit_licence, fit_nodes, fit_step, target_images, training_data
@@ -249,7 +252,8 @@ class JobRunner:
 
         step = self.config.generate[number]
         family, where = step.family, f"generate[{number}] ({step.kind})"
-        usable = [r for r in listed.train if r.id not in rejected]
+        usable = self.fit_records if self.fit_records is not None else \
+            [r for r in listed.train if r.id not in rejected]
         stages = self.job.setdefault("stages", {}).setdefault("fit", {})
         if step.from_pretrained is not None:
             model_dir = step.from_pretrained
@@ -257,9 +261,9 @@ class JobRunner:
                 sampler = family.from_pretrained(model_dir)
             except (ValueError, OSError) as error:
                 raise ConfigError(f"{where}.from_pretrained: {error}") from None
-            if family.request != "parent" and list(sampler.class_names) != plan.class_names:
+            if family.request != "parent" and list(sampler.class_names) != class_names:
                 raise ConfigError(f"{where}.from_pretrained: {model_dir} was trained on the classes "
-                                  f"{list(sampler.class_names)}, not the source's {plan.class_names}")
+                                  f"{list(sampler.class_names)}, not the source's {class_names}")
             stages[step.kind] = {"status": "pretrained", "model": job_relative(model_dir, self.out)}
             self._save_job()
         else:
@@ -269,7 +273,7 @@ class JobRunner:
                                                 where)
                 data = replace(data, target=target, licence=combine_licences([data.licence, licence]))
             height, width = data.images.shape[1:3]
-            shape = DataShape(height, data.images.shape[3], tuple(plan.class_names), None if width == height else width)
+            shape = DataShape(height, data.images.shape[3], tuple(class_names), None if width == height else width)
             try:  # hyperparameters that do not suit the data are the config's fault, said before Ray Train
                 fitted = family(step.fit, shape, self.config.seed)
             except ValueError as error:
@@ -284,7 +288,7 @@ class JobRunner:
                                  "trained_on": trained_on}
             self._save_job()
             model_dir = fit_step(step, family_ref=family_ref(family), shape=shape, seed=self.config.seed, data=data,
-                                 sample_kwargs=step_sample_kwargs(step, plan.class_names, where), folder=folder,
+                                 sample_kwargs=step_sample_kwargs(step, class_names, where), folder=folder,
                                  num_gpus_per_worker=self.config.execution.num_gpus_per_worker,
                                  licence=fit_licence(step, data, where))
             stages[step.kind] = {"status": "done", "model": job_relative(model_dir, self.out),
@@ -294,7 +298,7 @@ class JobRunner:
                 self.store.push()
         spec: dict[str, Any] = {
             "family": family_ref(family), "dir": str(model_dir), "licence": step_licence(step, model_dir, where),
-            "sample": step_sample_kwargs(step, plan.class_names, where),
+            "sample": step_sample_kwargs(step, class_names, where),
             "device": "cuda" if self.config.execution.num_gpus_per_worker > 0 else "cpu",
         }
         stages[step.kind]["licence"] = spec["licence"]  # what its rows record, for a person reading job.json
@@ -304,6 +308,28 @@ class JobRunner:
         if step.simulator is not None:  # maps: simulator
             spec["maps"] = step.simulator.model_dump(mode="json")
         return spec
+
+    def tuned(self, listed: ListedSource, rejected: dict[str, Any]) -> JobConfig:
+        """The tune stage (`jobs.tune`): fit on the training records less a validation split,
+        score the grid, and return the config with the chosen setting (a rerun reads tune.json)."""
+        from jobs.tune import Tuner
+
+        usable = [r for r in listed.train if r.id not in rejected]
+        tuner = Tuner(self.config, self.out, listed.class_names, usable, listed.source)
+        self.fit_records = tuner.fit_records
+        result = tuner.saved()
+        if result is None:
+            self._stage("tune", status="running", validation=len(tuner.validation), settings=len(tuner.settings))
+            models = {step.kind: Path(self.fit(i, listed, rejected, listed.class_names)["dir"])
+                      for i, step in enumerate(self.config.generate)}
+            result = tuner.run(models, self.prepare_quality(listed, rejected, listed.class_names))
+            if self.store is not None:
+                self.store.push()
+        else:
+            log.info("tune: reusing %s (chose %s)", tuner.path, result["chosen"]["label"])
+        self._stage("tune", status="done", path=job_relative(tuner.path, self.out), chosen=result["chosen"],
+                    settings=len(result["rows"]), validation=result["validation"], seconds=result["seconds"])
+        return tuner.chosen_config(result)
 
     def real_side(self, listed: ListedSource, rejected: dict[str, Any]) -> Any:
         """The real train / holdout images the report compares against, at the metric size."""
@@ -318,7 +344,9 @@ class JobRunner:
         from jobs.adaptation import adaptation_report
         from jobs.quality import prepare_reference
         from jobs.report import build_report, write_report
+        from augment.report.tune import tune_summary
         from jobs.sweep import model_dir
+        from jobs.tune import TUNE_DIR, TUNE_FILE
 
         self._stage("report", status="running")
         try:
@@ -335,6 +363,7 @@ class JobRunner:
         models = {step.kind: folder for step in self.config.generate
                   if (folder := model_dir(step, self.out)) is not None}
         report["adaptation"] = adaptation_report(self.config, models, class_names)
+        report["tune"] = tune_summary(self.out / TUNE_DIR / TUNE_FILE, class_names)
         path = write_report(report, self.out, real, synthetic, quality, self.config.report.grid_per_class)
         self._stage("report", status="done", path=job_relative(path, self.out), seconds=report["seconds"])
         log.info("report: %s", path.with_name("report.html"))
@@ -343,13 +372,14 @@ class JobRunner:
                 log.info("report: %s — %s", tag, lines["overall"]["line"])
         return path
 
-    def prepare_quality(self, listed: ListedSource, rejected: dict[str, Any], plan: Plan) -> dict[str, Any]:
+    def prepare_quality(self, listed: ListedSource, rejected: dict[str, Any], class_names: list[str]
+                        ) -> dict[str, Any]:
         """Domain classifier + real reference features, so workers can score rows."""
         from jobs.quality import prepare_reference
 
         self._stage("quality", status="running")
         real = self.real_side(listed, rejected)
-        quality = prepare_reference(self.config, self.out, real.train, real.holdout, len(plan.class_names),
+        quality = prepare_reference(self.config, self.out, real.train, real.holdout, len(class_names),
                                     real.channels, real.size, listed=listed, rejected=rejected)
         self._stage("quality", status="done", folder=job_relative(quality["dir"], self.out),
                     features=quality["kinds"])
@@ -445,6 +475,8 @@ class JobRunner:
             raise ConfigError(
                 f"source: none of the {len(train)} training records is usable, nothing to write; "
                 f"{summarize_rejections(rejected_rows)}")
+        if config.tune is not None:  # the rows are planned and made with the chosen setting
+            config = self.config = self.tuned(listed, rejected)
 
         # 3. Plan shards over the usable records.
         steps, augment = plan_steps(config)
@@ -480,14 +512,14 @@ class JobRunner:
         # Fit (or load) the steps whose rows are still to make, in config order.
         needed = {run.generator for s in pending for run in s.generated.runs} | \
                  {m.kind for s in pending for p in s.parents for m in p.mapped if len(m.rows)}
-        generators = {step.kind: self.fit(i, listed, rejected, plan)
+        generators = {step.kind: self.fit(i, listed, rejected, plan.class_names)
                       for i, step in enumerate(config.generate) if step.kind in needed}
         # Synthetic rows are scored (and filtered) before their shard is published.
         makes_synthetic = any(s.generated or any(p.children or p.mapped for p in s.parents) for s in pending)
         gate = config.filter is not None and config.filter.active
         quality = None
         if makes_synthetic and (config.report.enabled or gate):
-            quality = self.prepare_quality(listed, rejected, plan)
+            quality = self.prepare_quality(listed, rejected, plan.class_names)
         made = self.generate(pending, plan, counter, generators, quality) if pending else []
         failed = ray.get(counter.failures.remote())
         if failed:
@@ -509,7 +541,7 @@ class JobRunner:
             entries = [reported.get(s.file) or shard_entry_in(folder, published[split][s.file])
                        for s in every if s.split == split]
             write_manifest(folder, entries, plan.class_names,
-                           extra={"job": config.name, "config_hash": config.content_hash(), "split": split})
+                           extra={"job": config.name, "config_hash": self.job["config_hash"], "split": split})
             failpoint("manifest_written")
             if folder.remote:  # attempts no manifest lists: retried or cut-short writers' objects
                 listed = {entry.file for entry in entries}
@@ -636,6 +668,7 @@ def report_job(out: Path | str, *, address: str | None = None) -> Path | None:
     `out` is a job folder or an s3:// prefix (whose report/ is replaced)."""
     from jobs.config import parse_config
     from jobs.ray_compat import quiet_data_context
+    from jobs.tune import load_tuned
 
     store = RemoteJob(str(out)) if is_remote(out) else None
     if store is not None:
@@ -661,6 +694,9 @@ def report_job(out: Path | str, *, address: str | None = None) -> Path | None:
         if (out / REJECTED_FILE).is_file():
             rows = [json.loads(line) for line in (out / REJECTED_FILE).read_text().splitlines() if line.strip()]
             rejected = {row["id"]: row for row in rows}
+        # The report describes the rows as they were made: with the tuner's chosen setting.
+        config = load_tuned(config, out, listed.class_names, [r for r in listed.train if r.id not in rejected],
+                            listed.source)
         runner = JobRunner(config, out, store)
         runner.job = previous
         started_ray = _init_ray_keeping_sigterm(address, config.execution.num_cpus)

@@ -106,8 +106,11 @@ def classification_arm(name: str, images: np.ndarray, labels: np.ndarray, holdou
 
 
 def _classification_scores(model: nn.Module, holdout: Split, num_classes: int, n_train: int) -> dict[str, Any]:
-    predicted = predict_proba(model, holdout[0]).argmax(axis=1)
-    return {"accuracy": float((predicted == holdout[1]).mean()),
+    probs = predict_proba(model, holdout[0])
+    predicted = probs.argmax(axis=1)
+    # Mean negative log-likelihood of the true class: it still moves when accuracies tie.
+    truth = np.clip(probs[np.arange(len(predicted)), holdout[1]].astype(np.float64), 1e-12, 1.0)
+    return {"accuracy": float((predicted == holdout[1]).mean()), "log_loss": float(-np.log(truth).mean()),
             "per_class": per_class_accuracy(holdout[1], predicted, num_classes),
             "n_train": n_train, "skipped": None, "correct": (predicted == holdout[1]).tolist()}
 
@@ -153,8 +156,8 @@ def classification_utility(
     sets, skip_reason = _training_sets(real_train, synthetic)
     held = (holdout_images, holdout_labels)
     settings: dict[str, dict[str, Any]] = {
-        name: {"accuracy": None, "per_class": None, "n_train": 0, "skipped": skip_reason, "correct": None,
-               "reused": None}
+        name: {"accuracy": None, "log_loss": None, "per_class": None, "n_train": 0, "skipped": skip_reason,
+               "correct": None, "reused": None}
         for name in SETTINGS if name not in sets}
     if trained is not None and budget_matches(trained[1], budget, real_train):
         settings["real_only"] = {**_classification_scores(trained[0], held, num_classes, len(real_train[0])),
@@ -167,6 +170,18 @@ def classification_utility(
     return {"task": "classification", "budget": budget, "n_holdout": len(holdout_images), "settings": settings,
             "classification_accuracy_score": settings["synthetic_only"]["accuracy"],
             "separation": separation(settings)}
+
+
+def classification_budget(seed: int, **given: Any) -> dict[str, Any]:
+    """The budget `classification_utility` trains each setting with: its defaults, `given`
+    over them (steps, input_size, ...), and `seed`; for a caller that trains the same model."""
+    parameters = inspect.signature(classification_utility).parameters
+    budget = {name: parameters[name].default
+              for name in ("steps", "batch_size", "lr", "width", "feature_dim", "input_size", "augment")}
+    unknown = sorted(set(given) - set(budget))
+    if unknown:
+        raise ValueError(f"not budget fields: {unknown}")
+    return {**budget, **given, "seed": seed}
 
 
 def separation(settings: dict[str, dict[str, Any]]) -> dict[str, Any] | None:

@@ -25,6 +25,7 @@ from augment.report.plots import (
     sweep_plot,
 )
 from augment.report.tiles import CELL
+from augment.report.tune import tune_section
 from augment.report.verdict import grade_rules
 
 STYLE = """
@@ -470,7 +471,8 @@ def _filter(report: dict[str, Any]) -> str:
 def render_html(report: dict[str, Any], pictures: dict[str, Any], per_class: int = 8) -> str:
     body = [_header(report), _verdicts(report), _grids(report, pictures, per_class), _gallery(pictures),
             _metric_tables(report),
-            _sweep(report), _classifier(report), _utility(report), _judge(report, pictures, "label_preservation"),
+            _sweep(report), tune_section(report, _img, _fmt), _classifier(report), _utility(report),
+            _judge(report, pictures, "label_preservation"),
             _judge(report, pictures, "label_consistency"),
             _adaptation(report), _filter(report)]
     body.append(licence_section(report))  # rows per licence (augment.report.licences)
