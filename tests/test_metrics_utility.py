@@ -156,6 +156,10 @@ def test_segmentation_utility_on_squares() -> None:
     assert result["mean_iou_synthetic_only"] == bad["mean_iou"] < settings["real_only"]["mean_iou"] - 0.2
     assert bad["per_class_iou"][1] < 0.6
     assert settings["real_plus_synthetic"]["n_train"] == 192
+    low, high = settings["real_only"]["interval"]  # over the 32 holdout images
+    assert low <= settings["real_only"]["mean_iou"] <= high
+    assert bad["gain_over_real_only"]["gain"] < 0 and bad["gain_over_real_only"]["separable"]
+    assert "confusions" not in bad  # per-image work stays out of the report
 
 
 def test_segmentation_utility_checks_mask_ids() -> None:

@@ -53,3 +53,47 @@ def paired_gain(baseline: Sequence[bool] | np.ndarray, other: Sequence[bool] | n
                            method="percentile", vectorized=True, rng=_rng(seed))
         low, high = float(result.confidence_interval.low), float(result.confidence_interval.high)
     return {"gain": gain, "interval": [low, high], "separable": bool(low > 0 or high < 0)}
+
+
+def _miou(confusions: np.ndarray, rows: np.ndarray) -> float:
+    from augment.metrics.utility import mean_iou
+
+    value, _ = mean_iou(confusions[rows].sum(axis=0))
+    return np.nan if value is None else value
+
+
+def _index_bootstrap(statistic: Any, n: int, seed: int) -> list[float] | None:
+    """Percentile interval of `statistic(rows)` over resamples of the n holdout images."""
+    if n < 2:
+        return None
+    result = bootstrap((np.arange(n),), statistic, n_resamples=RESAMPLES, confidence_level=LEVEL,
+                       method="percentile", vectorized=False, rng=_rng(seed))
+    low, high = float(result.confidence_interval.low), float(result.confidence_interval.high)
+    return None if np.isnan(low) or np.isnan(high) else [low, high]
+
+
+def miou_interval(confusions: np.ndarray, seed: int) -> list[float] | None:
+    """[low, high] of the mean IoU, resampling holdout images: `confusions` holds one [C, C]
+    pixel confusion matrix per image (N x C x C), so IoU is pooled over each resample's pixels
+    as the figure itself is."""
+    confusions = np.asarray(confusions, dtype=np.int64)
+    first = _miou(confusions, np.arange(len(confusions))) if len(confusions) else np.nan
+    if len(confusions) >= 2 and all((c == confusions[0]).all() for c in confusions):
+        return [float(first), float(first)]  # every resample pools the same pixels' proportions
+    return _index_bootstrap(lambda rows: _miou(confusions, rows.astype(np.int64)), len(confusions), seed)
+
+
+def paired_miou_gain(baseline: np.ndarray, other: np.ndarray, seed: int) -> dict[str, Any]:
+    """`paired_gain` for mean IoU: both models' per-image confusions on the same images,
+    resampled together."""
+    a, b = np.asarray(baseline, dtype=np.int64), np.asarray(other, dtype=np.int64)
+    if a.shape != b.shape:
+        raise ValueError(f"paired_miou_gain: both must score the same images, got {a.shape} and {b.shape}")
+    every = np.arange(len(a))
+    gain = float(_miou(b, every) - _miou(a, every)) if len(a) else None
+    if (a == b).all():
+        return {"gain": gain, "interval": None if len(a) < 2 else [0.0, 0.0], "separable": False}
+    interval = _index_bootstrap(lambda rows: _miou(b, rows.astype(np.int64)) - _miou(a, rows.astype(np.int64)),
+                                len(a), seed)
+    return {"gain": gain, "interval": interval,
+            "separable": bool(interval is not None and (interval[0] > 0 or interval[1] < 0))}

@@ -40,7 +40,7 @@ from augment.metrics.classifier import (
     train_classifier,
     warmup_cosine,
 )
-from augment.metrics.intervals import accuracy_interval, paired_gain
+from augment.metrics.intervals import accuracy_interval, miou_interval, paired_gain, paired_miou_gain
 from augment.metrics.progress import StepProgress
 from augment.seeding import derive_seed
 
@@ -341,9 +341,13 @@ def segmentation_arm(name: str, images: np.ndarray, masks: np.ndarray, holdout: 
                      budget: dict[str, Any], progress: str | None) -> dict[str, Any]:
     """One setting: train `TinySegmenter` on (images, masks) with `budget`, score the holdout."""
     model = train_segmenter(images, masks, num_classes, progress=_label(progress, name), **budget)
-    confusion = confusion_matrix(holdout[1], predict_masks(model, holdout[0]), num_classes, budget["ignore_index"])
-    miou, per_class = mean_iou(confusion)
-    return {"mean_iou": miou, "per_class_iou": per_class, "n_train": len(images), "skipped": None}
+    predicted = predict_masks(model, holdout[0])
+    # One confusion matrix per holdout image: the bootstrap resamples images, pooling their pixels.
+    confusions = np.stack([confusion_matrix(truth, guess, num_classes, budget["ignore_index"])
+                           for truth, guess in zip(holdout[1], predicted)])
+    miou, per_class = mean_iou(confusions.sum(axis=0))
+    return {"mean_iou": miou, "per_class_iou": per_class, "n_train": len(images), "skipped": None,
+            "confusions": confusions.tolist()}
 
 
 @torch.no_grad()
@@ -396,6 +400,25 @@ def segmentation_utility(
     results = run(segmentation_arm, [(name, *sets[name], (holdout_images, holdout[1]), num_classes, budget,
                                       progress) for name in todo])
     settings.update(zip(todo, results))
-    settings = {name: settings[name] for name in SETTINGS}
+    settings = _with_miou_intervals({name: settings[name] for name in SETTINGS}, seed)
     return {"task": "segmentation", "budget": budget, "n_holdout": len(holdout_images), "settings": settings,
             "mean_iou_synthetic_only": settings["synthetic_only"]["mean_iou"]}
+
+
+def _with_miou_intervals(settings: dict[str, dict[str, Any]], seed: int) -> dict[str, dict[str, Any]]:
+    """Each setting's 95% bootstrap interval of mIoU over the holdout images, and each synthetic
+    setting's paired gain over real_only; the per-image confusions are dropped."""
+    rng_seed = derive_seed(seed, INTERVAL_STREAM)
+    baseline = settings["real_only"].get("confusions")
+    out = {}
+    for name, scores in settings.items():
+        scores = dict(scores)
+        confusions = scores.pop("confusions", None)
+        scores["interval"] = scores["gain_over_real_only"] = None
+        if confusions is not None:
+            scores["interval"] = miou_interval(np.asarray(confusions), rng_seed)
+            if name != "real_only" and baseline is not None:
+                scores["gain_over_real_only"] = paired_miou_gain(np.asarray(baseline), np.asarray(confusions),
+                                                                 rng_seed)
+        out[name] = scores
+    return out
