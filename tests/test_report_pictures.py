@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import io
+import json
 import re
 
 import numpy as np
@@ -137,3 +138,7 @@ def test_unlabelled_colour_rows_get_one_gallery_row(tmp_path) -> None:
     page = write_report(report, tmp_path, side, {"spade": rows}, per_class=2).with_name("report.html").read_text()
     assert "Not shown, no row has the score: confidence" in page and "<h3>spade</h3>" in page
     assert page.count("data:image/png;base64,") == 3  # the sample grid, realism, nearest
+    stored = json.loads((tmp_path / "report.json").read_text())["gallery"]["spade"]  # the same rows, for scripts
+    assert [r["id"] for r in stored["rows"]["realism"]["unlabelled"]] == ["#1", "#3", "#0", "#4"]
+    assert stored["rows"]["nearest"]["unlabelled"][0] == {"id": "#2", "score": 0.0, "train_id": "train #2"}
+    assert set(stored["rows"]) == {"realism", "nearest"} and stored["analysed"] == 5

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from augment.report.gallery import gallery_pictures
+from augment.report.gallery import gallery_pictures, gallery_summary
 from augment.report.html import render_html
 from augment.report.inputs import RealSide, SyntheticRows
 
@@ -22,10 +22,12 @@ def write_report(report: dict[str, Any], folder: Path, real: RealSide, synthetic
     its worst rows' pictures (`preservation.worst_pictures`)}; the gallery of worst rows by
     realism, confidence and nearness to training comes from `synthetic`."""
     folder.mkdir(parents=True, exist_ok=True)
+    gallery = gallery_pictures(real.train, synthetic, report["classes"])
+    report = {**report, "gallery": gallery_summary(gallery)}  # the rows the page shows, for scripts
     text = json.dumps(report, indent=2, sort_keys=True, default=_json_default) + "\n"
     pictures = {"real": (real.train.images, real.train.labels, real.train.ids),
                 "synthetic": {tag: (rows.images, rows.labels, rows.ids) for tag, rows in synthetic.items()},
-                "worst": worst or {}, "gallery": gallery_pictures(real.train, synthetic, report["classes"])}
+                "worst": worst or {}, "gallery": gallery}
     page = render_html(json.loads(text), pictures, per_class)  # both rendered before either is replaced
     _write_atomic(folder / REPORT_JSON, text)
     _write_atomic(folder / REPORT_HTML, page)

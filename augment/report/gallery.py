@@ -131,3 +131,13 @@ def gallery_pictures(real: RealImages, synthetic: dict[str, SyntheticRows], clas
     """{source: `source_gallery`} for every source with analysed rows."""
     return {tag: source_gallery(rows, real, class_names, per_class, limit)
             for tag, rows in synthetic.items() if len(rows.labels)}
+
+
+def gallery_summary(gallery: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """report.json's `gallery` block: the picked rows without their pictures, {source:
+    {"classes", "class_count", "analysed", "rows": {criterion: {class name: [{"id", "score",
+    "train_id"}]}}}}, so a script finds the rows a person would look at first."""
+    return {tag: {"classes": block["classes"], "class_count": block["class_count"], "analysed": block["analysed"],
+                  "rows": {criterion: dict(zip(block["classes"], shown["rows"]))
+                           for criterion, shown in block["criteria"].items()}}
+            for tag, block in gallery.items()}
