@@ -207,23 +207,36 @@ def separation(settings: dict[str, dict[str, Any]]) -> dict[str, Any] | None:
 
 def _with_intervals(settings: dict[str, dict[str, Any]], truth: np.ndarray, num_classes: int,
                     seed: int) -> dict[str, dict[str, Any]]:
-    """Each setting's bootstrap interval, overall and per class, and each synthetic setting's
-    paired gain over real_only; the per-image hits are dropped (the report keeps figures)."""
+    """Accuracy intervals, overall and per class (`_with_uncertainty` over the per-image hits)."""
+    def per_class(hits: np.ndarray | None, rng_seed: int) -> dict[str, Any]:
+        return {"per_class_interval": None if hits is None else [
+            accuracy_interval(hits[truth == c], derive_seed(rng_seed, c)) if (truth == c).any() else None
+            for c in range(num_classes)]}
+
+    return _with_uncertainty(settings, "correct", lambda hits, s: accuracy_interval(hits.astype(bool), s),
+                             paired_gain, seed, per_class)
+
+
+def _with_uncertainty(settings: dict[str, dict[str, Any]], record: str, interval: Callable[[np.ndarray, int], Any],
+                      gain: Callable[[np.ndarray, np.ndarray, int], Any], seed: int,
+                      more: Callable[[np.ndarray | None, int], dict[str, Any]] | None = None
+                      ) -> dict[str, dict[str, Any]]:
+    """Each setting's 95% bootstrap interval (`interval` of its per-holdout-image `record`), the
+    figures `more` adds, and each synthetic setting's paired `gain` over real_only; the
+    per-image records are dropped (the report keeps figures)."""
     rng_seed = derive_seed(seed, INTERVAL_STREAM)
-    baseline = settings["real_only"].get("correct")
+    baseline = settings["real_only"].get(record)
     out = {}
     for name, scores in settings.items():
         scores = dict(scores)
-        correct = scores.pop("correct", None)
-        scores["interval"] = scores["per_class_interval"] = None
-        scores["gain_over_real_only"] = None
-        if correct is not None:
-            hits = np.asarray(correct, bool)
-            scores["interval"] = accuracy_interval(hits, rng_seed)
-            scores["per_class_interval"] = [accuracy_interval(hits[truth == c], derive_seed(rng_seed, c))
-                                            if (truth == c).any() else None for c in range(num_classes)]
+        kept = scores.pop(record, None)
+        values = None if kept is None else np.asarray(kept)
+        scores.update(interval=None, gain_over_real_only=None, **(more(None, rng_seed) if more else {}))
+        if values is not None:
+            scores["interval"] = interval(values, rng_seed)
+            scores.update(more(values, rng_seed) if more else {})
             if name != "real_only" and baseline is not None:
-                scores["gain_over_real_only"] = paired_gain(baseline, hits, rng_seed)
+                scores["gain_over_real_only"] = gain(np.asarray(baseline), values, rng_seed)
         out[name] = scores
     return out
 
@@ -406,19 +419,5 @@ def segmentation_utility(
 
 
 def _with_miou_intervals(settings: dict[str, dict[str, Any]], seed: int) -> dict[str, dict[str, Any]]:
-    """Each setting's 95% bootstrap interval of mIoU over the holdout images, and each synthetic
-    setting's paired gain over real_only; the per-image confusions are dropped."""
-    rng_seed = derive_seed(seed, INTERVAL_STREAM)
-    baseline = settings["real_only"].get("confusions")
-    out = {}
-    for name, scores in settings.items():
-        scores = dict(scores)
-        confusions = scores.pop("confusions", None)
-        scores["interval"] = scores["gain_over_real_only"] = None
-        if confusions is not None:
-            scores["interval"] = miou_interval(np.asarray(confusions), rng_seed)
-            if name != "real_only" and baseline is not None:
-                scores["gain_over_real_only"] = paired_miou_gain(np.asarray(baseline), np.asarray(confusions),
-                                                                 rng_seed)
-        out[name] = scores
-    return out
+    """mIoU intervals (`_with_uncertainty` over the per-image confusion matrices)."""
+    return _with_uncertainty(settings, "confusions", miou_interval, paired_miou_gain, seed)
