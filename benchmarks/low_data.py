@@ -25,9 +25,10 @@ finished report of the same config is read, not run again (arms can be added lat
 Prints a table of mean ± std accuracy and gain over the baseline per k, writes a plot
 (`--plot`, default low_data.png beside the scratch folder's parent) and ends with
 `k5_baseline=… k5_best=… k10_baseline=… k10_best=… k30_baseline=… k30_best=…` (best: the
-highest mean among the generator arms run). At the defaults it runs 27 jobs (18 fits); not yet timed
-there. `--quick` (tiny fits: checks the plumbing, the generator arms are then far below the
-baseline) took 13 min for one k and one seed on a 2-core machine busy with a CI run.
+highest mean among the generator arms run). At the defaults it runs 36 jobs (27 fits): about
+24 min per k and seed on a 2-core machine (tuned ~12 min, diffusion ~7), ~3.5 h in all; the
+README shows the k = 10 figures. `--quick` (tiny fits: checks the plumbing, the generator
+arms are then far below the baseline) took 13 min for one k and one seed.
 
     python benchmarks/low_data.py [--k 5 10 30] [--seeds 0 1 2] [--per-class 100] [--arms ...] [--quick]
                                   [--scratch DIR]
