@@ -341,10 +341,10 @@ class JobRunner:
 
     def report(self, listed: ListedSource, rejected: dict[str, Any], class_names: list[str]) -> Path | None:
         """Metrics of the published shards against the real side; report.json + report.html."""
+        from augment.report.tune import tune_summary
         from jobs.adaptation import adaptation_report
         from jobs.quality import prepare_reference
         from jobs.report import build_report, write_report
-        from augment.report.tune import tune_summary
         from jobs.sweep import model_dir
         from jobs.tune import TUNE_DIR, TUNE_FILE
 

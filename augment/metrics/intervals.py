@@ -78,7 +78,7 @@ def miou_interval(confusions: np.ndarray, seed: int) -> list[float] | None:
     as the figure itself is."""
     confusions = np.asarray(confusions, dtype=np.int64)
     first = _miou(confusions, np.arange(len(confusions))) if len(confusions) else np.nan
-    if len(confusions) >= 2 and all((c == confusions[0]).all() for c in confusions):
+    if len(confusions) >= 2 and (confusions == confusions[0]).all():
         return [float(first), float(first)]  # every resample pools the same pixels' proportions
     return _index_bootstrap(lambda rows: _miou(confusions, rows.astype(np.int64)), len(confusions), seed)
 
