@@ -102,7 +102,17 @@ def build_on_meta(factory: Callable[[], nn.Module]) -> nn.Module:
     that the caller fills with `init_parameters` or `load_state_dict`."""
     with torch.device("meta"):
         model = factory()
-    return model.to_empty(device="cpu")
+    # Allocated tensor by tensor, not with `Module.to_empty`: its meta kernels run through
+    # torch's Python decompositions, whose first call imports sympy (~1 s in a fresh worker).
+    for module in model.modules():
+        for name, parameter in module._parameters.items():
+            if parameter is not None:
+                module._parameters[name] = nn.Parameter(torch.empty(parameter.shape, dtype=parameter.dtype),
+                                                        requires_grad=parameter.requires_grad)
+        for name, buffer in module._buffers.items():
+            if buffer is not None:
+                module._buffers[name] = torch.empty(buffer.shape, dtype=buffer.dtype)
+    return model
 
 
 def new_model(in_channels: int, num_classes: int, *, seed: int, width: int = 32, feature_dim: int = 128,

@@ -13,14 +13,20 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-from scipy.stats import bootstrap
 
 LEVEL = 0.95
 RESAMPLES = 2000
 
 
-def _rng(seed: int) -> np.random.Generator:
-    return np.random.default_rng(seed)
+def _percentile_interval(data: np.ndarray, statistic: Any, seed: int, vectorized: bool) -> tuple[float, float]:
+    """(low, high) of scipy's seeded percentile bootstrap of `statistic` over `data`."""
+    # Imported here: scipy.stats takes ~2 s to import, and shard workers import this module
+    # (through the report's helpers) without ever drawing an interval.
+    from scipy.stats import bootstrap
+
+    result = bootstrap((data,), statistic, n_resamples=RESAMPLES, confidence_level=LEVEL, method="percentile",
+                       vectorized=vectorized, rng=np.random.default_rng(seed))
+    return float(result.confidence_interval.low), float(result.confidence_interval.high)
 
 
 def accuracy_interval(correct: Sequence[bool] | np.ndarray, seed: int) -> list[float] | None:
@@ -30,9 +36,7 @@ def accuracy_interval(correct: Sequence[bool] | np.ndarray, seed: int) -> list[f
         return None
     if np.all(hits == hits[0]):  # every resample has the same mean; scipy would warn about it
         return [float(hits[0]), float(hits[0])]
-    result = bootstrap((hits,), np.mean, n_resamples=RESAMPLES, confidence_level=LEVEL, method="percentile",
-                       vectorized=True, rng=_rng(seed))
-    return [float(result.confidence_interval.low), float(result.confidence_interval.high)]
+    return list(_percentile_interval(hits, np.mean, seed, vectorized=True))
 
 
 def paired_gain(baseline: Sequence[bool] | np.ndarray, other: Sequence[bool] | np.ndarray,
@@ -49,9 +53,7 @@ def paired_gain(baseline: Sequence[bool] | np.ndarray, other: Sequence[bool] | n
     if np.all(differences == differences[0]):
         low = high = float(differences[0])
     else:
-        result = bootstrap((differences,), np.mean, n_resamples=RESAMPLES, confidence_level=LEVEL,
-                           method="percentile", vectorized=True, rng=_rng(seed))
-        low, high = float(result.confidence_interval.low), float(result.confidence_interval.high)
+        low, high = _percentile_interval(differences, np.mean, seed, vectorized=True)
     return {"gain": gain, "interval": [low, high], "separable": bool(low > 0 or high < 0)}
 
 
@@ -66,9 +68,7 @@ def _index_bootstrap(statistic: Any, n: int, seed: int) -> list[float] | None:
     """Percentile interval of `statistic(rows)` over resamples of the n holdout images."""
     if n < 2:
         return None
-    result = bootstrap((np.arange(n),), statistic, n_resamples=RESAMPLES, confidence_level=LEVEL,
-                       method="percentile", vectorized=False, rng=_rng(seed))
-    low, high = float(result.confidence_interval.low), float(result.confidence_interval.high)
+    low, high = _percentile_interval(np.arange(n), statistic, seed, vectorized=False)
     return None if np.isnan(low) or np.isnan(high) else [low, high]
 
 
