@@ -123,7 +123,7 @@ def train_loop_per_worker(loop: dict[str, Any]) -> None:
     `loop` keys: family (`jobs.registry.family_ref`), fit (the `fit:` section as JSON), shape
     (image_size, channels, class_names), seed, data (an object ref of `TrainingData`),
     states, grids, model (folders), checkpoint_every, sample_kwargs (for the grids), progress
-    (optional: a `jobs.workers.ProgressCounter` told each worker's node).
+    (optional: a `jobs.progress.ProgressCounter` told each worker's node).
     """
     import ray
     import ray.train
@@ -204,7 +204,7 @@ def fit_step(step: StepConfig, *, family_ref: str, shape: DataShape, seed: int, 
     from ray.train.torch import TorchTrainer
 
     from jobs.ray_compat import quiet_train_fit, train_torch_config, without_placement_group_cleaner
-    from jobs.workers import start_progress_counter
+    from jobs.progress import start_progress_counter
 
     model_dir = folder / "model"
     if model_dir.is_dir():

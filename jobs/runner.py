@@ -447,7 +447,7 @@ class JobRunner:
     def run(self, previous: dict[str, Any] | None, listed: ListedSource) -> JobResult:
         import ray
 
-        from jobs.workers import start_progress_counter
+        from jobs.progress import start_progress_counter
 
         started = time.monotonic()
         config = self.config

@@ -20,7 +20,8 @@ import numpy as np
 import pytest
 
 from augment.sample import Sample
-from jobs.workers import ProgressCounter, ShardWorker
+from jobs.progress import ProgressCounter
+from jobs.workers import ShardWorker
 from tests import chaos
 
 
